@@ -1,0 +1,95 @@
+//! cavsync-export: loads CAV-MAE (Sync) PyTorch checkpoints and reproduces their encoders in burn.
+
+pub mod checkpoint;
+pub mod layout;
+pub mod model;
+
+use std::path::Path;
+
+use burn::prelude::Device;
+use ndarray::{ArrayD, IxDyn};
+
+use checkpoint::{Checkpoint, CheckpointError, RawTensor};
+use layout::{LayoutError, ModelConfig};
+use model::{CavMae, ModelError};
+
+/// Errors raised while loading a model or running it.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The checkpoint file could not be read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The checkpoint does not describe a CAV-MAE encoder.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// Building or running the model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Global embeddings and patch tokens of one modality, as ndarray arrays.
+#[derive(Debug, Clone)]
+pub struct ModalityOutput {
+    /// (batch, dim) global embeddings.
+    pub global: ArrayD<f32>,
+    /// (batch, patches, dim) final-norm patch tokens.
+    pub tokens: ArrayD<f32>,
+}
+
+/// A checkpoint loaded into the burn encoders on the CPU.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// Detected layout and dimensions.
+    pub config: ModelConfig,
+    /// The burn model.
+    pub model: CavMae,
+    /// Where the model lives.
+    pub device: Device,
+}
+
+impl LoadedModel {
+    /// Read a checkpoint, detect its layout (`heads` overrides dim / 64) and build the encoders.
+    pub fn load(path: &Path, heads: Option<usize>) -> Result<Self, ExportError> {
+        let ck = Checkpoint::load(path)?;
+        let config = ModelConfig::detect(&ck, heads)?;
+        let device = Device::default();
+        let model = CavMae::from_checkpoint(&ck, &config, &device)?;
+        Ok(Self {
+            config,
+            model,
+            device,
+        })
+    }
+
+    /// Encode a (batch, L, 128) normalised fbank batch.
+    pub fn embed_audio(&self, fbank: &ArrayD<f32>) -> Result<ModalityOutput, ExportError> {
+        self.model.check_audio_shape(fbank.shape(), &self.config)?;
+        let input = model::from_raw::<3>(contiguous(fbank), fbank.shape(), &self.device);
+        let out = self.model.forward_audio(input);
+        output(out)
+    }
+
+    /// Encode a (batch, 3, H, W) normalised image batch.
+    pub fn embed_visual(&self, images: &ArrayD<f32>) -> Result<ModalityOutput, ExportError> {
+        self.model.check_image_shape(images.shape(), &self.config)?;
+        let input = model::from_raw::<4>(contiguous(images), images.shape(), &self.device);
+        let out = self.model.forward_visual(input);
+        output(out)
+    }
+}
+
+fn contiguous(a: &ArrayD<f32>) -> Vec<f32> {
+    a.iter().copied().collect()
+}
+
+fn output(out: model::Embeddings) -> Result<ModalityOutput, ExportError> {
+    Ok(ModalityOutput {
+        global: to_array(model::to_raw(out.global)?)?,
+        tokens: to_array(model::to_raw(out.tokens)?)?,
+    })
+}
+
+fn to_array(raw: RawTensor) -> Result<ArrayD<f32>, ModelError> {
+    ArrayD::from_shape_vec(IxDyn(&raw.shape), raw.data)
+        .map_err(|e| ModelError::Data(e.to_string()))
+}

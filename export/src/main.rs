@@ -1,0 +1,216 @@
+//! The `cavsync-export` command line: inspect checkpoints and run the reference encoders.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use ndarray::{ArrayD, Axis};
+
+use cavsync::npy;
+use cavsync::preprocess::{audio, fbank, image, segment};
+use cavsync_export::LoadedModel;
+use cavsync_export::checkpoint::Checkpoint;
+use cavsync_export::layout::ModelConfig;
+
+/// cavsync-export: load CAV-MAE (Sync) PyTorch checkpoints and reproduce their encoders exactly.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a checkpoint's detected layout, dimensions, depths, registers, segment length and parameter counts.
+    Inspect(InspectArgs),
+    /// Run the audio and visual encoders and write global embeddings and patch tokens as .npy files.
+    Embed(EmbedArgs),
+}
+
+#[derive(Args, Debug)]
+struct ModelArgs {
+    /// Checkpoint file: torch.save (.pth/.pt, `module.` prefixes allowed) or .safetensors. Never executed, only parsed.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Attention heads of the encoder blocks; checkpoints do not record it (default: embedding dim / 64).
+    #[arg(long)]
+    heads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("audio_in").required(true).args(["audio_npy", "wav"]))]
+#[command(group = clap::ArgGroup::new("image_in").required(true).args(["image_npy", "image"]))]
+struct EmbedArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Normalised fbank batch as .npy, f32 (batch, L, 128); the batch dimension is kept in the outputs.
+    #[arg(long)]
+    audio_npy: Option<PathBuf>,
+    /// WAV clip; the segment aligned with video frame --frame of --frames is taken, as the official loader does.
+    #[arg(long, requires = "frame")]
+    wav: Option<PathBuf>,
+    /// Video frame index whose audio segment is encoded (with --wav).
+    #[arg(long)]
+    frame: Option<usize>,
+    /// Number of frames the clip is split into (with --wav).
+    #[arg(long, default_value_t = 16)]
+    frames: usize,
+    /// Normalised image batch as .npy, f32 (batch, 3, H, W).
+    #[arg(long)]
+    image_npy: Option<PathBuf>,
+    /// JPEG or PNG frame, resized and centre-cropped as the official eval transform.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Output directory for audio_global.npy, visual_global.npy, audio_tokens.npy and visual_tokens.npy.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn load_model(args: &ModelArgs) -> anyhow::Result<LoadedModel> {
+    let model = LoadedModel::load(&args.checkpoint, args.heads)?;
+    tracing::info!(
+        checkpoint = %args.checkpoint.display(),
+        layout = %model.config.layout,
+        "loaded checkpoint"
+    );
+    Ok(model)
+}
+
+fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    let ck = Checkpoint::load(&args.model.checkpoint)?;
+    let c = ModelConfig::detect(&ck, args.model.heads)?;
+    println!("checkpoint        {}", ck.path.display());
+    println!("container         {}", ck.format);
+    println!("layout            {}", c.layout);
+    println!(
+        "embedding         dim {}, heads {} (head dim {}), MLP {}",
+        c.dim,
+        c.heads,
+        c.dim / c.heads,
+        c.mlp_hidden
+    );
+    println!(
+        "depth             audio {}, visual {}, joint {}, contrastive heads {}",
+        c.depth_a, c.depth_v, c.depth_u, c.contrastive_depth
+    );
+    println!(
+        "global tokens     {}",
+        if c.has_global_tokens() {
+            "yes (cls_token_a, cls_token_v)"
+        } else {
+            "no (global = mean of final tokens)"
+        }
+    );
+    println!("register tokens   {} per modality", c.registers);
+    println!(
+        "audio input       L = {} fbank frames x 128 mel bins -> {} x {} = {} patches",
+        c.audio_length,
+        c.audio_rows(),
+        c.audio_cols(),
+        c.audio_patches()
+    );
+    println!(
+        "visual input      {0} x {0} -> {1} x {1} = {2} patches (patch {3})",
+        c.image_size,
+        c.visual_grid(),
+        c.visual_patches(),
+        c.patch
+    );
+    match c.decoder {
+        Some(d) => println!(
+            "decoder           dim {}, depth {}, MLP {}",
+            d.dim, d.depth, d.mlp_hidden
+        ),
+        None => println!("decoder           absent"),
+    }
+    println!("parameters        encoder {}", c.encoder_parameters());
+    println!("                  decoder {}", c.decoder_parameters());
+    println!("                  total   {}", ck.num_parameters());
+    Ok(())
+}
+
+fn audio_batch(args: &EmbedArgs, config: &ModelConfig) -> anyhow::Result<ArrayD<f32>> {
+    if let Some(path) = &args.audio_npy {
+        return Ok(npy::read_f32(path)?);
+    }
+    let (Some(wav), Some(frame)) = (&args.wav, args.frame) else {
+        bail!("give --audio-npy, or --wav with --frame");
+    };
+    if frame >= args.frames {
+        bail!(
+            "--frame {frame} is out of range for --frames {}",
+            args.frames
+        );
+    }
+    let samples = audio::load_wav_16k(wav)?;
+    let mel = fbank::clip_log_mel(&samples, fbank::ShortInput::Error)
+        .with_context(|| format!("{}: fbank failed", wav.display()))?;
+    let seg = segment::frame_segment(mel.view(), frame, args.frames, config.audio_length);
+    Ok(seg.insert_axis(Axis(0)).into_dyn())
+}
+
+fn image_batch(args: &EmbedArgs) -> anyhow::Result<ArrayD<f32>> {
+    match (&args.image_npy, &args.image) {
+        (Some(path), _) => Ok(npy::read_f32(path)?),
+        (None, Some(path)) => Ok(image::preprocess_image_file(path)?
+            .insert_axis(Axis(0))
+            .into_dyn()),
+        (None, None) => bail!("give --image-npy or --image"),
+    }
+}
+
+fn write_outputs(dir: &Path, name: &str, out: &cavsync_export::ModalityOutput) -> anyhow::Result<()> {
+    npy::write_f32(&dir.join(format!("{name}_global.npy")), out.global.view())?;
+    npy::write_f32(&dir.join(format!("{name}_tokens.npy")), out.tokens.view())?;
+    Ok(())
+}
+
+fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
+    let model = load_model(&args.model)?;
+    let audio_in = audio_batch(args, &model.config)?;
+    let image_in = image_batch(args)?;
+    let audio_out = model
+        .embed_audio(&audio_in)
+        .with_context(|| audio_source(args))?;
+    let visual_out = model
+        .embed_visual(&image_in)
+        .with_context(|| image_source(args))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create output directory", args.out.display()))?;
+    write_outputs(&args.out, "audio", &audio_out)?;
+    write_outputs(&args.out, "visual", &visual_out)?;
+    tracing::info!(
+        out = %args.out.display(),
+        audio_batch = audio_in.shape()[0],
+        visual_batch = image_in.shape()[0],
+        "wrote embeddings"
+    );
+    Ok(())
+}
+
+fn audio_source(args: &EmbedArgs) -> String {
+    let path = args.audio_npy.as_ref().or(args.wav.as_ref());
+    path.map_or_else(String::new, |p| p.display().to_string())
+}
+
+fn image_source(args: &EmbedArgs) -> String {
+    let path = args.image_npy.as_ref().or(args.image.as_ref());
+    path.map_or_else(String::new, |p| p.display().to_string())
+}
+
+fn main() -> ExitCode {
+    cavsync::cli::init_tracing();
+    let cli = Cli::parse();
+    cavsync::cli::finish(match &cli.command {
+        Command::Inspect(args) => inspect(args),
+        Command::Embed(args) => embed(args),
+    })
+}

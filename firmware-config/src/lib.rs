@@ -1,0 +1,267 @@
+//! Board profiles for cavsync deployments (Pi 4, Pi 5, Jetson Orin, x86 dev box) and their validation.
+
+use serde::Deserialize;
+
+/// Errors raised while reading or validating a board profile.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The TOML could not be parsed into a profile (unknown fields are refused).
+    #[error("{source_name}: invalid board profile: {message}")]
+    Parse {
+        /// File name or other label of the TOML source.
+        source_name: String,
+        /// What the parser reported (names the field).
+        message: String,
+    },
+    /// A field holds a value the board cannot support.
+    #[error("{source_name}: field `{field}`: {problem}")]
+    Invalid {
+        /// File name or other label of the TOML source.
+        source_name: String,
+        /// The offending field.
+        field: &'static str,
+        /// What was expected.
+        problem: String,
+    },
+    /// No bundled profile has the requested name.
+    #[error("no bundled board profile named `{0}` (known: pi4, pi5, jetson-orin, x86-dev)")]
+    Unknown(String),
+}
+
+/// CPU architecture of a board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// 64-bit Arm.
+    Aarch64,
+    /// 64-bit x86.
+    X86_64,
+}
+
+/// Numeric precision of a model bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// 8-bit integer weights and activations.
+    Int8,
+}
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accelerator {
+    /// CPU kernels only.
+    Cpu,
+    /// CUDA through tract-cuda.
+    Cuda,
+}
+
+/// CPU capabilities that select tract's fast kernels.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuFeatures {
+    /// Arm half-precision arithmetic (`asimdhp`): f16 kernels.
+    #[serde(default)]
+    pub asimdhp: bool,
+    /// Arm int8 dot product (`asimddp`, SDOT): int8 kernels.
+    #[serde(default)]
+    pub asimddp: bool,
+    /// x86 AVX-512F.
+    #[serde(default)]
+    pub avx512f: bool,
+}
+
+/// Camera capture settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// V4L2 device node.
+    pub device: String,
+    /// Capture width in pixels.
+    pub width: u32,
+    /// Capture height in pixels.
+    pub height: u32,
+    /// Capture frame rate.
+    pub fps: u32,
+}
+
+/// Microphone capture settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MicrophoneConfig {
+    /// ALSA device name.
+    pub device: String,
+    /// Capture sample rate in Hz (resampled to 16 kHz).
+    pub sample_rate: u32,
+    /// Capture channels (mixed down to mono).
+    pub channels: u16,
+}
+
+/// A board profile: hardware facts and the runtime settings chosen for it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardProfile {
+    /// Short identifier (`pi5`).
+    pub name: String,
+    /// Human-readable description.
+    pub description: String,
+    /// CPU architecture.
+    pub arch: Arch,
+    /// CPU cores available to the runtime.
+    pub cores: u32,
+    /// RAM in MiB.
+    pub memory_mib: u32,
+    /// CPU capabilities.
+    pub cpu_features: CpuFeatures,
+    /// Inference device.
+    pub accelerator: Accelerator,
+    /// Bundle precision to deploy.
+    pub precision: Precision,
+    /// Inference threads.
+    pub threads: u32,
+    /// Camera settings.
+    pub camera: CameraConfig,
+    /// Microphone settings.
+    pub microphone: MicrophoneConfig,
+}
+
+/// The bundled profiles, by name.
+const BUNDLED: [(&str, &str); 4] = [
+    ("pi4", include_str!("../profiles/pi4.toml")),
+    ("pi5", include_str!("../profiles/pi5.toml")),
+    ("jetson-orin", include_str!("../profiles/jetson-orin.toml")),
+    ("x86-dev", include_str!("../profiles/x86-dev.toml")),
+];
+
+impl BoardProfile {
+    /// Parse and validate a profile from TOML text; `source_name` labels errors.
+    pub fn from_toml(text: &str, source_name: &str) -> Result<Self, ProfileError> {
+        let profile: Self = toml::from_str(text).map_err(|e| ProfileError::Parse {
+            source_name: source_name.to_string(),
+            message: e.to_string(),
+        })?;
+        profile.validate(source_name)?;
+        Ok(profile)
+    }
+
+    /// Read and validate a profile file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ProfileError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ProfileError::Parse {
+            source_name: name.clone(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, &name)
+    }
+
+    /// One of the bundled profiles (pi4, pi5, jetson-orin, x86-dev).
+    pub fn bundled(name: &str) -> Result<Self, ProfileError> {
+        let (_, text) = BUNDLED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| ProfileError::Unknown(name.to_string()))?;
+        Self::from_toml(text, &format!("bundled profile {name}"))
+    }
+
+    /// Check that the settings are consistent with the hardware.
+    pub fn validate(&self, source_name: &str) -> Result<(), ProfileError> {
+        let invalid = |field, problem: String| {
+            Err(ProfileError::Invalid {
+                source_name: source_name.to_string(),
+                field,
+                problem,
+            })
+        };
+        if self.cores == 0 {
+            return invalid("cores", "must be at least 1".into());
+        }
+        if self.threads == 0 || self.threads > self.cores {
+            return invalid(
+                "threads",
+                format!("{} is outside 1..={} (the board's cores)", self.threads, self.cores),
+            );
+        }
+        if self.precision == Precision::F16
+            && self.accelerator == Accelerator::Cpu
+            && !(self.arch == Arch::Aarch64 && self.cpu_features.asimdhp)
+        {
+            return invalid(
+                "precision",
+                "f16 on the CPU needs an aarch64 core with asimdhp (Pi 5, Orin); use f32 or int8"
+                    .into(),
+            );
+        }
+        let cam = &self.camera;
+        if cam.width == 0 || cam.height == 0 || cam.fps == 0 {
+            return invalid("camera", "width, height and fps must be positive".into());
+        }
+        if cam.width.min(cam.height) < 224 {
+            return invalid(
+                "camera",
+                format!(
+                    "{}x{} is smaller than the 224-pixel model input",
+                    cam.width, cam.height
+                ),
+            );
+        }
+        let mic = &self.microphone;
+        if mic.sample_rate < 16_000 {
+            return invalid(
+                "microphone.sample_rate",
+                format!("{} Hz is below the model's 16000 Hz", mic.sample_rate),
+            );
+        }
+        if mic.channels == 0 {
+            return invalid("microphone.channels", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_profiles_are_valid() {
+        for (name, _) in BUNDLED {
+            let p = BoardProfile::bundled(name).unwrap();
+            assert_eq!(p.name, name);
+        }
+        assert!(matches!(
+            BoardProfile::bundled("nano"),
+            Err(ProfileError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = BUNDLED[1].1.replace("cores = 4", "cores = 4\nturbo = true");
+        let err = BoardProfile::from_toml(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("x.toml") && err.contains("turbo"), "{err}");
+    }
+
+    #[test]
+    fn pi4_cannot_run_f16_and_threads_are_bounded() {
+        let text = BUNDLED[0].1.replace("precision = \"int8\"", "precision = \"f16\"");
+        let err = BoardProfile::from_toml(&text, "pi4.toml").unwrap_err();
+        assert!(matches!(err, ProfileError::Invalid { field: "precision", .. }), "{err}");
+        let text = BUNDLED[0].1.replace("threads = 4", "threads = 9");
+        let err = BoardProfile::from_toml(&text, "pi4.toml").unwrap_err();
+        assert!(matches!(err, ProfileError::Invalid { field: "threads", .. }), "{err}");
+    }
+
+    #[test]
+    fn low_sample_rate_and_tiny_camera_are_refused() {
+        let text = BUNDLED[1].1.replace("sample_rate = 48000", "sample_rate = 8000");
+        let err = BoardProfile::from_toml(&text, "pi5.toml").unwrap_err().to_string();
+        assert!(err.contains("microphone.sample_rate"), "{err}");
+        let text = BUNDLED[1].1.replace("height = 480", "height = 120");
+        let err = BoardProfile::from_toml(&text, "pi5.toml").unwrap_err().to_string();
+        assert!(err.contains("camera"), "{err}");
+    }
+}

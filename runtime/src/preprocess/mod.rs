@@ -1,0 +1,6 @@
+//! Preprocessing shared by training (`cavsync-export`) and inference (`cavsync`), so the two cannot drift apart.
+
+pub mod audio;
+pub mod fbank;
+pub mod image;
+pub mod segment;

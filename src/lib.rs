@@ -1,0 +1,1 @@
+//! Umbrella package for top-level examples and tests.

@@ -1,0 +1,65 @@
+//! The burn encoders reproduce the official PyTorch `forward_feat` on fixtures made by the official code.
+
+use std::path::{Path, PathBuf};
+
+use cavsync::npy::read_f32;
+use cavsync_export::LoadedModel;
+use cavsync_export::layout::Layout;
+use ndarray::ArrayD;
+
+/// Tolerance on every output element (the acceptance bound).
+const MAX_ABS_ERR: f32 = 1e-4;
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/official")
+        .join(name)
+}
+
+fn heads(dir: &Path) -> usize {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    meta["kwargs"]["num_heads"].as_u64().unwrap() as usize
+}
+
+fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn check_fixture(name: &str, layout: Layout, registers: usize) {
+    let dir = fixture_dir(name);
+    let model = LoadedModel::load(&dir.join("checkpoint.pth"), Some(heads(&dir))).unwrap();
+    assert_eq!(model.config.layout, layout);
+    assert_eq!(model.config.registers, registers);
+    let audio = model
+        .embed_audio(&read_f32(&dir.join("audio_input.npy")).unwrap())
+        .unwrap();
+    let visual = model
+        .embed_visual(&read_f32(&dir.join("image_input.npy")).unwrap())
+        .unwrap();
+    for (file, got) in [
+        ("audio_global.npy", &audio.global),
+        ("audio_tokens.npy", &audio.tokens),
+        ("visual_global.npy", &visual.global),
+        ("visual_tokens.npy", &visual.tokens),
+    ] {
+        let want = read_f32(&dir.join(file)).unwrap();
+        let err = max_abs_diff(got, &want);
+        println!("{name}/{file}: max abs error {err:.3e}");
+        assert!(err <= MAX_ABS_ERR, "{name}/{file}: max abs error {err}");
+    }
+}
+
+#[test]
+fn sync_with_registers_and_global_tokens_matches_official() {
+    check_fixture("sync_r8_cls", Layout::Sync, 8);
+}
+
+#[test]
+fn original_cavmae_layout_matches_official() {
+    check_fixture("cavmae_plain", Layout::Plain, 0);
+}
