@@ -12,7 +12,8 @@ token is distinguishable, runs `forward_feat`, and writes per configuration:
   audio_tokens.npy, visual_tokens.npy, audio_global.npy, visual_global.npy
   meta.json                                 constructor arguments, including num_heads
 
-Not part of CI: run by hand after `pip install torch timm numpy safetensors`.
+Not part of CI: run by hand after `pip install torch "timm==0.4.5" numpy safetensors`
+(timm 0.4.5 as in the official requirements.txt; newer timm has no `qk_scale`).
 """
 
 import argparse
@@ -24,20 +25,21 @@ import numpy as np
 import torch
 
 CONFIGS = {
-    # Wider model, 3 heads of 32, two joint blocks (the official joint loop keeps the last
-    # block's output), 4 registers, contrastive heads, L = 256.
-    "sync_d96_r4_ch": dict(
+    # 3 heads of 16, two joint blocks (the official joint loop keeps the last block's
+    # output), 4 registers, contrastive heads, L = 256.
+    "sync_d48h3_r4_ch": dict(
         audio_length=256,
         fmt="pth",
-        kwargs=dict(embed_dim=96, modality_specific_depth=10, num_heads=3, decoder_embed_dim=48,
+        kwargs=dict(embed_dim=48, modality_specific_depth=10, num_heads=3, decoder_embed_dim=48,
                     decoder_depth=2, decoder_num_heads=4, num_register_tokens=4, cls_token=True,
                     contrastive_heads=True),
     ),
-    # Three joint blocks, 2 registers, no contrastive heads, L = 160, saved as f16 safetensors.
-    "sync_d48_r2_f16": dict(
+    # 8 heads of 8, three joint blocks, 2 registers, no contrastive heads, L = 160, saved as
+    # f16 safetensors.
+    "sync_d64h8_r2_f16": dict(
         audio_length=160,
         fmt="safetensors-f16",
-        kwargs=dict(embed_dim=48, modality_specific_depth=9, num_heads=2, decoder_embed_dim=32,
+        kwargs=dict(embed_dim=64, modality_specific_depth=9, num_heads=8, decoder_embed_dim=32,
                     decoder_depth=1, decoder_num_heads=2, num_register_tokens=2, cls_token=True,
                     contrastive_heads=False),
     ),

@@ -30,9 +30,18 @@ fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The fixture's checkpoint: `checkpoint.pth` or `checkpoint.safetensors`.
+fn checkpoint(dir: &Path) -> PathBuf {
+    ["checkpoint.pth", "checkpoint.safetensors"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
+        .unwrap()
+}
+
 fn check_fixture(name: &str, layout: Layout, registers: usize) {
     let dir = fixture_dir(name);
-    let model = LoadedModel::load(&dir.join("checkpoint.pth"), Some(heads(&dir))).unwrap();
+    let model = LoadedModel::load(&checkpoint(&dir), Some(heads(&dir))).unwrap();
     assert_eq!(model.config.layout, layout);
     assert_eq!(model.config.registers, registers);
     let audio = model
@@ -62,4 +71,22 @@ fn sync_with_registers_and_global_tokens_matches_official() {
 #[test]
 fn original_cavmae_layout_matches_official() {
     check_fixture("cavmae_plain", Layout::Plain, 0);
+}
+
+// The fixtures below come from scripts/make_official_fixtures.py (official class, every
+// parameter perturbed so that each LayerNorm and token is distinguishable).
+
+#[test]
+fn two_joint_blocks_three_heads_contrastive_heads_match_official() {
+    check_fixture("sync_d48h3_r4_ch", Layout::Sync, 4);
+}
+
+#[test]
+fn f16_safetensors_eight_heads_three_joint_blocks_match_official() {
+    check_fixture("sync_d64h8_r2_f16", Layout::Sync, 2);
+}
+
+#[test]
+fn plain_layout_with_registers_and_contrastive_heads_matches_official() {
+    check_fixture("plain_d32_r3_ch", Layout::Plain, 3);
 }
