@@ -267,7 +267,11 @@ mod tests {
         write_safetensors(
             &path,
             &[
-                ("module.a.weight", vec![2, 3], (0..6).map(|x| x as f32).collect()),
+                (
+                    "module.a.weight",
+                    vec![2, 3],
+                    (0..6).map(|x| x as f32).collect(),
+                ),
                 ("b", vec![1], vec![-1.5]),
             ],
         );

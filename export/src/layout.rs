@@ -35,7 +35,9 @@ pub enum LayoutError {
         detail: String,
     },
     /// The number of attention heads does not divide the embedding dimension.
-    #[error("{path}: {heads} attention heads do not divide embedding dimension {dim} (set --heads)")]
+    #[error(
+        "{path}: {heads} attention heads do not divide embedding dimension {dim} (set --heads)"
+    )]
     Heads {
         /// The checkpoint file.
         path: PathBuf,
@@ -180,7 +182,7 @@ impl ModelConfig {
             detail,
         };
         let pv = &t["patch_embed_v.proj.weight"].shape;
-        if pv.len() != 4 || pv[2] != pv[3] || pv[2] == 0 || MEL_BINS % pv[2] != 0 {
+        if pv.len() != 4 || pv[2] != pv[3] || pv[2] == 0 || !MEL_BINS.is_multiple_of(pv[2]) {
             return Err(dims_err(format!(
                 "patch_embed_v.proj.weight has shape {pv:?}; expected [dim, 3, p, p] with p dividing {MEL_BINS}"
             )));
@@ -189,7 +191,7 @@ impl ModelConfig {
         let pos_a = &t["pos_embed_a"].shape;
         let pos_v = &t["pos_embed_v"].shape;
         let rows = MEL_BINS / patch;
-        if pos_a.len() != 3 || pos_a[1] % rows != 0 || pos_a[1] == 0 {
+        if pos_a.len() != 3 || !pos_a[1].is_multiple_of(rows) || pos_a[1] == 0 {
             return Err(dims_err(format!(
                 "pos_embed_a has shape {pos_a:?}; expected [1, {rows} * time patches, {dim}]"
             )));
@@ -227,17 +229,14 @@ impl ModelConfig {
             }
             None => 0,
         };
-        let decoder = match t.get("decoder_embed.weight") {
-            Some(w) => Some(DecoderConfig {
-                dim: w.shape[0],
-                depth: count_blocks(t, "decoder_blocks."),
-                mlp_hidden: t
-                    .get("decoder_blocks.0.mlp.fc1.weight")
-                    .map_or(4 * w.shape[0], |w| w.shape[0]),
-                heads: (w.shape[0] / 32).max(1),
-            }),
-            None => None,
-        };
+        let decoder = t.get("decoder_embed.weight").map(|w| DecoderConfig {
+            dim: w.shape[0],
+            depth: count_blocks(t, "decoder_blocks."),
+            mlp_hidden: t
+                .get("decoder_blocks.0.mlp.fc1.weight")
+                .map_or(4 * w.shape[0], |w| w.shape[0]),
+            heads: (w.shape[0] / 32).max(1),
+        });
         let heads = heads.unwrap_or((dim / 64).max(1));
         if heads == 0 || dim % heads != 0 {
             return Err(LayoutError::Heads {
@@ -351,7 +350,10 @@ impl ModelConfig {
             })
             .collect();
         for (title, items) in [
-            ("missing keys", missing.iter().map(|s| s.to_string()).collect()),
+            (
+                "missing keys",
+                missing.iter().map(|s| s.to_string()).collect(),
+            ),
             (
                 "unexpected keys",
                 unexpected.iter().map(|s| s.to_string()).collect(),
@@ -413,7 +415,13 @@ fn block_shapes(prefix: &str, d: usize, hidden: usize, put: &mut impl FnMut(Stri
 /// Number of consecutive blocks `prefix{0,1,..}.` present.
 fn count_blocks<V>(t: &BTreeMap<String, V>, prefix: &str) -> usize {
     t.keys()
-        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|k| {
+            k.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .map(|i| i + 1)
         .max()
         .unwrap_or(0)
@@ -439,7 +447,8 @@ fn list_section(report: &mut String, title: &str, items: &[String]) {
     if items.is_empty() {
         return;
     }
-    let _ = write!(report, "\n  {} {title}: ", items.len());
+    let sep = if report.is_empty() { " " } else { "; " };
+    let _ = write!(report, "{sep}{} {title}: ", items.len());
     let shown: Vec<&str> = items.iter().take(LIST_LIMIT).map(String::as_str).collect();
     report.push_str(&shown.join(", "));
     if items.len() > LIST_LIMIT {
@@ -511,7 +520,10 @@ mod tests {
             heads: 1,
             ..config
         };
-        assert_eq!(ModelConfig::detect(&synthetic(&plain), None).unwrap(), plain);
+        assert_eq!(
+            ModelConfig::detect(&synthetic(&plain), None).unwrap(),
+            plain
+        );
     }
 
     #[test]
@@ -528,7 +540,10 @@ mod tests {
         ck.tensors.get_mut("norm_a.weight").unwrap().shape = vec![95];
         let msg = ModelConfig::detect(&ck, Some(3)).unwrap_err().to_string();
         assert!(msg.contains("synthetic.pth"), "{msg}");
-        assert!(msg.contains("1 missing keys: blocks_v.1.attn.proj.bias"), "{msg}");
+        assert!(
+            msg.contains("1 missing keys: blocks_v.1.attn.proj.bias"),
+            "{msg}"
+        );
         assert!(msg.contains("1 unexpected keys: extra.weight"), "{msg}");
         assert!(
             msg.contains("norm_a.weight: expected [96], found [95]"),

@@ -90,6 +90,5 @@ fn output(out: model::Embeddings) -> Result<ModalityOutput, ExportError> {
 }
 
 fn to_array(raw: RawTensor) -> Result<ArrayD<f32>, ModelError> {
-    ArrayD::from_shape_vec(IxDyn(&raw.shape), raw.data)
-        .map_err(|e| ModelError::Data(e.to_string()))
+    ArrayD::from_shape_vec(IxDyn(&raw.shape), raw.data).map_err(|e| ModelError::Data(e.to_string()))
 }

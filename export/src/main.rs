@@ -167,7 +167,11 @@ fn image_batch(args: &EmbedArgs) -> anyhow::Result<ArrayD<f32>> {
     }
 }
 
-fn write_outputs(dir: &Path, name: &str, out: &cavsync_export::ModalityOutput) -> anyhow::Result<()> {
+fn write_outputs(
+    dir: &Path,
+    name: &str,
+    out: &cavsync_export::ModalityOutput,
+) -> anyhow::Result<()> {
     npy::write_f32(&dir.join(format!("{name}_global.npy")), out.global.view())?;
     npy::write_f32(&dir.join(format!("{name}_tokens.npy")), out.tokens.view())?;
     Ok(())

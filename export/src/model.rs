@@ -222,10 +222,7 @@ impl CavMae {
                 .map(|i| l.block(&format!("{group}.{i}"), config.heads))
                 .collect()
         };
-        let decoder = config
-            .decoder
-            .map(|dec| l.decoder(dec))
-            .transpose()?;
+        let decoder = config.decoder.map(|dec| l.decoder(dec)).transpose()?;
         Ok(Self {
             patch_embed_a: l.conv("patch_embed_a.proj", 1, config.patch)?,
             patch_embed_v: l.conv("patch_embed_v.proj", 3, config.patch)?,
@@ -330,17 +327,31 @@ impl CavMae {
     }
 
     /// Check the shape of an audio batch against the model (batch, L, 128).
-    pub fn check_audio_shape(&self, shape: &[usize], config: &ModelConfig) -> Result<(), ModelError> {
-        let ok = shape.len() == 3 && shape[1] == config.audio_length && shape[2] == crate::layout::MEL_BINS;
+    pub fn check_audio_shape(
+        &self,
+        shape: &[usize],
+        config: &ModelConfig,
+    ) -> Result<(), ModelError> {
+        let ok = shape.len() == 3
+            && shape[1] == config.audio_length
+            && shape[2] == crate::layout::MEL_BINS;
         ok.then_some(()).ok_or_else(|| ModelError::InputShape {
             what: "audio",
             found: shape.to_vec(),
-            expected: format!("[batch, {}, {}]", config.audio_length, crate::layout::MEL_BINS),
+            expected: format!(
+                "[batch, {}, {}]",
+                config.audio_length,
+                crate::layout::MEL_BINS
+            ),
         })
     }
 
     /// Check the shape of an image batch against the model (batch, 3, H, W).
-    pub fn check_image_shape(&self, shape: &[usize], config: &ModelConfig) -> Result<(), ModelError> {
+    pub fn check_image_shape(
+        &self,
+        shape: &[usize],
+        config: &ModelConfig,
+    ) -> Result<(), ModelError> {
         let s = config.image_size;
         let ok = shape.len() == 4 && shape[1] == 3 && shape[2] == s && shape[3] == s;
         ok.then_some(()).ok_or_else(|| ModelError::InputShape {

@@ -182,7 +182,10 @@ impl BoardProfile {
         if self.threads == 0 || self.threads > self.cores {
             return invalid(
                 "threads",
-                format!("{} is outside 1..={} (the board's cores)", self.threads, self.cores),
+                format!(
+                    "{} is outside 1..={} (the board's cores)",
+                    self.threads, self.cores
+                ),
             );
         }
         if self.precision == Precision::F16
@@ -241,27 +244,55 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused() {
         let text = BUNDLED[1].1.replace("cores = 4", "cores = 4\nturbo = true");
-        let err = BoardProfile::from_toml(&text, "x.toml").unwrap_err().to_string();
+        let err = BoardProfile::from_toml(&text, "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("x.toml") && err.contains("turbo"), "{err}");
     }
 
     #[test]
     fn pi4_cannot_run_f16_and_threads_are_bounded() {
-        let text = BUNDLED[0].1.replace("precision = \"int8\"", "precision = \"f16\"");
+        let text = BUNDLED[0]
+            .1
+            .replace("precision = \"int8\"", "precision = \"f16\"");
         let err = BoardProfile::from_toml(&text, "pi4.toml").unwrap_err();
-        assert!(matches!(err, ProfileError::Invalid { field: "precision", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ProfileError::Invalid {
+                    field: "precision",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let text = BUNDLED[0].1.replace("threads = 4", "threads = 9");
         let err = BoardProfile::from_toml(&text, "pi4.toml").unwrap_err();
-        assert!(matches!(err, ProfileError::Invalid { field: "threads", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ProfileError::Invalid {
+                    field: "threads",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn low_sample_rate_and_tiny_camera_are_refused() {
-        let text = BUNDLED[1].1.replace("sample_rate = 48000", "sample_rate = 8000");
-        let err = BoardProfile::from_toml(&text, "pi5.toml").unwrap_err().to_string();
+        let text = BUNDLED[1]
+            .1
+            .replace("sample_rate = 48000", "sample_rate = 8000");
+        let err = BoardProfile::from_toml(&text, "pi5.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("microphone.sample_rate"), "{err}");
         let text = BUNDLED[1].1.replace("height = 480", "height = 120");
-        let err = BoardProfile::from_toml(&text, "pi5.toml").unwrap_err().to_string();
+        let err = BoardProfile::from_toml(&text, "pi5.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("camera"), "{err}");
     }
 }

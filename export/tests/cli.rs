@@ -1,0 +1,210 @@
+//! End-to-end tests of the `cavsync-export` binary: fixture parity through the CLI and clear errors on bad input.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cavsync::npy::read_f32;
+
+fn exe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cavsync-export"))
+}
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    repo("tests/data/official/sync_r8_cls").join(rel)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.env("RUST_LOG", "warn").output().unwrap()
+}
+
+/// A failed run: non-zero exit, one `error:` line naming `needle`, no panic or backtrace.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains(needle), "`{needle}` not in: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>)]) {
+    let bufs: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, s)| vec![0u8; 4 * s.iter().product::<usize>()])
+        .collect();
+    let views: HashMap<String, safetensors::tensor::TensorView<'_>> = tensors
+        .iter()
+        .zip(&bufs)
+        .map(|((n, s), b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .unwrap();
+            (n.to_string(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+#[test]
+fn embed_reproduces_official_outputs_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(exe()
+        .args(["embed", "--heads", "4", "--checkpoint"])
+        .arg(fixture("checkpoint.pth"))
+        .arg("--audio-npy")
+        .arg(fixture("audio_input.npy"))
+        .arg("--image-npy")
+        .arg(fixture("image_input.npy"))
+        .arg("--out")
+        .arg(dir.path()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "audio_global",
+        "audio_tokens",
+        "visual_global",
+        "visual_tokens",
+    ] {
+        let got = read_f32(&dir.path().join(format!("{name}.npy"))).unwrap();
+        let want = read_f32(&fixture(&format!("{name}.npy"))).unwrap();
+        assert_eq!(got.shape(), want.shape(), "{name}");
+        let err = got
+            .iter()
+            .zip(want.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(err <= 1e-4, "{name}: max abs error {err}");
+    }
+}
+
+#[test]
+fn embed_from_wav_and_image_keeps_a_batch_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(exe()
+        .args(["embed", "--heads", "4", "--frame", "5", "--checkpoint"])
+        .arg(fixture("checkpoint.pth"))
+        .arg("--wav")
+        .arg(repo("runtime/tests/data/fbank/speech_a16.wav"))
+        .arg("--image")
+        .arg(repo("runtime/tests/data/image/testsrc_1280x720.jpg"))
+        .arg("--out")
+        .arg(dir.path()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read_f32(&dir.path().join("audio_tokens.npy"))
+            .unwrap()
+            .shape(),
+        &[1, 208, 64]
+    );
+    assert_eq!(
+        read_f32(&dir.path().join("visual_global.npy"))
+            .unwrap()
+            .shape(),
+        &[1, 64]
+    );
+}
+
+#[test]
+fn inspect_reports_layout_and_dimensions() {
+    let out = run(exe()
+        .args(["inspect", "--heads", "4", "--checkpoint"])
+        .arg(fixture("checkpoint.pth")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for needle in [
+        "CAV-MAE Sync (global tokens)",
+        "dim 64, heads 4",
+        "audio 1, visual 1, joint 11",
+        "8 per modality",
+        "L = 416",
+        "decoder           dim 32, depth 1",
+    ] {
+        assert!(stdout.contains(needle), "`{needle}` not in:\n{stdout}");
+    }
+    let out = run(exe()
+        .args(["inspect", "--checkpoint"])
+        .arg(repo("tests/data/official/cavmae_plain/checkpoint.pth")));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("original CAV-MAE (no global tokens)"));
+}
+
+#[test]
+fn truncated_checkpoint_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("checkpoint.pth")).unwrap();
+    let cut = dir.path().join("cut.pth");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = run(exe().args(["inspect", "--checkpoint"]).arg(&cut));
+    assert_clean_failure(&out, "cut.pth");
+}
+
+#[test]
+fn checkpoint_of_another_model_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("resnet.safetensors");
+    write_safetensors(
+        &other,
+        &[("conv1.weight", vec![8, 3, 7, 7]), ("fc.bias", vec![10])],
+    );
+    let out = run(exe().args(["inspect", "--checkpoint"]).arg(&other));
+    assert_clean_failure(&out, "not a CAV-MAE");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("conv1.weight"));
+}
+
+#[test]
+fn wrong_heads_missing_file_and_bad_media_are_clear_errors() {
+    let out = run(exe()
+        .args(["inspect", "--heads", "5", "--checkpoint"])
+        .arg(fixture("checkpoint.pth")));
+    assert_clean_failure(&out, "5 attention heads do not divide");
+    let out = run(exe().args(["inspect", "--checkpoint", "/no/such/file.pth"]));
+    assert_clean_failure(&out, "/no/such/file.pth");
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, b"definitely not media").unwrap();
+    let embed = || {
+        let mut cmd = exe();
+        cmd.args(["embed", "--heads", "4", "--checkpoint"])
+            .arg(fixture("checkpoint.pth"))
+            .arg("--out")
+            .arg(dir.path().join("out"));
+        cmd
+    };
+    let out = run(embed()
+        .args(["--frame", "0", "--wav"])
+        .arg(&junk)
+        .arg("--image-npy")
+        .arg(fixture("image_input.npy")));
+    assert_clean_failure(&out, "junk.bin");
+    let out = run(embed()
+        .arg("--audio-npy")
+        .arg(fixture("audio_input.npy"))
+        .arg("--image")
+        .arg(&junk));
+    assert_clean_failure(&out, "junk.bin");
+    let out = run(embed()
+        .arg("--audio-npy")
+        .arg(repo("tests/data/official/cavmae_plain/audio_input.npy"))
+        .arg("--image-npy")
+        .arg(fixture("image_input.npy")));
+    assert_clean_failure(&out, "expected [batch, 416, 128]");
+    assert!(
+        !dir.path().join("out").exists(),
+        "nothing is written on failure"
+    );
+}

@@ -1,0 +1,83 @@
+//! End-to-end tests of the `cavsync` binary's preprocessing commands.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cavsync::npy::read_f32;
+use cavsync::preprocess::audio::load_wav_16k;
+use cavsync::preprocess::fbank::{ShortInput, clip_log_mel};
+use cavsync::preprocess::segment::{NORM_MEAN, NORM_STD};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/fbank")
+        .join(name)
+}
+
+fn fbank(wav: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cavsync"))
+        .arg("fbank")
+        .arg("--wav")
+        .arg(wav)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn fbank_writes_raw_and_normalised_log_mel() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = data("speech_a16.wav");
+    let expected = clip_log_mel(&load_wav_16k(&wav).unwrap(), ShortInput::Error).unwrap();
+
+    let raw = dir.path().join("raw.npy");
+    assert!(fbank(&wav, &raw, &[]).status.success());
+    let raw = read_f32(&raw).unwrap();
+    assert_eq!(raw.shape(), &[expected.nrows(), 128]);
+    assert!(raw.iter().zip(expected.iter()).all(|(a, b)| a == b));
+
+    let norm = dir.path().join("norm.npy");
+    assert!(fbank(&wav, &norm, &["--normalize"]).status.success());
+    let norm = read_f32(&norm).unwrap();
+    assert!(
+        norm.iter()
+            .zip(expected.iter())
+            .all(|(n, r)| (n - (r - NORM_MEAN) / NORM_STD).abs() < 1e-6)
+    );
+}
+
+#[test]
+fn short_and_unreadable_audio_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = fbank(&data("noise_399.wav"), &dir.path().join("a.npy"), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("noise_399.wav") && stderr.contains("399 samples"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("a.npy").exists());
+
+    let padded = dir.path().join("p.npy");
+    assert!(
+        fbank(&data("noise_399.wav"), &padded, &["--pad-short"])
+            .status
+            .success()
+    );
+    assert_eq!(read_f32(&padded).unwrap().shape(), &[1, 128]);
+
+    let junk = dir.path().join("junk.wav");
+    std::fs::write(&junk, b"RIFF but not really").unwrap();
+    let out = fbank(&junk, &dir.path().join("b.npy"), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("junk.wav"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
