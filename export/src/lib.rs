@@ -1,8 +1,11 @@
 //! cavsync-export: loads CAV-MAE (Sync) PyTorch checkpoints and reproduces their encoders in burn.
 
+pub mod bundle;
 pub mod checkpoint;
 pub mod layout;
 pub mod model;
+pub mod onnx;
+pub mod random;
 
 use std::path::Path;
 

@@ -10,8 +10,11 @@ use ndarray::{ArrayD, Axis};
 use cavsync::npy;
 use cavsync::preprocess::{audio, fbank, image, segment};
 use cavsync_export::LoadedModel;
+use cavsync_export::bundle::{BundleOptions, write_bundle};
 use cavsync_export::checkpoint::Checkpoint;
-use cavsync_export::layout::ModelConfig;
+use cavsync_export::layout::{self, DecoderConfig, Layout, ModelConfig};
+use cavsync_export::random;
+use cavsync_export::onnx::Precision;
 
 /// cavsync-export: load CAV-MAE (Sync) PyTorch checkpoints and reproduce their encoders exactly.
 #[derive(Parser, Debug)]
@@ -27,6 +30,65 @@ enum Command {
     Inspect(InspectArgs),
     /// Run the audio and visual encoders and write global embeddings and patch tokens as .npy files.
     Embed(EmbedArgs),
+    /// Write a model bundle (audio.onnx, visual.onnx, manifest.toml) that the `cavsync` runtime runs.
+    Convert(ConvertArgs),
+    /// Write a random-weight checkpoint (safetensors, official key names) of any size, e.g. for benchmarks.
+    RandomCheckpoint(RandomArgs),
+}
+
+#[derive(Args, Debug)]
+struct RandomArgs {
+    /// Output .safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Embedding dimension.
+    #[arg(long, default_value_t = 768)]
+    dim: usize,
+    /// Modality-specific blocks per modality (the joint depth is 12 minus this, at least 1).
+    #[arg(long, default_value_t = 11)]
+    depth: usize,
+    /// Register tokens per modality.
+    #[arg(long, default_value_t = 8)]
+    registers: usize,
+    /// Audio segment length L in fbank frames (a multiple of 16).
+    #[arg(long, default_value_t = 416)]
+    audio_length: usize,
+    /// Blocks per contrastive head (0 = none).
+    #[arg(long, default_value_t = 0)]
+    contrastive_depth: usize,
+    /// Original CAV-MAE layout (no global tokens).
+    #[arg(long)]
+    plain: bool,
+    /// Decoder dimension (0 = no decoder).
+    #[arg(long, default_value_t = 0)]
+    decoder_dim: usize,
+    /// Decoder blocks.
+    #[arg(long, default_value_t = 8)]
+    decoder_depth: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args, Debug)]
+struct ConvertArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output bundle directory (replaced atomically if it exists).
+    #[arg(long)]
+    out: PathBuf,
+    /// Numeric precision of the graphs: f32, or f16 (weights and arithmetic; inputs and outputs stay f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
+    /// Video frames per clip T that audio segments are aligned with.
+    #[arg(long, default_value_t = 16)]
+    frames: usize,
+    /// Raw cosine similarity (audio global vs best visual patch) at or above which a frame is reported as sounding.
+    #[arg(long, default_value_t = 0.0)]
+    active_threshold: f32,
+    /// How --active-threshold was obtained, recorded in the manifest.
+    #[arg(long, default_value = "uncalibrated default")]
+    calibration: String,
 }
 
 #[derive(Args, Debug)]
@@ -200,6 +262,63 @@ fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
+    if args.frames == 0 {
+        bail!("--frames must be at least 1");
+    }
+    let ck = Checkpoint::load(&args.model.checkpoint)?;
+    let config = ModelConfig::detect(&ck, args.model.heads)?;
+    tracing::info!(layout = %config.layout, dim = config.dim, "writing bundle");
+    let options = BundleOptions {
+        precision: args.precision,
+        total_frames: args.frames,
+        active_threshold: args.active_threshold,
+        calibration: args.calibration.clone(),
+    };
+    let manifest = write_bundle(&ck, &config, &options, &args.out)?;
+    println!(
+        "wrote {} ({} layout, dim {}, {}, audio {} tokens, visual {} tokens)",
+        args.out.display(),
+        manifest.model.layout,
+        manifest.model.dim,
+        manifest.model.precision,
+        manifest.audio.tokens,
+        manifest.visual.tokens
+    );
+    Ok(())
+}
+
+fn random_checkpoint(args: &RandomArgs) -> anyhow::Result<()> {
+    if args.dim == 0 || args.audio_length == 0 || args.audio_length % 16 != 0 {
+        bail!("--dim must be positive and --audio-length a positive multiple of 16");
+    }
+    let config = ModelConfig {
+        layout: if args.plain { Layout::Plain } else { Layout::Sync },
+        dim: args.dim,
+        heads: (args.dim / 64).max(1),
+        mlp_hidden: 4 * args.dim,
+        patch: 16,
+        depth_a: args.depth,
+        depth_v: args.depth,
+        depth_u: layout::TOTAL_DEPTH.saturating_sub(args.depth).max(1),
+        registers: args.registers,
+        contrastive_depth: args.contrastive_depth,
+        audio_length: args.audio_length,
+        image_size: 224,
+        decoder: (args.decoder_dim > 0).then(|| DecoderConfig {
+            dim: args.decoder_dim,
+            depth: args.decoder_depth,
+            mlp_hidden: 4 * args.decoder_dim,
+            heads: (args.decoder_dim / 32).max(1),
+        }),
+    };
+    let tensors = random::random_tensors(&config, args.seed);
+    random::write_safetensors(&tensors, &args.out)?;
+    let params: usize = tensors.values().map(|t| t.data.len()).sum();
+    println!("wrote {} ({params} parameters)", args.out.display());
+    Ok(())
+}
+
 fn audio_source(args: &EmbedArgs) -> String {
     let path = args.audio_npy.as_ref().or(args.wav.as_ref());
     path.map_or_else(String::new, |p| p.display().to_string())
@@ -216,5 +335,7 @@ fn main() -> ExitCode {
     cavsync::cli::finish(match &cli.command {
         Command::Inspect(args) => inspect(args),
         Command::Embed(args) => embed(args),
+        Command::Convert(args) => convert(args),
+        Command::RandomCheckpoint(args) => random_checkpoint(args),
     })
 }

@@ -1,5 +1,10 @@
 //! cavsync: on-device CAV-MAE Sync inference — preprocessing shared with training, the runtime, and localization.
 
+pub mod bundle;
 pub mod cli;
+pub mod clip;
+pub mod localize;
 pub mod npy;
+pub mod pipeline;
 pub mod preprocess;
+pub mod retrieval;

@@ -1,12 +1,22 @@
-//! The `cavsync` command line: on-device preprocessing and inference tools.
+//! The `cavsync` command line: on-device preprocessing, inference, localization, retrieval and benchmarks.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{Array3, ArrayD, Axis, IxDyn};
 
-use cavsync::preprocess::{audio, fbank, segment};
+use cavsync::bundle::{Bundle, set_threads};
+use cavsync::clip::{self, Clip};
+use cavsync::localize::{render_overlay, save_png};
+use cavsync::npy;
+use cavsync::pipeline::{ClipEncoder, FrameLocalizer};
+use cavsync::preprocess::{audio, fbank, image, segment};
+use cavsync::retrieval::{ClipEmbeddings, Strategy, evaluate};
 
 /// cavsync: CAV-MAE Sync audio-visual inference on edge devices.
 #[derive(Parser, Debug)]
@@ -20,9 +30,19 @@ struct Cli {
 enum Command {
     /// Compute the Kaldi-compatible log-mel filterbank of a WAV file, exactly as the official loader.
     Fbank(FbankArgs),
+    /// Print what a bundle's manifest says, after verifying hashes and graphs.
+    Info(BundleArgs),
+    /// Run a bundle's encoders and write global embeddings and patch tokens as .npy files.
+    Embed(EmbedArgs),
+    /// Localize sound sources in every frame of a clip: JSON lines, heatmaps and overlay PNGs.
+    Localize(LocalizeArgs),
+    /// Audio-to-visual and visual-to-audio retrieval over the clips of a datafile (R@1/5/10, median rank).
+    Retrieve(RetrieveArgs),
+    /// Measure encoder latency and throughput of a bundle on this machine.
+    Bench(BenchArgs),
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(Args, Debug)]
 struct FbankArgs {
     /// Input WAV (PCM 16/24/32-bit or float, any channel count and sample rate; mixed to mono and resampled to 16 kHz).
     #[arg(long)]
@@ -36,6 +56,88 @@ struct FbankArgs {
     /// Zero-pad input shorter than one 25 ms frame (400 samples) instead of refusing it.
     #[arg(long)]
     pad_short: bool,
+}
+
+#[derive(Args, Debug)]
+struct BundleArgs {
+    /// Bundle directory written by `cavsync-export convert` (manifest.toml, audio.onnx, visual.onnx).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Threads for matrix products (1 = single-threaded).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("audio_in").required(true).args(["audio_npy", "wav"]))]
+#[command(group = clap::ArgGroup::new("image_in").required(true).args(["image_npy", "image"]))]
+struct EmbedArgs {
+    #[command(flatten)]
+    bundle: BundleArgs,
+    /// Normalised fbank batch as .npy, f32 (batch, L, 128); the batch dimension is kept in the outputs.
+    #[arg(long)]
+    audio_npy: Option<PathBuf>,
+    /// WAV clip; the segment aligned with video frame --frame of --frames is encoded.
+    #[arg(long, requires = "frame")]
+    wav: Option<PathBuf>,
+    /// Video frame index whose audio segment is encoded (with --wav).
+    #[arg(long)]
+    frame: Option<usize>,
+    /// Frames per clip (with --wav; default: the bundle's).
+    #[arg(long)]
+    frames: Option<usize>,
+    /// Normalised image batch as .npy, f32 (batch, 3, H, W).
+    #[arg(long)]
+    image_npy: Option<PathBuf>,
+    /// JPEG or PNG frame, resized and centre-cropped as the official eval transform.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Output directory for audio_global.npy, visual_global.npy, audio_tokens.npy and visual_tokens.npy.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["clip", "datafile", "video"]))]
+struct LocalizeArgs {
+    #[command(flatten)]
+    bundle: BundleArgs,
+    /// Clip folder: frames/*.jpg|png plus audio.wav.
+    #[arg(long)]
+    clip: Option<PathBuf>,
+    /// CAV-MAE datafile JSON (frames at video_path/frame_{k}/video_id.jpg); every clip is localized.
+    #[arg(long)]
+    datafile: Option<PathBuf>,
+    /// Video file, decoded with the `ffmpeg` executable.
+    #[arg(long)]
+    video: Option<PathBuf>,
+    /// Output directory: localization.jsonl, heatmaps.npy (per clip), overlays/*.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Skip the overlay PNGs.
+    #[arg(long)]
+    no_overlays: bool,
+}
+
+#[derive(Args, Debug)]
+struct RetrieveArgs {
+    #[command(flatten)]
+    bundle: BundleArgs,
+    /// CAV-MAE datafile JSON listing the clips.
+    #[arg(long)]
+    datafile: PathBuf,
+    /// How frame similarities are aggregated per clip pair.
+    #[arg(long, value_enum, default_value = "diagonal_mean")]
+    strategy: Strategy,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(flatten)]
+    bundle: BundleArgs,
+    /// Timed iterations per encoder (after 2 warm-up runs).
+    #[arg(long, default_value_t = 20)]
+    iterations: usize,
 }
 
 fn run_fbank(args: &FbankArgs) -> anyhow::Result<()> {
@@ -53,12 +155,395 @@ fn run_fbank(args: &FbankArgs) -> anyhow::Result<()> {
             .context("log-mel buffer is not contiguous")?;
         segment::normalize_in_place(values);
     }
-    cavsync::npy::write_f32(&args.out, mel.view().into_dyn())?;
-    tracing::info!(
-        frames = mel.nrows(),
-        out = %args.out.display(),
-        "wrote log-mel filterbank"
+    npy::write_f32(&args.out, mel.view().into_dyn())?;
+    tracing::info!(frames = mel.nrows(), out = %args.out.display(), "wrote log-mel filterbank");
+    Ok(())
+}
+
+fn open_bundle(args: &BundleArgs) -> anyhow::Result<Bundle> {
+    if args.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    set_threads(args.threads);
+    let bundle = Bundle::open(&args.bundle)?;
+    tracing::info!(bundle = %args.bundle.display(), threads = args.threads, "opened bundle");
+    Ok(bundle)
+}
+
+fn info(args: &BundleArgs) -> anyhow::Result<()> {
+    let bundle = open_bundle(args)?;
+    let m = &bundle.manifest;
+    println!("bundle            {} (format {}, verified)", bundle.dir.display(), m.format_version);
+    println!(
+        "model             {} layout, dim {}, heads {}, depth audio {} / visual {} / joint {}, registers {}, contrastive {}",
+        m.model.layout,
+        m.model.dim,
+        m.model.heads,
+        m.model.depth_audio,
+        m.model.depth_visual,
+        m.model.depth_joint,
+        m.model.registers,
+        m.model.contrastive_depth
     );
+    println!("precision         {} (batch {})", m.model.precision, m.model.batch);
+    for (name, e) in [("audio", &m.audio), ("visual", &m.visual)] {
+        println!(
+            "{name:<17} {} {:?} -> {} (1, {}), {} (1, {}, {}); grid {}x{}; sha256 {}",
+            e.file,
+            e.input_shape,
+            e.global_output,
+            m.model.dim,
+            e.tokens_output,
+            e.tokens,
+            m.model.dim,
+            e.grid[0],
+            e.grid[1],
+            e.sha256
+        );
+    }
+    let a = &m.audio_preprocessing;
+    println!(
+        "audio input       {} Hz, {} mel bins, {}/{} samples frame/shift, L = {}, T = {}, clip {} frames, norm (x - {}) / {}",
+        a.sample_rate,
+        a.num_mel_bins,
+        a.frame_length,
+        a.frame_shift,
+        a.target_length,
+        a.total_frames,
+        a.clip_frames,
+        a.norm_mean,
+        a.norm_std
+    );
+    let i = &m.image_preprocessing;
+    println!(
+        "image input       {} px, {} resize, {} crop, mean {:?}, std {:?}",
+        i.size, i.resize, i.crop, i.mean, i.std
+    );
+    println!(
+        "localization      active threshold {} ({})",
+        m.localization.active_threshold, m.localization.calibration
+    );
+    println!(
+        "provenance        {} (sha256 {}), {}",
+        m.provenance.checkpoint, m.provenance.checkpoint_sha256, m.provenance.tool
+    );
+    Ok(())
+}
+
+/// Items of a batch as contiguous vectors, checking the per-item shape.
+fn batch_items(batch: &ArrayD<f32>, item_shape: &[usize], path: &Path) -> anyhow::Result<Vec<Vec<f32>>> {
+    if batch.ndim() != item_shape.len() + 1 || &batch.shape()[1..] != item_shape {
+        bail!(
+            "{}: array has shape {:?}; expected [batch, {}]",
+            path.display(),
+            batch.shape(),
+            item_shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(batch
+        .axis_iter(Axis(0))
+        .map(|item| item.iter().copied().collect())
+        .collect())
+}
+
+fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
+    let bundle = open_bundle(&args.bundle)?;
+    let m = &bundle.manifest;
+    let audio_items = match (&args.audio_npy, &args.wav, args.frame) {
+        (Some(path), _, _) => batch_items(&npy::read_f32(path)?, &m.audio.input_shape[1..], path)?,
+        (None, Some(wav), Some(frame)) => {
+            let frames = args.frames.unwrap_or(m.audio_preprocessing.total_frames);
+            if frame >= frames {
+                bail!("--frame {frame} is out of range for {frames} frames");
+            }
+            let samples = audio::load_wav_16k(wav)?;
+            let mel = fbank::clip_log_mel(&samples, fbank::ShortInput::Error)
+                .with_context(|| format!("{}: fbank failed", wav.display()))?;
+            let seg = segment::frame_segment(mel.view(), frame, frames, m.audio_preprocessing.target_length);
+            vec![seg.iter().copied().collect()]
+        }
+        _ => bail!("give --audio-npy, or --wav with --frame"),
+    };
+    let image_items = match (&args.image_npy, &args.image) {
+        (Some(path), _) => batch_items(&npy::read_f32(path)?, &m.visual.input_shape[1..], path)?,
+        (None, Some(path)) => vec![image::preprocess_image_file(path)?.iter().copied().collect()],
+        (None, None) => bail!("give --image-npy or --image"),
+    };
+    let dim = bundle.dim();
+    let mut outputs = Vec::new();
+    for (name, items, tokens) in [
+        ("audio", &audio_items, m.audio.tokens),
+        ("visual", &image_items, m.visual.tokens),
+    ] {
+        let mut global = Vec::with_capacity(items.len() * dim);
+        let mut toks = Vec::with_capacity(items.len() * tokens * dim);
+        for item in items {
+            let e = if name == "audio" {
+                bundle.embed_audio(item)?
+            } else {
+                bundle.embed_visual(item)?
+            };
+            global.extend(e.global);
+            toks.extend(e.tokens);
+        }
+        let n = items.len();
+        outputs.push((
+            format!("{name}_global.npy"),
+            ArrayD::from_shape_vec(IxDyn(&[n, dim]), global)?,
+        ));
+        outputs.push((
+            format!("{name}_tokens.npy"),
+            ArrayD::from_shape_vec(IxDyn(&[n, tokens, dim]), toks)?,
+        ));
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create output directory", args.out.display()))?;
+    for (file, array) in &outputs {
+        npy::write_f32(&args.out.join(file), array.view())?;
+    }
+    tracing::info!(out = %args.out.display(), "wrote embeddings");
+    Ok(())
+}
+
+/// The clips named by a localize/retrieve input.
+fn load_clips(
+    clip_dir: Option<&Path>,
+    datafile: Option<&Path>,
+    video: Option<&Path>,
+    total_frames: usize,
+    work_dir: &Path,
+) -> anyhow::Result<Vec<Clip>> {
+    if let Some(dir) = clip_dir {
+        return Ok(vec![clip::clip_from_dir(dir)?]);
+    }
+    if let Some(path) = datafile {
+        return clip::read_datafile(path)?
+            .iter()
+            .map(|e| Ok(clip::clip_from_datafile_entry(e, total_frames)?))
+            .collect();
+    }
+    if let Some(path) = video {
+        return Ok(vec![clip::clip_from_video(path, total_frames, work_dir)?]);
+    }
+    bail!("give --clip, --datafile or --video")
+}
+
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
+    let bundle = open_bundle(&args.bundle)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create output directory", args.out.display()))?;
+    let work = args.out.join("video-frames");
+    let clips = load_clips(
+        args.clip.as_deref(),
+        args.datafile.as_deref(),
+        args.video.as_deref(),
+        bundle.manifest.audio_preprocessing.total_frames,
+        &work,
+    )?;
+    let overlays = args.out.join("overlays");
+    if !args.no_overlays {
+        std::fs::create_dir_all(&overlays)
+            .with_context(|| format!("{}: cannot create directory", overlays.display()))?;
+    }
+    let frames_total: usize = clips.iter().map(|c| c.frames.len()).sum();
+    let bar = progress(frames_total, "localizing");
+    let mut encoder = ClipEncoder::new(&bundle);
+    let mut localizer = FrameLocalizer::new(&bundle);
+    let jsonl_path = args.out.join("localization.jsonl");
+    let mut lines = String::new();
+    let started = Instant::now();
+    for clip in &clips {
+        let mel = encoder.clip_fbank(clip)?;
+        let mut heatmaps: Vec<Vec<f32>> = Vec::new();
+        let mut size: Option<(usize, usize)> = None;
+        for frame in &clip.frames {
+            let (emb, rgb) = encoder.encode_frame(&mel, frame, clip.total_frames)?;
+            let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+            let loc = localizer.localize(&emb, w, h)?;
+            let record = serde_json::json!({
+                "clip": clip.id,
+                "frame": frame.index,
+                "time_s": frame.time_s,
+                "image": frame.path,
+                "width": w,
+                "height": h,
+                "score": loc.result.score,
+                "active": loc.result.active,
+                "peaks": loc.result.peaks,
+                "boxes": loc.result.boxes,
+            });
+            lines.push_str(&record.to_string());
+            lines.push('\n');
+            if !args.no_overlays {
+                let overlay = render_overlay(&rgb, &loc.heatmap, &loc.result)?;
+                save_png(&overlay, &overlays.join(format!("{}_frame{:02}.png", clip.id, frame.index)))?;
+            }
+            if size.is_some_and(|s| s != (w, h)) {
+                bail!(
+                    "{}: frame size {w}x{h} differs from the clip's earlier frames",
+                    frame.path.display()
+                );
+            }
+            size = Some((w, h));
+            heatmaps.push(loc.heatmap);
+            bar.inc(1);
+        }
+        if let Some((w, h)) = size {
+            let flat: Vec<f32> = heatmaps.concat();
+            let array = Array3::from_shape_vec((heatmaps.len(), h, w), flat)?;
+            npy::write_f32(
+                &args.out.join(format!("{}_heatmaps.npy", clip.id)),
+                array.view().into_dyn(),
+            )?;
+        }
+    }
+    bar.finish_and_clear();
+    write_atomic(&jsonl_path, lines.as_bytes())?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "localized {frames_total} frames of {} clip(s) in {elapsed:.2} s ({:.2} frames/s); results in {}",
+        clips.len(),
+        frames_total as f64 / elapsed.max(1e-9),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    Ok(())
+}
+
+fn retrieve(args: &RetrieveArgs) -> anyhow::Result<()> {
+    let bundle = open_bundle(&args.bundle)?;
+    let total = bundle.manifest.audio_preprocessing.total_frames;
+    let entries = clip::read_datafile(&args.datafile)?;
+    let dim = bundle.dim();
+    let bar = progress(entries.len() * total, "embedding");
+    let mut encoder = ClipEncoder::new(&bundle);
+    let mut audio = Vec::with_capacity(entries.len() * total * dim);
+    let mut visual = Vec::with_capacity(entries.len() * total * dim);
+    for entry in &entries {
+        let clip = clip::clip_from_datafile_entry(entry, total)?;
+        let mel = encoder.clip_fbank(&clip)?;
+        for frame in &clip.frames {
+            let (emb, _) = encoder.encode_frame(&mel, frame, clip.total_frames)?;
+            audio.extend(emb.audio.global);
+            visual.extend(emb.visual.global);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let n = entries.len();
+    let audio = ClipEmbeddings::new(audio, n, total, dim)?;
+    let visual = ClipEmbeddings::new(visual, n, total, dim)?;
+    let report = evaluate(&audio, &visual, args.strategy)?;
+    println!("{n} clips x {total} frames, strategy {}", args.strategy);
+    println!("direction        R@1     R@5     R@10    median rank");
+    for (name, r) in [
+        ("audio->visual", &report.audio_to_visual),
+        ("visual->audio", &report.visual_to_audio),
+    ] {
+        println!(
+            "{name:<14} {:>6.2}% {:>6.2}% {:>6.2}%  {}",
+            100.0 * r.r1,
+            100.0 * r.r5,
+            100.0 * r.r10,
+            r.median_rank
+        );
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process in MiB, from /proc (None where unavailable).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    let bundle = open_bundle(&args.bundle)?;
+    let m = &bundle.manifest;
+    let audio_in: Vec<f32> = (0..m.audio.input_shape.iter().product::<usize>())
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let image_in: Vec<f32> = (0..m.visual.input_shape.iter().product::<usize>())
+        .map(|i| ((i * 104_729) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    for _ in 0..2 {
+        bundle.embed_audio(&audio_in)?;
+        bundle.embed_visual(&image_in)?;
+    }
+    let mut audio_s = Vec::new();
+    let mut visual_s = Vec::new();
+    let mut pair_s = Vec::new();
+    for _ in 0..args.iterations {
+        let t0 = Instant::now();
+        bundle.embed_audio(&audio_in)?;
+        let t1 = Instant::now();
+        bundle.embed_visual(&image_in)?;
+        let t2 = Instant::now();
+        audio_s.push((t1 - t0).as_secs_f64());
+        visual_s.push((t2 - t1).as_secs_f64());
+        pair_s.push((t2 - t0).as_secs_f64());
+    }
+    let pair = median(pair_s);
+    println!(
+        "bundle {} ({} {}, dim {}, L = {}), threads {}, {} iterations",
+        args.bundle.bundle.display(),
+        m.model.layout,
+        m.model.precision,
+        m.model.dim,
+        m.audio_preprocessing.target_length,
+        args.bundle.threads,
+        args.iterations
+    );
+    println!("what              median latency");
+    println!("audio encoder     {:>10.2} ms", 1e3 * median(audio_s));
+    println!("visual encoder    {:>10.2} ms", 1e3 * median(visual_s));
+    println!("frame pair        {:>10.2} ms", 1e3 * pair);
+    println!("throughput        {:>10.2} pairs/s", 1.0 / pair);
+    match peak_rss_mib() {
+        Some(mib) => println!("peak RSS          {mib:>10.1} MiB"),
+        None => println!("peak RSS          unavailable"),
+    }
     Ok(())
 }
 
@@ -67,5 +552,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cavsync::cli::finish(match &cli.command {
         Command::Fbank(args) => run_fbank(args),
+        Command::Info(args) => info(args),
+        Command::Embed(args) => embed(args),
+        Command::Localize(args) => localize(args),
+        Command::Retrieve(args) => retrieve(args),
+        Command::Bench(args) => bench(args),
     })
 }

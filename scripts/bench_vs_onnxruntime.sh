@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Full-size CAV-MAE Sync (768 dims, 11+1 layers, 8 registers, L = 416, random weights written by
+# cavsync-export): cavsync (tract) against onnxruntime on the same bundle, on this machine, in one
+# run; prints both latency tables and the ratio. Also checks onnxruntime against cavsync on the
+# official fixture bundle. Not part of CI (it takes minutes): run by hand.
+#   pip install onnxruntime numpy && bash scripts/bench_vs_onnxruntime.sh [THREADS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads=${1:-2}
+work=${WORK:-target/bench}
+mkdir -p "$work"
+cargo build --release -q -p cavsync -p cavsync-export
+bin=target/release
+
+echo "== parity: onnxruntime vs cavsync on the official fixture bundle"
+fx=tests/data/official/sync_r8_cls
+$bin/cavsync-export convert --checkpoint $fx/checkpoint.pth --heads 4 --out "$work/fixture" >/dev/null
+$bin/cavsync embed --bundle "$work/fixture" --audio-npy $fx/audio_input.npy --image-npy $fx/image_input.npy --out "$work/fixture-out" 2>/dev/null
+python3 scripts/ort_bench.py "$work/fixture" --parity $fx/audio_input.npy $fx/image_input.npy "$work/fixture-out"
+
+echo "== full-size model, $threads threads"
+[ -f "$work/full.safetensors" ] || $bin/cavsync-export random-checkpoint --out "$work/full.safetensors"
+$bin/cavsync-export convert --checkpoint "$work/full.safetensors" --out "$work/full" >/dev/null
+tract_out=$($bin/cavsync bench --bundle "$work/full" --threads "$threads" 2>/dev/null)
+ort_out=$(python3 scripts/ort_bench.py "$work/full" --threads "$threads")
+echo "-- cavsync (tract)"; echo "$tract_out"
+echo "-- onnxruntime"; echo "$ort_out"
+t=$(echo "$tract_out" | awk '/frame pair/ {print $3}')
+o=$(echo "$ort_out" | awk '/frame pair/ {print $3}')
+awk -v t="$t" -v o="$o" 'BEGIN { printf "ratio cavsync / onnxruntime (frame pair, median): %.3f\n", t / o }'

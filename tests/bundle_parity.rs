@@ -1,0 +1,140 @@
+//! Bundles written by `cavsync-export` and run by the tract runtime reproduce the burn encoders and the official outputs.
+
+use std::path::{Path, PathBuf};
+
+use cavsync::bundle::Bundle;
+use cavsync::npy::read_f32;
+use cavsync_export::LoadedModel;
+use cavsync_export::bundle::{BundleOptions, write_bundle};
+use cavsync_export::checkpoint::Checkpoint;
+use cavsync_export::layout::ModelConfig;
+use cavsync_export::onnx::Precision;
+use ndarray::{ArrayD, Axis};
+
+/// Bound for f32 bundles against burn and against the official outputs.
+const F32_MAX_ABS: f32 = 1e-4;
+/// Bound for f16 bundles (weights and arithmetic in half precision) against the official outputs.
+const F16_MAX_ABS: f32 = 0.1;
+
+const FIXTURES: [&str; 5] = [
+    "sync_r8_cls",
+    "cavmae_plain",
+    "sync_d48h3_r4_ch",
+    "sync_d64h8_r2_f16",
+    "plain_d32_r3_ch",
+];
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/official")
+        .join(name)
+}
+
+fn checkpoint(dir: &Path) -> PathBuf {
+    ["checkpoint.pth", "checkpoint.safetensors"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
+        .unwrap()
+}
+
+fn heads(dir: &Path) -> usize {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    meta["kwargs"]["num_heads"].as_u64().unwrap() as usize
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Run every batch item of the fixture through the bundle; returns (global, tokens) per modality.
+fn run_bundle(bundle: &Bundle, dir: &Path) -> [(Vec<f32>, Vec<f32>); 2] {
+    let mut out = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+    for (slot, input) in [(0, "audio_input.npy"), (1, "image_input.npy")] {
+        let batch: ArrayD<f32> = read_f32(&dir.join(input)).unwrap();
+        for item in batch.axis_iter(Axis(0)) {
+            let data: Vec<f32> = item.iter().copied().collect();
+            let e = if slot == 0 {
+                bundle.embed_audio(&data).unwrap()
+            } else {
+                bundle.embed_visual(&data).unwrap()
+            };
+            out[slot].0.extend(e.global);
+            out[slot].1.extend(e.tokens);
+        }
+    }
+    out
+}
+
+fn write(name: &str, precision: Precision, out: &Path) {
+    let dir = fixture_dir(name);
+    let ck = Checkpoint::load(&checkpoint(&dir)).unwrap();
+    let config = ModelConfig::detect(&ck, Some(heads(&dir))).unwrap();
+    let options = BundleOptions {
+        precision,
+        total_frames: 16,
+        active_threshold: 0.0,
+        calibration: "test".into(),
+    };
+    write_bundle(&ck, &config, &options, out).unwrap();
+}
+
+#[test]
+fn f32_bundles_match_burn_and_official_outputs() {
+    for name in FIXTURES {
+        let dir = fixture_dir(name);
+        let tmp = tempfile::tempdir().unwrap();
+        write(name, Precision::F32, tmp.path());
+        let bundle = Bundle::open(tmp.path()).unwrap();
+        let got = run_bundle(&bundle, &dir);
+
+        let burn = LoadedModel::load(&checkpoint(&dir), Some(heads(&dir))).unwrap();
+        let a = burn
+            .embed_audio(&read_f32(&dir.join("audio_input.npy")).unwrap())
+            .unwrap();
+        let v = burn
+            .embed_visual(&read_f32(&dir.join("image_input.npy")).unwrap())
+            .unwrap();
+        let burn_out = [
+            (a.global.iter().copied().collect::<Vec<_>>(), a.tokens.iter().copied().collect::<Vec<_>>()),
+            (v.global.iter().copied().collect(), v.tokens.iter().copied().collect()),
+        ];
+        for (slot, modality) in [(0, "audio"), (1, "visual")] {
+            let official_global = read_f32(&dir.join(format!("{modality}_global.npy"))).unwrap();
+            let official_tokens = read_f32(&dir.join(format!("{modality}_tokens.npy"))).unwrap();
+            let errors = [
+                ("global vs burn", max_abs(&got[slot].0, &burn_out[slot].0)),
+                ("tokens vs burn", max_abs(&got[slot].1, &burn_out[slot].1)),
+                ("global vs official", max_abs(&got[slot].0, official_global.as_slice().unwrap())),
+                ("tokens vs official", max_abs(&got[slot].1, official_tokens.as_slice().unwrap())),
+            ];
+            for (what, err) in errors {
+                println!("{name} {modality} {what}: max abs error {err:.3e}");
+                assert!(err <= F32_MAX_ABS, "{name} {modality} {what}: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_bundle_error_is_bounded() {
+    for name in ["sync_r8_cls", "sync_d48h3_r4_ch"] {
+        let dir = fixture_dir(name);
+        let tmp = tempfile::tempdir().unwrap();
+        write(name, Precision::F16, tmp.path());
+        let bundle = Bundle::open(tmp.path()).unwrap();
+        assert_eq!(bundle.manifest.model.precision, "f16");
+        let got = run_bundle(&bundle, &dir);
+        for (slot, modality) in [(0, "audio"), (1, "visual")] {
+            let official_tokens = read_f32(&dir.join(format!("{modality}_tokens.npy"))).unwrap();
+            let err = max_abs(&got[slot].1, official_tokens.as_slice().unwrap());
+            println!("{name} {modality} f16 tokens vs official: max abs error {err:.3e}");
+            assert!(err <= F16_MAX_ABS, "{name} {modality} f16: {err}");
+        }
+    }
+}
