@@ -31,15 +31,14 @@ fn main() -> anyhow::Result<()> {
     println!("frame  start..end (fbank frames)  cosine(audio, visual)");
     for k in 0..frames {
         let seg = segment::frame_segment(mel.view(), k, frames, model.config.audio_length);
-        let (start, end) = segment::segment_bounds(
-            k,
-            frames,
-            segment::CLIP_FRAMES,
-            model.config.audio_length,
-        );
+        let (start, end) =
+            segment::segment_bounds(k, frames, segment::CLIP_FRAMES, model.config.audio_length);
         let batch: ArrayD<f32> = seg.insert_axis(Axis(0)).into_dyn();
         let a: Vec<f32> = model.embed_audio(&batch)?.global.iter().copied().collect();
-        println!("{k:>5}  {start:>5}..{end:<5}               {:+.4}", cosine(&a, &v));
+        println!(
+            "{k:>5}  {start:>5}..{end:<5}               {:+.4}",
+            cosine(&a, &v)
+        );
     }
     Ok(())
 }

@@ -149,7 +149,10 @@ fn write_into(
         },
         audio,
         visual,
-        audio_preprocessing: AudioPreprocessing::official(config.audio_length, options.total_frames),
+        audio_preprocessing: AudioPreprocessing::official(
+            config.audio_length,
+            options.total_frames,
+        ),
         image_preprocessing: ImagePreprocessing::official(),
         localization: LocalizationInfo {
             active_threshold: options.active_threshold,

@@ -13,8 +13,8 @@ use cavsync_export::LoadedModel;
 use cavsync_export::bundle::{BundleOptions, write_bundle};
 use cavsync_export::checkpoint::Checkpoint;
 use cavsync_export::layout::{self, DecoderConfig, Layout, ModelConfig};
-use cavsync_export::random;
 use cavsync_export::onnx::Precision;
+use cavsync_export::random;
 
 /// cavsync-export: load CAV-MAE (Sync) PyTorch checkpoints and reproduce their encoders exactly.
 #[derive(Parser, Debug)]
@@ -289,11 +289,15 @@ fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
 }
 
 fn random_checkpoint(args: &RandomArgs) -> anyhow::Result<()> {
-    if args.dim == 0 || args.audio_length == 0 || args.audio_length % 16 != 0 {
+    if args.dim == 0 || args.audio_length == 0 || !args.audio_length.is_multiple_of(16) {
         bail!("--dim must be positive and --audio-length a positive multiple of 16");
     }
     let config = ModelConfig {
-        layout: if args.plain { Layout::Plain } else { Layout::Sync },
+        layout: if args.plain {
+            Layout::Plain
+        } else {
+            Layout::Sync
+        },
         dim: args.dim,
         heads: (args.dim / 64).max(1),
         mlp_hidden: 4 * args.dim,

@@ -40,7 +40,9 @@ pub enum OnnxError {
 }
 
 /// Numeric precision of the exported graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Float32 weights and arithmetic.
@@ -224,7 +226,13 @@ impl<'a> Graph<'a> {
     }
 
     /// One output projection of the fused qkv Linear: rows `part*d..(part+1)*d` of the weight.
-    fn qkv_part(&mut self, x: &str, prefix: &str, part: usize, scale: f32) -> Result<String, OnnxError> {
+    fn qkv_part(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        part: usize,
+        scale: f32,
+    ) -> Result<String, OnnxError> {
         let w = self.raw(&format!("{prefix}.attn.qkv.weight"))?;
         let b = self.raw(&format!("{prefix}.attn.qkv.bias"))?;
         let d = w.shape[1];
@@ -247,17 +255,30 @@ impl<'a> Graph<'a> {
     fn layer_norm(&mut self, x: &str, prefix: &str) -> Result<String, OnnxError> {
         let g = self.raw(&format!("{prefix}.weight"))?;
         let b = self.raw(&format!("{prefix}.bias"))?;
-        let gn = self.weight(&format!("{prefix}.weight"), &g.shape.clone(), &g.data.clone());
+        let gn = self.weight(
+            &format!("{prefix}.weight"),
+            &g.shape.clone(),
+            &g.data.clone(),
+        );
         let bn = self.weight(&format!("{prefix}.bias"), &b.shape.clone(), &b.data.clone());
         Ok(self.node(
             "LayerNormalization",
             &[x, &gn, &bn],
-            vec![int_attr("axis", -1), float_attr("epsilon", LAYER_NORM_EPS as f32)],
+            vec![
+                int_attr("axis", -1),
+                float_attr("epsilon", LAYER_NORM_EPS as f32),
+            ],
         ))
     }
 
     /// The official pre-norm block on a (tokens, dim) value, with norms `norm1{suffix}`/`norm2{suffix}`.
-    fn block(&mut self, x: &str, prefix: &str, suffix: &str, heads: usize) -> Result<String, OnnxError> {
+    fn block(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        suffix: &str,
+        heads: usize,
+    ) -> Result<String, OnnxError> {
         let d = self.raw(&format!("{prefix}.attn.proj.weight"))?.shape[0];
         let hd = d / heads;
         let (h, hd_i) = (heads as i64, hd as i64);
@@ -302,7 +323,9 @@ impl<'a> Graph<'a> {
     fn cast_in(&mut self, x: &str) -> String {
         match self.precision {
             Precision::F32 => x.to_string(),
-            Precision::F16 => self.node("Cast", &[x], vec![int_attr("to", DataType::Float16 as i64)]),
+            Precision::F16 => {
+                self.node("Cast", &[x], vec![int_attr("to", DataType::Float16 as i64)])
+            }
         }
     }
 
@@ -434,7 +457,10 @@ pub fn encoder_model(
     g.output(&global, GLOBAL_OUTPUT);
     g.output(&tokens, TOKENS_OUTPUT);
     let graph = GraphProto {
-        name: format!("cavsync_{}_encoder", if tag == "a" { "audio" } else { "visual" }),
+        name: format!(
+            "cavsync_{}_encoder",
+            if tag == "a" { "audio" } else { "visual" }
+        ),
         node: g.nodes,
         initializer: g.initializers,
         input: vec![value_info(input_name, &input_shape(config, modality))],

@@ -173,7 +173,11 @@ fn open_bundle(args: &BundleArgs) -> anyhow::Result<Bundle> {
 fn info(args: &BundleArgs) -> anyhow::Result<()> {
     let bundle = open_bundle(args)?;
     let m = &bundle.manifest;
-    println!("bundle            {} (format {}, verified)", bundle.dir.display(), m.format_version);
+    println!(
+        "bundle            {} (format {}, verified)",
+        bundle.dir.display(),
+        m.format_version
+    );
     println!(
         "model             {} layout, dim {}, heads {}, depth audio {} / visual {} / joint {}, registers {}, contrastive {}",
         m.model.layout,
@@ -185,7 +189,10 @@ fn info(args: &BundleArgs) -> anyhow::Result<()> {
         m.model.registers,
         m.model.contrastive_depth
     );
-    println!("precision         {} (batch {})", m.model.precision, m.model.batch);
+    println!(
+        "precision         {} (batch {})",
+        m.model.precision, m.model.batch
+    );
     for (name, e) in [("audio", &m.audio), ("visual", &m.visual)] {
         println!(
             "{name:<17} {} {:?} -> {} (1, {}), {} (1, {}, {}); grid {}x{}; sha256 {}",
@@ -231,7 +238,11 @@ fn info(args: &BundleArgs) -> anyhow::Result<()> {
 }
 
 /// Items of a batch as contiguous vectors, checking the per-item shape.
-fn batch_items(batch: &ArrayD<f32>, item_shape: &[usize], path: &Path) -> anyhow::Result<Vec<Vec<f32>>> {
+fn batch_items(
+    batch: &ArrayD<f32>,
+    item_shape: &[usize],
+    path: &Path,
+) -> anyhow::Result<Vec<Vec<f32>>> {
     if batch.ndim() != item_shape.len() + 1 || &batch.shape()[1..] != item_shape {
         bail!(
             "{}: array has shape {:?}; expected [batch, {}]",
@@ -263,14 +274,24 @@ fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
             let samples = audio::load_wav_16k(wav)?;
             let mel = fbank::clip_log_mel(&samples, fbank::ShortInput::Error)
                 .with_context(|| format!("{}: fbank failed", wav.display()))?;
-            let seg = segment::frame_segment(mel.view(), frame, frames, m.audio_preprocessing.target_length);
+            let seg = segment::frame_segment(
+                mel.view(),
+                frame,
+                frames,
+                m.audio_preprocessing.target_length,
+            );
             vec![seg.iter().copied().collect()]
         }
         _ => bail!("give --audio-npy, or --wav with --frame"),
     };
     let image_items = match (&args.image_npy, &args.image) {
         (Some(path), _) => batch_items(&npy::read_f32(path)?, &m.visual.input_shape[1..], path)?,
-        (None, Some(path)) => vec![image::preprocess_image_file(path)?.iter().copied().collect()],
+        (None, Some(path)) => vec![
+            image::preprocess_image_file(path)?
+                .iter()
+                .copied()
+                .collect(),
+        ],
         (None, None) => bail!("give --image-npy or --image"),
     };
     let dim = bundle.dim();
@@ -391,7 +412,10 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
             lines.push('\n');
             if !args.no_overlays {
                 let overlay = render_overlay(&rgb, &loc.heatmap, &loc.result)?;
-                save_png(&overlay, &overlays.join(format!("{}_frame{:02}.png", clip.id, frame.index)))?;
+                save_png(
+                    &overlay,
+                    &overlays.join(format!("{}_frame{:02}.png", clip.id, frame.index)),
+                )?;
             }
             if size.is_some_and(|s| s != (w, h)) {
                 bail!(
@@ -428,11 +452,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".partial");
     let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
     Ok(())
 }
 

@@ -5,7 +5,9 @@ use ndarray::Array2;
 
 use crate::bundle::{Bundle, BundleError, Embedding};
 use crate::clip::{Clip, FrameRef};
-use crate::localize::{FrameLocalization, LocalizeConfig, LocalizeError, Localizer, similarity_map};
+use crate::localize::{
+    FrameLocalization, LocalizeConfig, LocalizeError, Localizer, similarity_map,
+};
 use crate::preprocess::fbank::{FbankError, ShortInput, clip_log_mel};
 use crate::preprocess::image::{ImageError, ImagePreprocessor, load_rgb};
 use crate::preprocess::segment::frame_segment;

@@ -81,3 +81,25 @@ fn short_and_unreadable_audio_fail_cleanly() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn absent_or_broken_bundle_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("manifest.toml"), "format_version = 2\n").unwrap();
+    for bundle in [dir.path().to_path_buf(), dir.path().join("missing")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cavsync"))
+            .args(["info", "--bundle"])
+            .arg(&bundle)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains("manifest.toml"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
