@@ -1,6 +1,10 @@
 //! Bundles written by `cavsync-export` and run by the tract runtime reproduce the burn encoders and the official outputs.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
+
+use common::{checkpoint, fixture_dir, heads};
 
 use cavsync::bundle::Bundle;
 use cavsync::npy::read_f32;
@@ -23,26 +27,6 @@ const FIXTURES: [&str; 5] = [
     "sync_d64h8_r2_f16",
     "plain_d32_r3_ch",
 ];
-
-fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/official")
-        .join(name)
-}
-
-fn checkpoint(dir: &Path) -> PathBuf {
-    ["checkpoint.pth", "checkpoint.safetensors"]
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.exists())
-        .unwrap()
-}
-
-fn heads(dir: &Path) -> usize {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
-    meta["kwargs"]["num_heads"].as_u64().unwrap() as usize
-}
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());

@@ -1,6 +1,8 @@
 //! The burn encoders reproduce the official PyTorch `forward_feat` on fixtures made by the official code.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{checkpoint, fixture_dir, heads};
 
 use cavsync::npy::read_f32;
 use cavsync_export::LoadedModel;
@@ -10,33 +12,12 @@ use ndarray::ArrayD;
 /// Tolerance on every output element (the acceptance bound).
 const MAX_ABS_ERR: f32 = 1e-4;
 
-fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/official")
-        .join(name)
-}
-
-fn heads(dir: &Path) -> usize {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
-    meta["kwargs"]["num_heads"].as_u64().unwrap() as usize
-}
-
 fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape());
     a.iter()
         .zip(b.iter())
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
-}
-
-/// The fixture's checkpoint: `checkpoint.pth` or `checkpoint.safetensors`.
-fn checkpoint(dir: &Path) -> PathBuf {
-    ["checkpoint.pth", "checkpoint.safetensors"]
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.exists())
-        .unwrap()
 }
 
 fn check_fixture(name: &str, layout: Layout, registers: usize) {

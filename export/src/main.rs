@@ -5,16 +5,18 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use ndarray::{ArrayD, Axis};
 
+use cavsync::cli::EmbedInputs;
 use cavsync::npy;
-use cavsync::preprocess::{audio, fbank, image, segment};
 use cavsync_export::LoadedModel;
 use cavsync_export::bundle::{BundleOptions, write_bundle};
 use cavsync_export::checkpoint::Checkpoint;
 use cavsync_export::layout::{self, DecoderConfig, Layout, ModelConfig};
 use cavsync_export::onnx::Precision;
 use cavsync_export::random;
+
+/// Frames per clip of the official CAV-MAE Sync model.
+const OFFICIAL_FRAMES: usize = 16;
 
 /// cavsync-export: load CAV-MAE (Sync) PyTorch checkpoints and reproduce their encoders exactly.
 #[derive(Parser, Debug)]
@@ -108,32 +110,11 @@ struct InspectArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("audio_in").required(true).args(["audio_npy", "wav"]))]
-#[command(group = clap::ArgGroup::new("image_in").required(true).args(["image_npy", "image"]))]
 struct EmbedArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Normalised fbank batch as .npy, f32 (batch, L, 128); the batch dimension is kept in the outputs.
-    #[arg(long)]
-    audio_npy: Option<PathBuf>,
-    /// WAV clip; the segment aligned with video frame --frame of --frames is taken, as the official loader does.
-    #[arg(long, requires = "frame")]
-    wav: Option<PathBuf>,
-    /// Video frame index whose audio segment is encoded (with --wav).
-    #[arg(long)]
-    frame: Option<usize>,
-    /// Number of frames the clip is split into (with --wav).
-    #[arg(long, default_value_t = 16)]
-    frames: usize,
-    /// Normalised image batch as .npy, f32 (batch, 3, H, W).
-    #[arg(long)]
-    image_npy: Option<PathBuf>,
-    /// JPEG or PNG frame, resized and centre-cropped as the official eval transform.
-    #[arg(long)]
-    image: Option<PathBuf>,
-    /// Output directory for audio_global.npy, visual_global.npy, audio_tokens.npy and visual_tokens.npy.
-    #[arg(long)]
-    out: PathBuf,
+    #[command(flatten)]
+    inputs: EmbedInputs,
 }
 
 fn load_model(args: &ModelArgs) -> anyhow::Result<LoadedModel> {
@@ -199,36 +180,6 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn audio_batch(args: &EmbedArgs, config: &ModelConfig) -> anyhow::Result<ArrayD<f32>> {
-    if let Some(path) = &args.audio_npy {
-        return Ok(npy::read_f32(path)?);
-    }
-    let (Some(wav), Some(frame)) = (&args.wav, args.frame) else {
-        bail!("give --audio-npy, or --wav with --frame");
-    };
-    if frame >= args.frames {
-        bail!(
-            "--frame {frame} is out of range for --frames {}",
-            args.frames
-        );
-    }
-    let samples = audio::load_wav_16k(wav)?;
-    let mel = fbank::clip_log_mel(&samples, fbank::ShortInput::Error)
-        .with_context(|| format!("{}: fbank failed", wav.display()))?;
-    let seg = segment::frame_segment(mel.view(), frame, args.frames, config.audio_length);
-    Ok(seg.insert_axis(Axis(0)).into_dyn())
-}
-
-fn image_batch(args: &EmbedArgs) -> anyhow::Result<ArrayD<f32>> {
-    match (&args.image_npy, &args.image) {
-        (Some(path), _) => Ok(npy::read_f32(path)?),
-        (None, Some(path)) => Ok(image::preprocess_image_file(path)?
-            .insert_axis(Axis(0))
-            .into_dyn()),
-        (None, None) => bail!("give --image-npy or --image"),
-    }
-}
-
 fn write_outputs(
     dir: &Path,
     name: &str,
@@ -241,20 +192,21 @@ fn write_outputs(
 
 fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
     let model = load_model(&args.model)?;
-    let audio_in = audio_batch(args, &model.config)?;
-    let image_in = image_batch(args)?;
+    let inputs = &args.inputs;
+    let audio_in = inputs.audio_batch(model.config.audio_length, OFFICIAL_FRAMES)?;
+    let image_in = inputs.image_batch()?;
     let audio_out = model
         .embed_audio(&audio_in)
-        .with_context(|| audio_source(args))?;
+        .with_context(|| inputs.source(true))?;
     let visual_out = model
         .embed_visual(&image_in)
-        .with_context(|| image_source(args))?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create output directory", args.out.display()))?;
-    write_outputs(&args.out, "audio", &audio_out)?;
-    write_outputs(&args.out, "visual", &visual_out)?;
+        .with_context(|| inputs.source(false))?;
+    std::fs::create_dir_all(&inputs.out)
+        .with_context(|| format!("{}: cannot create output directory", inputs.out.display()))?;
+    write_outputs(&inputs.out, "audio", &audio_out)?;
+    write_outputs(&inputs.out, "visual", &visual_out)?;
     tracing::info!(
-        out = %args.out.display(),
+        out = %inputs.out.display(),
         audio_batch = audio_in.shape()[0],
         visual_batch = image_in.shape()[0],
         "wrote embeddings"
@@ -321,16 +273,6 @@ fn random_checkpoint(args: &RandomArgs) -> anyhow::Result<()> {
     let params: usize = tensors.values().map(|t| t.data.len()).sum();
     println!("wrote {} ({params} parameters)", args.out.display());
     Ok(())
-}
-
-fn audio_source(args: &EmbedArgs) -> String {
-    let path = args.audio_npy.as_ref().or(args.wav.as_ref());
-    path.map_or_else(String::new, |p| p.display().to_string())
-}
-
-fn image_source(args: &EmbedArgs) -> String {
-    let path = args.image_npy.as_ref().or(args.image.as_ref());
-    path.map_or_else(String::new, |p| p.display().to_string())
 }
 
 fn main() -> ExitCode {

@@ -1,9 +1,16 @@
-//! Start-up helpers shared by the `cavsync` and `cavsync-export` binaries: logging and one-line errors.
+//! Command-line pieces shared by the `cavsync` and `cavsync-export` binaries: logging, one-line errors, embed inputs.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{Context, bail};
+use ndarray::{ArrayD, Axis};
+
 use tracing_subscriber::EnvFilter;
+
+use crate::npy;
+use crate::preprocess::{audio, fbank, image, segment};
 
 /// Send `tracing` logs to stderr, filtered by `RUST_LOG` (default: info).
 pub fn init_tracing() {
@@ -57,5 +64,79 @@ mod tests {
             one_line(&err),
             "while loading b.pth: root cause second line"
         );
+    }
+}
+
+/// Audio and image inputs of the `embed` commands of both binaries.
+#[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("audio_in").required(true).args(["audio_npy", "wav"]))]
+#[command(group = clap::ArgGroup::new("image_in").required(true).args(["image_npy", "image"]))]
+pub struct EmbedInputs {
+    /// Normalised fbank batch as .npy, f32 (batch, L, 128); the batch dimension is kept in the outputs.
+    #[arg(long)]
+    pub audio_npy: Option<PathBuf>,
+    /// WAV clip; the segment aligned with video frame --frame of --frames is encoded, as the official loader does.
+    #[arg(long, requires = "frame")]
+    pub wav: Option<PathBuf>,
+    /// Video frame index whose audio segment is encoded (with --wav).
+    #[arg(long)]
+    pub frame: Option<usize>,
+    /// Frames per clip (with --wav; default: the bundle's, or 16 as the official model).
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Normalised image batch as .npy, f32 (batch, 3, H, W).
+    #[arg(long)]
+    pub image_npy: Option<PathBuf>,
+    /// JPEG or PNG frame, resized and centre-cropped as the official eval transform.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Output directory for audio_global.npy, visual_global.npy, audio_tokens.npy and visual_tokens.npy.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+impl EmbedInputs {
+    /// The audio batch (batch, L, 128): read from --audio-npy, or the --frame segment of --wav.
+    pub fn audio_batch(
+        &self,
+        target_length: usize,
+        default_frames: usize,
+    ) -> anyhow::Result<ArrayD<f32>> {
+        if let Some(path) = &self.audio_npy {
+            return Ok(npy::read_f32(path)?);
+        }
+        let (Some(wav), Some(frame)) = (&self.wav, self.frame) else {
+            bail!("give --audio-npy, or --wav with --frame");
+        };
+        let frames = self.frames.unwrap_or(default_frames);
+        if frame >= frames {
+            bail!("--frame {frame} is out of range for {frames} frames");
+        }
+        let samples = audio::load_wav_16k(wav)?;
+        let mel = fbank::clip_log_mel(&samples, fbank::ShortInput::Error)
+            .with_context(|| format!("{}: fbank failed", wav.display()))?;
+        let seg = segment::frame_segment(mel.view(), frame, frames, target_length);
+        Ok(seg.insert_axis(Axis(0)).into_dyn())
+    }
+
+    /// The image batch (batch, 3, H, W): read from --image-npy, or --image preprocessed.
+    pub fn image_batch(&self) -> anyhow::Result<ArrayD<f32>> {
+        match (&self.image_npy, &self.image) {
+            (Some(path), _) => Ok(npy::read_f32(path)?),
+            (None, Some(path)) => Ok(image::preprocess_image_file(path)?
+                .insert_axis(Axis(0))
+                .into_dyn()),
+            (None, None) => bail!("give --image-npy or --image"),
+        }
+    }
+
+    /// Where an input came from, for error context.
+    pub fn source(&self, audio: bool) -> String {
+        let path = if audio {
+            self.audio_npy.as_ref().or(self.wav.as_ref())
+        } else {
+            self.image_npy.as_ref().or(self.image.as_ref())
+        };
+        path.map_or_else(String::new, |p| p.display().to_string())
     }
 }

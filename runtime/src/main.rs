@@ -11,11 +11,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, ArrayD, Axis, IxDyn};
 
 use cavsync::bundle::{Bundle, set_threads};
+use cavsync::cli::EmbedInputs;
 use cavsync::clip::{self, Clip};
 use cavsync::localize::{render_overlay, save_png};
 use cavsync::npy;
 use cavsync::pipeline::{ClipEncoder, FrameLocalizer};
-use cavsync::preprocess::{audio, fbank, image, segment};
+use cavsync::preprocess::{audio, fbank, segment};
 use cavsync::retrieval::{ClipEmbeddings, Strategy, evaluate};
 
 /// cavsync: CAV-MAE Sync audio-visual inference on edge devices.
@@ -69,32 +70,11 @@ struct BundleArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("audio_in").required(true).args(["audio_npy", "wav"]))]
-#[command(group = clap::ArgGroup::new("image_in").required(true).args(["image_npy", "image"]))]
 struct EmbedArgs {
     #[command(flatten)]
     bundle: BundleArgs,
-    /// Normalised fbank batch as .npy, f32 (batch, L, 128); the batch dimension is kept in the outputs.
-    #[arg(long)]
-    audio_npy: Option<PathBuf>,
-    /// WAV clip; the segment aligned with video frame --frame of --frames is encoded.
-    #[arg(long, requires = "frame")]
-    wav: Option<PathBuf>,
-    /// Video frame index whose audio segment is encoded (with --wav).
-    #[arg(long)]
-    frame: Option<usize>,
-    /// Frames per clip (with --wav; default: the bundle's).
-    #[arg(long)]
-    frames: Option<usize>,
-    /// Normalised image batch as .npy, f32 (batch, 3, H, W).
-    #[arg(long)]
-    image_npy: Option<PathBuf>,
-    /// JPEG or PNG frame, resized and centre-cropped as the official eval transform.
-    #[arg(long)]
-    image: Option<PathBuf>,
-    /// Output directory for audio_global.npy, visual_global.npy, audio_tokens.npy and visual_tokens.npy.
-    #[arg(long)]
-    out: PathBuf,
+    #[command(flatten)]
+    inputs: EmbedInputs,
 }
 
 #[derive(Args, Debug)]
@@ -241,12 +221,11 @@ fn info(args: &BundleArgs) -> anyhow::Result<()> {
 fn batch_items(
     batch: &ArrayD<f32>,
     item_shape: &[usize],
-    path: &Path,
+    source: &str,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     if batch.ndim() != item_shape.len() + 1 || &batch.shape()[1..] != item_shape {
         bail!(
-            "{}: array has shape {:?}; expected [batch, {}]",
-            path.display(),
+            "{source}: input has shape {:?}; expected [batch, {}]",
             batch.shape(),
             item_shape
                 .iter()
@@ -264,36 +243,21 @@ fn batch_items(
 fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
     let bundle = open_bundle(&args.bundle)?;
     let m = &bundle.manifest;
-    let audio_items = match (&args.audio_npy, &args.wav, args.frame) {
-        (Some(path), _, _) => batch_items(&npy::read_f32(path)?, &m.audio.input_shape[1..], path)?,
-        (None, Some(wav), Some(frame)) => {
-            let frames = args.frames.unwrap_or(m.audio_preprocessing.total_frames);
-            if frame >= frames {
-                bail!("--frame {frame} is out of range for {frames} frames");
-            }
-            let samples = audio::load_wav_16k(wav)?;
-            let mel = fbank::clip_log_mel(&samples, fbank::ShortInput::Error)
-                .with_context(|| format!("{}: fbank failed", wav.display()))?;
-            let seg = segment::frame_segment(
-                mel.view(),
-                frame,
-                frames,
-                m.audio_preprocessing.target_length,
-            );
-            vec![seg.iter().copied().collect()]
-        }
-        _ => bail!("give --audio-npy, or --wav with --frame"),
-    };
-    let image_items = match (&args.image_npy, &args.image) {
-        (Some(path), _) => batch_items(&npy::read_f32(path)?, &m.visual.input_shape[1..], path)?,
-        (None, Some(path)) => vec![
-            image::preprocess_image_file(path)?
-                .iter()
-                .copied()
-                .collect(),
-        ],
-        (None, None) => bail!("give --image-npy or --image"),
-    };
+    let inputs = &args.inputs;
+    let audio_batch = inputs.audio_batch(
+        m.audio_preprocessing.target_length,
+        m.audio_preprocessing.total_frames,
+    )?;
+    let audio_items = batch_items(
+        &audio_batch,
+        &m.audio.input_shape[1..],
+        &inputs.source(true),
+    )?;
+    let image_items = batch_items(
+        &inputs.image_batch()?,
+        &m.visual.input_shape[1..],
+        &inputs.source(false),
+    )?;
     let dim = bundle.dim();
     let mut outputs = Vec::new();
     for (name, items, tokens) in [
@@ -321,12 +285,12 @@ fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
             ArrayD::from_shape_vec(IxDyn(&[n, tokens, dim]), toks)?,
         ));
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create output directory", args.out.display()))?;
+    std::fs::create_dir_all(&inputs.out)
+        .with_context(|| format!("{}: cannot create output directory", inputs.out.display()))?;
     for (file, array) in &outputs {
-        npy::write_f32(&args.out.join(file), array.view())?;
+        npy::write_f32(&inputs.out.join(file), array.view())?;
     }
-    tracing::info!(out = %args.out.display(), "wrote embeddings");
+    tracing::info!(out = %inputs.out.display(), "wrote embeddings");
     Ok(())
 }
 
