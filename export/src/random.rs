@@ -69,11 +69,8 @@ pub fn write_safetensors(
                 .map_err(|e| err(e.to_string()))
         })
         .collect::<Result<HashMap<_, _>, _>>()?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    safetensors::serialize_to_file(views, None, &tmp).map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    let bytes = safetensors::serialize(views, None).map_err(|e| err(e.to_string()))?;
+    cavsync::atomic::write_atomic(path, |w| w.write_all(&bytes)).map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! cavsync: on-device CAV-MAE Sync inference — preprocessing shared with training, the runtime, and localization.
 
+pub mod atomic;
 pub mod bundle;
 pub mod cli;
 pub mod clip;

@@ -13,10 +13,7 @@
 //! outside it at 0, "no evidence"; for a square frame the square is the whole frame and the
 //! heatmap equals [`upsample_bilinear`] to the frame size followed by [`min_max_normalize`].
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::{Rgb, RgbImage};
 
@@ -35,8 +32,6 @@ const STROKE: i64 = 2;
 const ACTIVE_COLOUR: Rgb<u8> = Rgb([255, 255, 255]);
 /// Colour of peaks and boxes on an inactive frame (not confident, drawn for inspection only).
 const INACTIVE_COLOUR: Rgb<u8> = Rgb([128, 128, 128]);
-/// Distinguishes the temporary files of concurrent [`save_png`] calls in one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Why a localization step could not run.
 #[derive(Debug, thiserror::Error)]
@@ -84,14 +79,6 @@ pub enum LocalizeError {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
-    },
-    /// The PNG encoder failed.
-    #[error("{path}: cannot encode PNG: {source}")]
-    Encode {
-        /// The destination file.
-        path: PathBuf,
-        /// What the encoder reported.
-        source: image::ImageError,
     },
 }
 
@@ -746,39 +733,14 @@ fn draw_cross(img: &mut RgbImage, p: &Peak, arm: i64, colour: Rgb<u8>) {
 /// The temporary file sits beside `path` and is removed when anything fails, so `path` is
 /// either left untouched or replaced by a complete image.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<(), LocalizeError> {
-    let io = |source| LocalizeError::Io {
+    crate::atomic::write_atomic(path, |w| {
+        img.write_with_encoder(image::codecs::png::PngEncoder::new(w))
+            .map_err(std::io::Error::other)
+    })
+    .map_err(|source| LocalizeError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let name = path.file_name().ok_or_else(|| {
-        io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the path names no file",
-        ))
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(
-        ".{}-{}.partial",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = path.with_file_name(tmp_name);
-    let mut writer = BufWriter::new(File::create(&tmp).map_err(io)?);
-    let result = img
-        .write_with_encoder(image::codecs::png::PngEncoder::new(&mut writer))
-        .map_err(|source| LocalizeError::Encode {
-            path: path.to_path_buf(),
-            source,
-        })
-        .and_then(|()| writer.flush().map_err(io));
-    drop(writer);
-    let result = result.and_then(|()| std::fs::rename(&tmp, path).map_err(io));
-    if result.is_err() {
-        // Best effort: the temporary file may already be gone, and the first error is the one to report.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    })
 }
 
 #[cfg(test)]

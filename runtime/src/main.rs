@@ -1,6 +1,5 @@
 //! The `cavsync` command line: on-device preprocessing, inference, localization, retrieval and benchmarks.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -401,7 +400,8 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
-    write_atomic(&jsonl_path, lines.as_bytes())?;
+    cavsync::atomic::write_atomic(&jsonl_path, |w| w.write_all(lines.as_bytes()))
+        .with_context(|| format!("{}: cannot write", jsonl_path.display()))?;
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "localized {frames_total} frames of {} clip(s) in {elapsed:.2} s ({:.2} frames/s); results in {}",
@@ -409,20 +409,6 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
         frames_total as f64 / elapsed.max(1e-9),
         args.out.display()
     );
-    Ok(())
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
     Ok(())
 }
 

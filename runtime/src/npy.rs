@@ -1,7 +1,7 @@
 //! Reading and writing little-endian f32 `.npy` files; writes are atomic (temp file, then rename).
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, ArrayViewD};
@@ -42,26 +42,15 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>, NpyError> {
 
 /// Write an f32 array as `.npy`, atomically: nothing half-written is ever left at `path`.
 pub fn write_f32(path: &Path, array: ArrayViewD<'_, f32>) -> Result<(), NpyError> {
-    let io = |source| NpyError::Io {
+    crate::atomic::write_atomic(path, |w| {
+        array
+            .write_npy(w)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .map_err(|source| NpyError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".partial");
-    let tmp = PathBuf::from(tmp_name);
-    let result = (|| {
-        let mut writer = BufWriter::new(File::create(&tmp).map_err(io)?);
-        array.write_npy(&mut writer).map_err(|e| NpyError::Format {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-        writer.flush().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    })
 }
 
 #[cfg(test)]
@@ -76,7 +65,7 @@ mod tests {
             .into_dyn();
         write_f32(&path, a.view()).unwrap();
         assert_eq!(read_f32(&path).unwrap(), a);
-        assert!(!dir.path().join("a.npy.partial").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 
         std::fs::write(dir.path().join("bad.npy"), b"nope").unwrap();
         let err = read_f32(&dir.path().join("bad.npy")).unwrap_err();
