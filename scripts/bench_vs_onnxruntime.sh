@@ -4,13 +4,15 @@
 # run; prints both latency tables and the ratio. Also checks onnxruntime against cavsync on the
 # official fixture bundle. Not part of CI (it takes minutes): run by hand.
 #   pip install onnxruntime numpy && bash scripts/bench_vs_onnxruntime.sh [THREADS]
+# PROFILE=dev uses the test build (dependencies at opt-level 2, see Cargo.toml) instead of release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2}
 work=${WORK:-target/bench}
 mkdir -p "$work"
-cargo build --release -q -p cavsync -p cavsync-export
-bin=target/release
+profile=${PROFILE:-release}
+cargo build --profile "$profile" -q -p cavsync -p cavsync-export
+bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
 echo "== parity: onnxruntime vs cavsync on the official fixture bundle"
 fx=tests/data/official/sync_r8_cls
