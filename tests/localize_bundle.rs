@@ -104,6 +104,10 @@ fn peak_and_box_follow_a_moving_red_square() {
             .save(clip_dir.join(format!("frames/frame_{k}.png")))
             .unwrap();
     }
+    // A fifth frame with no red source at all: its best cosine is far below the threshold.
+    frame(400, 400)
+        .save(clip_dir.join("frames/frame_4.png"))
+        .unwrap();
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: 16_000,
@@ -121,6 +125,18 @@ fn peak_and_box_follow_a_moving_red_square() {
     let mut encoder = ClipEncoder::new(&bundle);
     let mut localizer = FrameLocalizer::new(&bundle);
     let mel = encoder.clip_fbank(&clip).unwrap();
+    assert_eq!(clip.frames.len(), 5);
+    let (empty, rgb_empty) = encoder
+        .encode_frame(&mel, &clip.frames[4], clip.total_frames)
+        .unwrap();
+    let loc = localizer.localize(&empty, 320, 240).unwrap();
+    assert!(
+        !loc.result.active,
+        "no source, yet score {}",
+        loc.result.score
+    );
+    let overlay = render_overlay(&rgb_empty, &loc.heatmap, &loc.result).unwrap();
+    assert_eq!(overlay.dimensions(), (320, 240));
     for (frame_ref, (x, y)) in clip.frames.iter().zip(squares) {
         let (emb, rgb) = encoder
             .encode_frame(&mel, frame_ref, clip.total_frames)
