@@ -40,10 +40,7 @@ pub enum OnnxError {
 }
 
 /// Numeric precision of the exported graph.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
     /// Float32 weights and arithmetic.
     F32,
