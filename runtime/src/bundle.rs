@@ -514,35 +514,22 @@ fn load_plan(dir: &Path, info: &EncoderInfo, dim: usize) -> Result<EncoderPlan, 
         .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
         .map_err(|e| model_err(format!("{e:#}")))?;
-    let check = |shape: &[usize], expected: &[usize], what: &str| {
-        if shape == expected {
-            Ok(())
-        } else {
-            Err(model_err(format!(
-                "{what} output has shape {shape:?}, manifest implies {expected:?}"
-            )))
+    let expected: [(&str, Vec<usize>); 2] = [
+        ("global", vec![1, dim]),
+        ("tokens", vec![1, info.tokens, dim]),
+    ];
+    for (slot, (what, want)) in expected.iter().enumerate() {
+        let fact = plan
+            .model()
+            .output_fact(slot)
+            .map_err(|e| model_err(format!("{e:#}")))?;
+        let shape = fact.shape.as_concrete().map(<[usize]>::to_vec);
+        if shape.as_ref() != Some(want) {
+            return Err(model_err(format!(
+                "{what} output has shape {shape:?}, manifest implies {want:?}"
+            )));
         }
-    };
-    let facts = plan
-        .model()
-        .output_fact(0)
-        .map_err(|e| model_err(format!("{e:#}")))?;
-    let global_shape: Vec<usize> = facts
-        .shape
-        .as_concrete()
-        .map(<[usize]>::to_vec)
-        .unwrap_or_default();
-    check(&global_shape, &[1, dim], "global")?;
-    let facts = plan
-        .model()
-        .output_fact(1)
-        .map_err(|e| model_err(format!("{e:#}")))?;
-    let tokens_shape: Vec<usize> = facts
-        .shape
-        .as_concrete()
-        .map(<[usize]>::to_vec)
-        .unwrap_or_default();
-    check(&tokens_shape, &[1, info.tokens, dim], "tokens")?;
+    }
     Ok(EncoderPlan {
         plan,
         input_shape: info.input_shape.clone(),
