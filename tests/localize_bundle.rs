@@ -123,7 +123,7 @@ fn peak_and_box_follow_a_moving_red_square() {
 
     let clip = clip_from_dir(&clip_dir).unwrap();
     let mut encoder = ClipEncoder::new(&bundle);
-    let mut localizer = FrameLocalizer::new(&bundle);
+    let mut localizer = FrameLocalizer::new(&bundle).unwrap();
     let mel = encoder.clip_fbank(&clip).unwrap();
     assert_eq!(clip.frames.len(), 5);
     let (empty, rgb_empty) = encoder

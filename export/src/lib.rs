@@ -5,7 +5,10 @@ pub mod checkpoint;
 pub mod layout;
 pub mod model;
 pub mod onnx;
+pub mod pretrain;
 pub mod random;
+pub mod synth;
+pub mod train;
 
 use std::path::Path;
 

@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use cavsync::cli::EmbedInputs;
 use cavsync::npy;
@@ -14,6 +16,8 @@ use cavsync_export::checkpoint::Checkpoint;
 use cavsync_export::layout::{self, DecoderConfig, Layout, ModelConfig};
 use cavsync_export::onnx::Precision;
 use cavsync_export::random;
+use cavsync_export::synth;
+use cavsync_export::train::{TrainConfig, TrainData, Trainer};
 
 /// Frames per clip of the official CAV-MAE Sync model.
 const OFFICIAL_FRAMES: usize = 16;
@@ -36,6 +40,48 @@ enum Command {
     Convert(ConvertArgs),
     /// Write a random-weight checkpoint (safetensors, official key names) of any size, e.g. for benchmarks.
     RandomCheckpoint(RandomArgs),
+    /// Generate synthetic audio-visual clips (CAV-MAE datafile layout) with per-frame ground truth of the sounding objects.
+    Synth(SynthArgs),
+    /// Pretrain a CAV-MAE Sync model with the paper's objective (masked autoencoding + InfoNCE) on the CPU.
+    Train(TrainArgs),
+}
+
+#[derive(Args, Debug)]
+struct SynthArgs {
+    /// Output folder: audio/ID.wav, frames/frame_{k}/ID.jpg, datafile.json, annotations.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of clips.
+    #[arg(long)]
+    clips: usize,
+    /// Seed; the same seed and clip count give the same data set.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder of photographs (.jpg/.jpeg/.png) used as backgrounds instead of procedural textures.
+    #[arg(long)]
+    backgrounds: Option<PathBuf>,
+    /// Share of clips, in [0, 1], with a photograph background when --backgrounds is given.
+    #[arg(long, default_value_t = 1.0)]
+    photo_share: f32,
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// Training data folder written by `synth` (or any folder with a CAV-MAE datafile.json and 16 frames per clip).
+    #[arg(long)]
+    data: PathBuf,
+    /// Checkpoint to write (safetensors, official key names); CKPT.train.toml, CKPT.state.json and CKPT.optim.bpk are written beside it.
+    #[arg(long)]
+    out: PathBuf,
+    /// Training configuration (TOML: [model], [optim], [loss], [run]); defaults are used for what it omits.
+    #[arg(long, conflicts_with = "resume")]
+    config: Option<PathBuf>,
+    /// Continue the run whose checkpoint is --out, with the config, state and optimiser saved beside it.
+    #[arg(long)]
+    resume: bool,
+    /// Stop (with a checkpoint) once the run has completed this many steps; continue later with --resume.
+    #[arg(long)]
+    stop_after: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -275,6 +321,119 @@ fn random_checkpoint(args: &RandomArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn bar(len: usize, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn synth(args: &SynthArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.photo_share) {
+        bail!(
+            "--photo-share is {}; expected a value in [0, 1]",
+            args.photo_share
+        );
+    }
+    let backgrounds = match &args.backgrounds {
+        Some(dir) => synth::load_backgrounds(dir)?,
+        None => Vec::new(),
+    };
+    let config = synth::SynthConfig {
+        clips: args.clips,
+        seed: args.seed,
+        backgrounds,
+        photo_share: args.photo_share,
+    };
+    let progress = bar(
+        args.clips,
+        "synth [{bar:30}] {pos}/{len} clips {per_sec} eta {eta}",
+    );
+    let started = Instant::now();
+    let annotations =
+        synth::write_dataset(&config, &args.out, |i| progress.set_position(i as u64))?;
+    progress.finish_and_clear();
+    let frames: Vec<_> = annotations.clips.iter().flat_map(|c| &c.frames).collect();
+    let silent = frames.iter().filter(|f| f.sounding.is_empty()).count();
+    let two = frames.iter().filter(|f| f.sounding.len() == 2).count();
+    println!(
+        "wrote {} clips ({} frames: {} silent, {} with two sources) to {} in {:.1} s",
+        annotations.clips.len(),
+        frames.len(),
+        silent,
+        two,
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let mut trainer = if args.resume {
+        Trainer::resume(&args.out)
+            .with_context(|| format!("cannot resume from {}", args.out.display()))?
+    } else {
+        let config = match &args.config {
+            Some(path) => TrainConfig::read(path)?,
+            None => TrainConfig::default(),
+        };
+        if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{}: cannot create the output folder", dir.display()))?;
+        }
+        Trainer::new(config, &args.out)?
+    };
+    let loading = bar(0, "loading [{bar:30}] {pos}/{len} clips (fbank) eta {eta}");
+    let data = TrainData::load(&args.data, |i, n| {
+        loading.set_length(n as u64);
+        loading.set_position(i as u64);
+    })?;
+    loading.finish_and_clear();
+    let config = trainer.config().clone();
+    tracing::info!(
+        clips = data.len(),
+        steps = config.optim.steps,
+        batch = config.optim.batch_size,
+        "training"
+    );
+    let progress = bar(
+        config.optim.steps,
+        "train [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}",
+    );
+    progress.set_position(trainer.state.step as u64);
+    let started = Instant::now();
+    trainer.run(&data, args.stop_after, |step, v, lr| {
+        progress.set_position(step as u64);
+        progress.set_message(format!(
+            "loss {:.3} (mae a {:.3} v {:.3}, nce {:.3}) acc {:.2} lr {lr:.1e}",
+            v[0], v[1], v[2], v[3], v[4]
+        ));
+    })?;
+    progress.finish_and_clear();
+    for h in &trainer.state.history {
+        println!(
+            "step {:>6}  loss {:.4}  mae_a {:.4}  mae_v {:.4}  nce {:.4}  acc {:.3}  lr {:.2e}  {:.2} s/step",
+            h.step, h.loss, h.mae_a, h.mae_v, h.nce, h.accuracy, h.lr, h.seconds_per_step
+        );
+    }
+    if trainer.state.step < config.optim.steps {
+        println!(
+            "stopped after step {} of {}; continue with --resume",
+            trainer.state.step, config.optim.steps
+        );
+    }
+    println!(
+        "trained to step {} in {:.1} min; checkpoint {}",
+        trainer.state.step,
+        started.elapsed().as_secs_f64() / 60.0,
+        args.out.display()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     cavsync::cli::init_tracing();
     let cli = Cli::parse();
@@ -283,5 +442,7 @@ fn main() -> ExitCode {
         Command::Embed(args) => embed(args),
         Command::Convert(args) => convert(args),
         Command::RandomCheckpoint(args) => random_checkpoint(args),
+        Command::Synth(args) => synth(args),
+        Command::Train(args) => train(args),
     })
 }

@@ -1,6 +1,8 @@
 //! The CAV-MAE (Sync) audio and visual encoders in burn, reproducing the official `forward_feat` exactly.
 
-use burn::module::Param;
+use std::collections::BTreeMap;
+
+use burn::module::{Param, ParamId};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
@@ -385,7 +387,7 @@ impl Loader<'_> {
     }
 
     fn param<const D: usize>(&self, key: &str) -> Result<Param<Tensor<D>>, ModelError> {
-        Ok(Param::from_tensor(self.tensor(key)?))
+        Ok(named_param(key, self.tensor(key)?))
     }
 
     fn optional_param<const D: usize>(
@@ -402,10 +404,9 @@ impl Loader<'_> {
     /// torch Linear stores (out, in); burn stores (in, out).
     fn linear(&self, prefix: &str) -> Result<Linear, ModelError> {
         let weight = self.tensor::<2>(&format!("{prefix}.weight"))?.transpose();
-        let bias = self.tensor::<1>(&format!("{prefix}.bias"))?;
         Ok(Linear {
-            weight: Param::from_tensor(weight),
-            bias: Some(Param::from_tensor(bias)),
+            weight: named_param(&format!("{prefix}.weight"), weight),
+            bias: Some(self.param(&format!("{prefix}.bias"))?),
         })
     }
 
@@ -414,7 +415,7 @@ impl Loader<'_> {
         let mut norm = LayerNormConfig::new(weight.dims()[0])
             .with_epsilon(LAYER_NORM_EPS)
             .init(self.device);
-        norm.gamma = Param::from_tensor(weight);
+        norm.gamma = named_param(&format!("{prefix}.weight"), weight);
         norm.beta = Some(self.param(&format!("{prefix}.bias"))?);
         Ok(norm)
     }
@@ -424,7 +425,7 @@ impl Loader<'_> {
         let mut conv = Conv2dConfig::new([channels, weight.dims()[0]], [patch, patch])
             .with_stride([patch, patch])
             .init(self.device);
-        conv.weight = Param::from_tensor(weight);
+        conv.weight = named_param(&format!("{prefix}.weight"), weight);
         conv.bias = Some(self.param(&format!("{prefix}.bias"))?);
         Ok(conv)
     }
@@ -466,6 +467,117 @@ impl Loader<'_> {
             pred_a: self.linear("decoder_pred_a")?,
             pred_v: self.linear("decoder_pred_v")?,
         })
+    }
+}
+
+/// A trainable parameter whose id is derived from its checkpoint key, so that optimizer state saved in one run matches the parameters of a model rebuilt from the checkpoint in the next.
+fn named_param<const D: usize>(key: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
+    // FNV-1a of the key.
+    let id = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let (_, value, mapper) = Param::from_tensor(tensor).consume();
+    Param::from_mapped_value(ParamId::from(id), value, mapper)
+}
+
+/// Collects a model's tensors under their official checkpoint keys (torch layouts).
+struct StateDict(BTreeMap<String, RawTensor>);
+
+impl StateDict {
+    fn put<const D: usize>(&mut self, key: String, t: Tensor<D>) -> Result<(), ModelError> {
+        self.0.insert(key, to_raw(t)?);
+        Ok(())
+    }
+
+    fn linear(&mut self, prefix: &str, l: &Linear) -> Result<(), ModelError> {
+        self.put(format!("{prefix}.weight"), l.weight.val().transpose())?;
+        if let Some(b) = &l.bias {
+            self.put(format!("{prefix}.bias"), b.val())?;
+        }
+        Ok(())
+    }
+
+    fn layer_norm(&mut self, prefix: &str, n: &LayerNorm) -> Result<(), ModelError> {
+        self.put(format!("{prefix}.weight"), n.gamma.val())?;
+        if let Some(b) = &n.beta {
+            self.put(format!("{prefix}.bias"), b.val())?;
+        }
+        Ok(())
+    }
+
+    fn conv(&mut self, prefix: &str, c: &Conv2d) -> Result<(), ModelError> {
+        self.put(format!("{prefix}.weight"), c.weight.val())?;
+        if let Some(b) = &c.bias {
+            self.put(format!("{prefix}.bias"), b.val())?;
+        }
+        Ok(())
+    }
+
+    fn block(&mut self, prefix: &str, b: &Block) -> Result<(), ModelError> {
+        for (name, norm) in [
+            ("norm1", &b.norm1),
+            ("norm1_a", &b.norm1_a),
+            ("norm1_v", &b.norm1_v),
+            ("norm2", &b.norm2),
+            ("norm2_a", &b.norm2_a),
+            ("norm2_v", &b.norm2_v),
+        ] {
+            self.layer_norm(&format!("{prefix}.{name}"), norm)?;
+        }
+        self.linear(&format!("{prefix}.attn.qkv"), &b.attn.qkv)?;
+        self.linear(&format!("{prefix}.attn.proj"), &b.attn.proj)?;
+        self.linear(&format!("{prefix}.mlp.fc1"), &b.mlp.fc1)?;
+        self.linear(&format!("{prefix}.mlp.fc2"), &b.mlp.fc2)
+    }
+
+    fn blocks(&mut self, group: &str, blocks: &[Block]) -> Result<(), ModelError> {
+        for (i, b) in blocks.iter().enumerate() {
+            self.block(&format!("{group}.{i}"), b)?;
+        }
+        Ok(())
+    }
+}
+
+impl CavMae {
+    /// Every tensor under its official checkpoint key, in torch layouts (the inverse of [`CavMae::from_checkpoint`]).
+    pub fn state_dict(&self) -> Result<BTreeMap<String, RawTensor>, ModelError> {
+        let mut sd = StateDict(BTreeMap::new());
+        sd.conv("patch_embed_a.proj", &self.patch_embed_a)?;
+        sd.conv("patch_embed_v.proj", &self.patch_embed_v)?;
+        sd.put("pos_embed_a".into(), self.pos_embed_a.val())?;
+        sd.put("pos_embed_v".into(), self.pos_embed_v.val())?;
+        sd.put("modality_a".into(), self.modality_a.val())?;
+        sd.put("modality_v".into(), self.modality_v.val())?;
+        if let Some(p) = &self.cls_token_a {
+            sd.put("cls_token_a".into(), p.val())?;
+        }
+        if let Some(p) = &self.cls_token_v {
+            sd.put("cls_token_v".into(), p.val())?;
+        }
+        if let Some(p) = &self.register_tokens {
+            sd.put("register_tokens".into(), p.val())?;
+        }
+        sd.blocks("blocks_a", &self.blocks_a)?;
+        sd.blocks("blocks_v", &self.blocks_v)?;
+        sd.blocks("blocks_u", &self.blocks_u)?;
+        sd.blocks("constrative_head_audio", &self.contrastive_head_audio)?;
+        sd.blocks("constrative_head_visual", &self.contrastive_head_visual)?;
+        sd.layer_norm("norm_a", &self.norm_a)?;
+        sd.layer_norm("norm_v", &self.norm_v)?;
+        sd.layer_norm("norm", &self.norm)?;
+        if let Some(dec) = &self.decoder {
+            sd.linear("decoder_embed", &dec.embed)?;
+            sd.put("mask_token".into(), dec.mask_token.val())?;
+            sd.put("decoder_modality_a".into(), dec.modality_a.val())?;
+            sd.put("decoder_modality_v".into(), dec.modality_v.val())?;
+            sd.put("decoder_pos_embed_a".into(), dec.pos_embed_a.val())?;
+            sd.put("decoder_pos_embed_v".into(), dec.pos_embed_v.val())?;
+            sd.blocks("decoder_blocks", &dec.blocks)?;
+            sd.layer_norm("decoder_norm", &dec.norm)?;
+            sd.linear("decoder_pred_a", &dec.pred_a)?;
+            sd.linear("decoder_pred_v", &dec.pred_v)?;
+        }
+        Ok(sd.0)
     }
 }
 

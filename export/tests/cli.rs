@@ -208,3 +208,144 @@ fn wrong_heads_missing_file_and_bad_media_are_clear_errors() {
         "nothing is written on failure"
     );
 }
+
+/// A training config small enough for a test: one block per stack, dim 64, 4 clips per batch.
+const TINY_TRAIN: &str = "[model]\ndim = 64\ndepth = 1\ndecoder_dim = 32\n\n[optim]\nsteps = 4\nbatch_size = 4\nwarmup_steps = 1\n\n[run]\nseed = 3\ncheckpoint_every = 2\n";
+
+fn synth_data(dir: &Path) {
+    let out = run(exe()
+        .args(["synth", "--clips", "6", "--seed", "9", "--out"])
+        .arg(dir));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn synth_writes_the_datafile_layout_and_ground_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synth_data(&data);
+    let datafile: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("datafile.json")).unwrap())
+            .unwrap();
+    let entries = datafile["data"].as_array().unwrap();
+    assert_eq!(entries.len(), 6);
+    for e in entries {
+        let id = e["video_id"].as_str().unwrap();
+        assert!(Path::new(e["wav"].as_str().unwrap()).is_file());
+        for k in 0..16 {
+            let frame = Path::new(e["video_path"].as_str().unwrap())
+                .join(format!("frame_{k}"))
+                .join(format!("{id}.jpg"));
+            assert_eq!(image::image_dimensions(&frame).unwrap(), (224, 224));
+        }
+    }
+    let ann = cavsync::annotations::Annotations::read(&data.join("annotations.json")).unwrap();
+    assert_eq!(ann.clips.len(), 6);
+    assert!(ann.clips.iter().all(|c| c.frames.len() == 16));
+    // Same seed, same bytes.
+    let again = dir.path().join("again");
+    synth_data(&again);
+    let id = entries[2]["video_id"].as_str().unwrap();
+    let read = |d: &Path| std::fs::read(d.join("audio").join(format!("{id}.wav"))).unwrap();
+    assert_eq!(read(&data), read(&again));
+}
+
+#[test]
+fn train_writes_official_checkpoints_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synth_data(&data);
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, TINY_TRAIN).unwrap();
+    let train = |out: &Path, extra: &[&str]| {
+        let mut cmd = exe();
+        cmd.args(["train", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .args(extra);
+        let res = run(&mut cmd);
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        String::from_utf8_lossy(&res.stdout).into_owned()
+    };
+    let config_arg = config.to_str().unwrap();
+
+    // Uninterrupted: 4 steps, checkpoints at 2 and 4.
+    let full = dir.path().join("full/model.safetensors");
+    let stdout = train(&full, &["--config", config_arg]);
+    assert!(
+        stdout.contains("step      2") && stdout.contains("step      4"),
+        "{stdout}"
+    );
+
+    // Stopped after 2 steps, then resumed from the files beside the checkpoint.
+    let part = dir.path().join("part/model.safetensors");
+    let stdout = train(&part, &["--config", config_arg, "--stop-after", "2"]);
+    assert!(stdout.contains("stopped after step 2 of 4"), "{stdout}");
+    train(&part, &["--resume"]);
+
+    let full_ck = cavsync_export::checkpoint::Checkpoint::load(&full).unwrap();
+    let part_ck = cavsync_export::checkpoint::Checkpoint::load(&part).unwrap();
+    assert_eq!(
+        full_ck.tensors, part_ck.tensors,
+        "resumed run differs from the uninterrupted one"
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("part/model.safetensors.state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["step"], 4);
+
+    // An ordinary CAV-MAE Sync checkpoint for `inspect`; fixed position embeddings untouched.
+    let out = run(exe().arg("inspect").arg("--checkpoint").arg(&full));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CAV-MAE Sync"),
+        "{stdout}"
+    );
+    let init = cavsync_export::train::init_tensors(
+        &cavsync_export::train::TrainConfig::read(&config)
+            .unwrap()
+            .model_config(),
+        3,
+    );
+    for key in ["pos_embed_a", "pos_embed_v", "decoder_pos_embed_v"] {
+        assert_eq!(full_ck.tensors[key], init[key], "{key}");
+    }
+    assert_ne!(
+        full_ck.tensors["blocks_v.0.attn.qkv.weight"],
+        init["blocks_v.0.attn.qkv.weight"]
+    );
+}
+
+#[test]
+fn train_config_errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[optim]\nlearning_rate = 1.0\n").unwrap();
+    let out = run(exe()
+        .args(["train", "--data", "nowhere", "--out"])
+        .arg(dir.path().join("m.safetensors"))
+        .arg("--config")
+        .arg(&config));
+    assert_clean_failure(&out, "learning_rate");
+    std::fs::write(&config, "[model]\ndim = 100\n").unwrap();
+    let out = run(exe()
+        .args(["train", "--data", "nowhere", "--out"])
+        .arg(dir.path().join("m.safetensors"))
+        .arg("--config")
+        .arg(&config));
+    assert_clean_failure(&out, "model.dim = 100");
+    let out = run(exe()
+        .args(["train", "--resume", "--data", "nowhere", "--out"])
+        .arg(dir.path().join("none.safetensors")));
+    assert_clean_failure(&out, "none.safetensors.train.toml");
+}

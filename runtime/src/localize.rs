@@ -436,16 +436,17 @@ pub struct Localizer {
 }
 
 impl Localizer {
-    /// Creates a localizer; the config is checked on each [`Localizer::run`].
-    pub fn new(config: LocalizeConfig) -> Self {
-        Self {
+    /// Creates a localizer after checking the config's ranges.
+    pub fn new(config: LocalizeConfig) -> Result<Self, LocalizeError> {
+        config.validate()?;
+        Ok(Self {
             config,
             placement: Placement::default(),
             candidates: Vec::new(),
             visited: Vec::new(),
             stack: Vec::new(),
             regions: Vec::new(),
-        }
+        })
     }
 
     /// The config in use.
@@ -471,7 +472,6 @@ impl Localizer {
         frame_h: usize,
         heatmap_out: &mut Vec<f32>,
     ) -> Result<FrameLocalization, LocalizeError> {
-        self.config.validate()?;
         check_grid(raw_map, gh, gw)?;
         if frame_w == 0 || frame_h == 0 {
             return Err(LocalizeError::Empty { what: "frame size" });

@@ -9,14 +9,20 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, ArrayD, Axis, IxDyn};
 
+use cavsync::annotations::Annotations;
 use cavsync::bundle::{Bundle, set_threads};
 use cavsync::cli::EmbedInputs;
 use cavsync::clip::{self, Clip};
 use cavsync::localize::{render_overlay, save_png};
+use cavsync::metrics::{self, LocalizationTally};
 use cavsync::npy;
 use cavsync::pipeline::{ClipEncoder, FrameLocalizer};
 use cavsync::preprocess::{audio, fbank, segment};
+use cavsync::report::{self, ClipReport, FrameRow};
 use cavsync::retrieval::{ClipEmbeddings, Strategy, evaluate};
+
+/// Milliseconds per frame of the overlay animations.
+const GIF_FRAME_MS: u32 = 400;
 
 /// cavsync: CAV-MAE Sync audio-visual inference on edge devices.
 #[derive(Parser, Debug)]
@@ -40,6 +46,15 @@ enum Command {
     Retrieve(RetrieveArgs),
     /// Measure encoder latency and throughput of a bundle on this machine.
     Bench(BenchArgs),
+    /// Choose a bundle's activity threshold from annotated `localize` results (best balanced accuracy between sounding and silent frames).
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Args, Debug)]
+struct CalibrateArgs {
+    /// localization.jsonl files written by `localize --annotations` on held-out calibration clips.
+    #[arg(long, required = true, num_args = 1..)]
+    results: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -90,12 +105,15 @@ struct LocalizeArgs {
     /// Video file, decoded with the `ffmpeg` executable.
     #[arg(long)]
     video: Option<PathBuf>,
-    /// Output directory: localization.jsonl, heatmaps.npy (per clip), overlays/*.png.
+    /// Output directory: localization.jsonl, <clip>_heatmaps.npy, overlays/*.png, <clip>.gif, index.html (and metrics.json with --annotations).
     #[arg(long)]
     out: PathBuf,
-    /// Skip the overlay PNGs.
+    /// Skip the overlay PNGs and animations.
     #[arg(long)]
     no_overlays: bool,
+    /// Ground truth of the sounding objects (annotations.json written by `cavsync-export synth`): adds pointing game, cIoU and AUC per clip and overall (metrics.json).
+    #[arg(long)]
+    annotations: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -331,6 +349,11 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
     let bundle = open_bundle(&args.bundle)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create output directory", args.out.display()))?;
+    let annotations = args
+        .annotations
+        .as_deref()
+        .map(Annotations::read)
+        .transpose()?;
     let work = args.out.join("video-frames");
     let clips = load_clips(
         args.clip.as_deref(),
@@ -347,19 +370,70 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
     let frames_total: usize = clips.iter().map(|c| c.frames.len()).sum();
     let bar = progress(frames_total, "localizing");
     let mut encoder = ClipEncoder::new(&bundle);
-    let mut localizer = FrameLocalizer::new(&bundle);
+    let mut localizer = FrameLocalizer::new(&bundle)?;
     let jsonl_path = args.out.join("localization.jsonl");
     let mut lines = String::new();
-    let started = Instant::now();
+    let mut reports = Vec::with_capacity(clips.len());
+    let mut overall = LocalizationTally::default();
+    let mut per_clip_metrics = Vec::new();
+    let mut inference_s = 0.0;
     for clip in &clips {
+        let truth = match &annotations {
+            Some(a) => Some(a.clip(&clip.id).with_context(|| {
+                format!(
+                    "{}: clip {} has no entry in the annotations",
+                    args.annotations
+                        .as_deref()
+                        .unwrap_or(Path::new(""))
+                        .display(),
+                    clip.id
+                )
+            })?),
+            None => None,
+        };
+        let mut tally = LocalizationTally::default();
+        let mut rows = Vec::with_capacity(clip.frames.len());
+        let mut overlay_frames = Vec::new();
         let mel = encoder.clip_fbank(clip)?;
         let mut heatmaps: Vec<Vec<f32>> = Vec::new();
         let mut size: Option<(usize, usize)> = None;
         for frame in &clip.frames {
+            let t0 = Instant::now();
             let (emb, rgb) = encoder.encode_frame(&mel, frame, clip.total_frames)?;
             let (w, h) = (rgb.width() as usize, rgb.height() as usize);
             let loc = localizer.localize(&emb, w, h)?;
-            let record = serde_json::json!({
+            inference_s += t0.elapsed().as_secs_f64();
+            if size.is_some_and(|s| s != (w, h)) {
+                bail!(
+                    "{}: frame size {w}x{h} differs from the clip's earlier frames",
+                    frame.path.display()
+                );
+            }
+            size = Some((w, h));
+            let gt = truth
+                .map(|t| {
+                    t.frames.get(frame.index).with_context(|| {
+                        format!(
+                            "annotations of clip {} have no frame {}",
+                            clip.id, frame.index
+                        )
+                    })
+                })
+                .transpose()?;
+            let (mut ciou, mut hit) = (None, None);
+            if let Some(gt) = gt {
+                if gt.sounding.is_empty() {
+                    tally.add_silent(loc.result.active);
+                } else {
+                    let boxes: Vec<[f32; 4]> = gt.sounding.iter().map(|o| o.bbox).collect();
+                    let mask = metrics::gt_map(&boxes, w, h);
+                    let c = metrics::ciou(&loc.heatmap, &mask, w, h)?;
+                    let p = metrics::pointing_hit(&loc.heatmap, &mask, w, h)?;
+                    tally.add_sounding(c, p, loc.result.active);
+                    (ciou, hit) = (Some(c), Some(p));
+                }
+            }
+            let mut record = serde_json::json!({
                 "clip": clip.id,
                 "frame": frame.index,
                 "time_s": frame.time_s,
@@ -371,22 +445,31 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
                 "peaks": loc.result.peaks,
                 "boxes": loc.result.boxes,
             });
+            if let Some(gt) = gt {
+                record["sounding"] = serde_json::json!(gt.sounding.len());
+                record["ciou"] = serde_json::json!(ciou);
+                record["pointing_hit"] = serde_json::json!(hit);
+            }
             lines.push_str(&record.to_string());
             lines.push('\n');
+            let mut overlay_name = None;
             if !args.no_overlays {
                 let overlay = render_overlay(&rgb, &loc.heatmap, &loc.result)?;
-                save_png(
-                    &overlay,
-                    &overlays.join(format!("{}_frame{:02}.png", clip.id, frame.index)),
-                )?;
+                let name = format!("{}_frame{:02}.png", clip.id, frame.index);
+                save_png(&overlay, &overlays.join(&name))?;
+                overlay_frames.push(overlay);
+                overlay_name = Some(format!("overlays/{name}"));
             }
-            if size.is_some_and(|s| s != (w, h)) {
-                bail!(
-                    "{}: frame size {w}x{h} differs from the clip's earlier frames",
-                    frame.path.display()
-                );
-            }
-            size = Some((w, h));
+            rows.push(FrameRow {
+                frame: frame.index,
+                time_s: frame.time_s,
+                score: loc.result.score,
+                active: loc.result.active,
+                sounding: gt.map(|g| g.sounding.len()),
+                ciou,
+                hit,
+                overlay: overlay_name,
+            });
             heatmaps.push(loc.heatmap);
             bar.inc(1);
         }
@@ -398,15 +481,90 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
                 array.view().into_dyn(),
             )?;
         }
+        let gif = if overlay_frames.is_empty() {
+            None
+        } else {
+            let name = format!("{}.gif", clip.id);
+            let path = args.out.join(&name);
+            report::write_gif(&overlay_frames, GIF_FRAME_MS, &path)
+                .with_context(|| format!("{}: cannot write the animation", path.display()))?;
+            Some(name)
+        };
+        let summary = if truth.is_some() && !tally.cious.is_empty() {
+            Some(tally.summary()?)
+        } else {
+            None
+        };
+        if let Some(s) = &summary {
+            bar.suspend(|| {
+                println!(
+                    "{}: pointing {}/{}, cIoU@0.5 {:.2}, AUC {:.3}, silent frames not active {}/{}",
+                    clip.id,
+                    tally.pointing_hits,
+                    s.sounding_frames,
+                    s.ciou_at_half,
+                    s.auc,
+                    tally.silent_inactive,
+                    tally.silent_frames
+                )
+            });
+            per_clip_metrics.push(serde_json::json!({ "clip": clip.id, "metrics": s }));
+        }
+        overall.merge(&tally);
+        reports.push(ClipReport {
+            id: clip.id.clone(),
+            gif,
+            rows,
+            summary,
+        });
     }
     bar.finish_and_clear();
     cavsync::atomic::write_atomic(&jsonl_path, |w| w.write_all(lines.as_bytes()))
         .with_context(|| format!("{}: cannot write", jsonl_path.display()))?;
-    let elapsed = started.elapsed().as_secs_f64();
+    let overall_summary = if annotations.is_some() && !overall.cious.is_empty() {
+        Some(overall.summary()?)
+    } else {
+        None
+    };
+    if let Some(s) = &overall_summary {
+        let path = args.out.join("metrics.json");
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "overall": s,
+            "clips": per_clip_metrics,
+        }))?;
+        cavsync::atomic::write_atomic(&path, |w| w.write_all(text.as_bytes()))
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    let page = args.out.join("index.html");
+    report::write_html(
+        &format!("cavsync localization: {}", bundle.dir.display()),
+        &reports,
+        overall_summary.as_ref(),
+        &page,
+    )
+    .with_context(|| format!("{}: cannot write", page.display()))?;
     println!(
-        "localized {frames_total} frames of {} clip(s) in {elapsed:.2} s ({:.2} frames/s); results in {}",
+        "localized {frames_total} frames of {} clip(s): {:.2} frames/s (inference incl. preprocessing, {} thread(s))",
         clips.len(),
-        frames_total as f64 / elapsed.max(1e-9),
+        frames_total as f64 / inference_s.max(1e-9),
+        args.bundle.threads
+    );
+    if let Some(s) = &overall_summary {
+        println!(
+            "ground truth: pointing {:.1}%, cIoU@0.5 {:.1}%, mean cIoU {:.3}, AUC {:.3} over {} sounding frames; \
+             sounding frames active {:.1}%; silent frames not active {:.1}% (of {})",
+            100.0 * s.pointing,
+            100.0 * s.ciou_at_half,
+            s.mean_ciou,
+            s.auc,
+            s.sounding_frames,
+            100.0 * s.sounding_active_rate,
+            100.0 * s.silent_inactive_rate,
+            s.silent_frames
+        );
+    }
+    println!(
+        "results in {}: localization.jsonl, overlays/, *.gif, index.html",
         args.out.display()
     );
     Ok(())
@@ -523,6 +681,48 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn calibrate(args: &CalibrateArgs) -> anyhow::Result<()> {
+    let mut samples = Vec::new();
+    for path in &args.results {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a JSON line", path.display(), i + 1))?;
+            let score = v["score"].as_f64();
+            let sounding = v["sounding"].as_u64();
+            let (Some(score), Some(sounding)) = (score, sounding) else {
+                bail!(
+                    "{}:{}: expected numeric \"score\" and \"sounding\" fields (run `localize --annotations`)",
+                    path.display(),
+                    i + 1
+                );
+            };
+            samples.push((score as f32, sounding > 0));
+        }
+    }
+    let c = metrics::calibrate_threshold(&samples).with_context(|| {
+        format!(
+            "{} frames: calibration needs both sounding and silent frames",
+            samples.len()
+        )
+    })?;
+    let silent = samples.iter().filter(|s| !s.1).count();
+    println!(
+        "threshold {:.4}: sounding frames active {:.1}% (of {}), silent frames not active {:.1}% (of {})",
+        c.threshold,
+        100.0 * c.sounding_active_rate,
+        samples.len() - silent,
+        100.0 * c.silent_inactive_rate,
+        silent
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     cavsync::cli::init_tracing();
     let cli = Cli::parse();
@@ -533,5 +733,6 @@ fn main() -> ExitCode {
         Command::Localize(args) => localize(args),
         Command::Retrieve(args) => retrieve(args),
         Command::Bench(args) => bench(args),
+        Command::Calibrate(args) => calibrate(args),
     })
 }

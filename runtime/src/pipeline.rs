@@ -119,15 +119,15 @@ pub struct FrameLocalizer {
 
 impl FrameLocalizer {
     /// A localizer using the bundle's threshold and patch grid, other settings at their defaults.
-    pub fn new(bundle: &Bundle) -> Self {
+    pub fn new(bundle: &Bundle) -> Result<Self, PipelineError> {
         let config = LocalizeConfig {
             active_threshold: bundle.manifest.localization.active_threshold,
             ..LocalizeConfig::default()
         };
-        Self {
-            localizer: Localizer::new(config),
+        Ok(Self {
+            localizer: Localizer::new(config)?,
             grid: bundle.manifest.visual.grid,
-        }
+        })
     }
 
     /// Localize the audio of a frame in its image of size `width` x `height`.

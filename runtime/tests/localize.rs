@@ -76,6 +76,7 @@ fn inside(p: &Peak, area: (f64, f64, f64, f64)) -> bool {
 fn run(config: LocalizeConfig, map: &[f32], w: usize, h: usize) -> (FrameLocalization, Vec<f32>) {
     let mut heatmap = Vec::new();
     let loc = Localizer::new(config)
+        .unwrap()
         .run(map, GRID, GRID, w, h, &mut heatmap)
         .unwrap();
     (loc, heatmap)
@@ -347,7 +348,7 @@ fn active_flag_follows_the_threshold_on_the_raw_score() {
 
 #[test]
 fn run_rejects_bad_inputs_with_clear_messages() {
-    let mut localizer = Localizer::new(LocalizeConfig::default());
+    let mut localizer = Localizer::new(LocalizeConfig::default()).unwrap();
     let mut heatmap = Vec::new();
     let err = localizer
         .run(&[0.0; 10], GRID, GRID, 320, 240, &mut heatmap)
@@ -369,19 +370,18 @@ fn run_rejects_bad_inputs_with_clear_messages() {
         .run(&[0.0; 196], GRID, GRID, 0, 240, &mut heatmap)
         .unwrap_err();
     assert!(matches!(err, LocalizeError::Empty { .. }), "{err}");
-    let mut bad = Localizer::new(LocalizeConfig {
+    let err = Localizer::new(LocalizeConfig {
         region_threshold: 1.5,
         ..LocalizeConfig::default()
-    });
-    let err = bad
-        .run(&[0.0; 196], GRID, GRID, 320, 240, &mut heatmap)
-        .unwrap_err();
+    })
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("region_threshold = 1.5"), "{err}");
 }
 
 #[test]
 fn localizer_reuses_the_heatmap_buffer_across_frames_and_sizes() {
-    let mut localizer = Localizer::new(LocalizeConfig::default());
+    let mut localizer = Localizer::new(LocalizeConfig::default()).unwrap();
     let mut heatmap = Vec::new();
     let a = grid_with(&[(3, 10)], 0.0, 1.0);
     let b = grid_with(&[(10, 3)], 0.0, 1.0);

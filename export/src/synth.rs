@@ -1,0 +1,822 @@
+//! Synthetic audio-visual clips with ground truth: a small world in which objects of several classes sound, each class with its own sound, and a sounding object visibly pulses.
+//!
+//! A clip is 10 s of 16 kHz audio and 16 frames (frame k at k * 10 / 16 s), written in the
+//! CAV-MAE datafile layout (`audio/ID.wav`, `frames/frame_{k}/ID.jpg`, `datafile.json`) plus
+//! `annotations.json` ([`cavsync::annotations`]). Each frame's time slot (the 0.64 s the
+//! official loader centres its audio segment on, see [`SLOT_SAMPLES`]) has a set of sounding
+//! objects: zero, one or two. A sounding object glows with its loudness (brighter colours, a
+//! bright rim, a larger outline that bobs); a silent one, including a distractor that never
+//! sounds, is dimmed and half desaturated. Each class has a colour, a surface pattern and a
+//! sound (timbre, pitch range, noise band, rhythm); an object's pitch follows its size (bigger
+//! is lower). Backgrounds are procedural textures or crops of photographs; background noise is
+//! added at a random SNR. Everything is a function of the seed.
+
+use std::f32::consts::PI;
+use std::path::{Path, PathBuf};
+
+use image::{RgbImage, imageops};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use cavsync::annotations::{self, Annotations, ClipAnnotation, FrameAnnotation, ObjectAnnotation};
+
+/// Sample rate of the written audio.
+pub const SAMPLE_RATE: u32 = 16_000;
+/// Clip length in seconds.
+pub const DURATION_S: f32 = 10.0;
+/// Frames per clip.
+pub const FRAMES: usize = 16;
+/// Frame side in pixels (frames are square, the model's input size).
+pub const FRAME_SIZE: u32 = 224;
+/// JPEG quality of the written frames.
+const JPEG_QUALITY: u8 = 90;
+/// Samples per frame slot: the official loader centres frame k's audio segment on fbank row
+/// round(k * 1024 / 16) = 64 k, i.e. at 0.64 k s, so slot k is the 0.64 s around that time.
+pub const SLOT_SAMPLES: usize = cavsync::preprocess::segment::CLIP_FRAMES * 160 / FRAMES;
+/// Fade at slot boundaries, in samples (10 ms).
+const FADE: usize = 160;
+
+/// Errors raised while generating a data set.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    /// A file could not be read or written.
+    #[error("{path}: cannot {action}: {message}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// What failed.
+        message: String,
+    },
+    /// The backgrounds folder holds no readable image.
+    #[error("{0}: no .jpg/.jpeg/.png background images found")]
+    NoBackgrounds(PathBuf),
+}
+
+fn io_err(path: &Path, action: &'static str, e: impl ToString) -> SynthError {
+    SynthError::Io {
+        path: path.to_path_buf(),
+        action,
+        message: e.to_string(),
+    }
+}
+
+/// Surface pattern of a class.
+#[derive(Debug, Clone, Copy)]
+enum Pattern {
+    Rings,
+    HorizontalStripes,
+    VerticalStripes,
+    Checker,
+    Dots,
+    Diagonal,
+}
+
+/// Sound of a class.
+#[derive(Debug, Clone, Copy)]
+enum Voice {
+    /// Struck inharmonic partials with exponential decay, `rate` strikes per second.
+    Bell { f0: f32, rate: f32 },
+    /// Low-passed noise bursts with a low thump.
+    Drum { f0: f32, rate: f32 },
+    /// Sine with vibrato.
+    Flute { f0: f32 },
+    /// Sawtooth buzz plus rumble, amplitude-modulated.
+    Engine { f0: f32 },
+    /// Rising chirps.
+    Bird { f0: f32, rate: f32 },
+    /// Gated square wave.
+    Buzzer { f0: f32, rate: f32 },
+}
+
+/// One object class: name, colour, pattern, sound.
+#[derive(Debug, Clone, Copy)]
+struct Class {
+    name: &'static str,
+    color: [u8; 3],
+    pattern: Pattern,
+    voice: Voice,
+}
+
+const CLASSES: [Class; 6] = [
+    Class {
+        name: "bell",
+        color: [235, 200, 40],
+        pattern: Pattern::Rings,
+        voice: Voice::Bell {
+            f0: 660.0,
+            rate: 4.0,
+        },
+    },
+    Class {
+        name: "drum",
+        color: [210, 45, 40],
+        pattern: Pattern::HorizontalStripes,
+        voice: Voice::Drum {
+            f0: 80.0,
+            rate: 3.0,
+        },
+    },
+    Class {
+        name: "flute",
+        color: [40, 90, 220],
+        pattern: Pattern::VerticalStripes,
+        voice: Voice::Flute { f0: 520.0 },
+    },
+    Class {
+        name: "engine",
+        color: [150, 150, 160],
+        pattern: Pattern::Checker,
+        voice: Voice::Engine { f0: 90.0 },
+    },
+    Class {
+        name: "bird",
+        color: [40, 190, 70],
+        pattern: Pattern::Dots,
+        voice: Voice::Bird {
+            f0: 2000.0,
+            rate: 6.0,
+        },
+    },
+    Class {
+        name: "buzzer",
+        color: [200, 50, 200],
+        pattern: Pattern::Diagonal,
+        voice: Voice::Buzzer {
+            f0: 330.0,
+            rate: 8.0,
+        },
+    },
+];
+
+/// Names of the classes, in class-id order.
+pub fn class_names() -> Vec<String> {
+    CLASSES.iter().map(|c| c.name.to_string()).collect()
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct SynthConfig {
+    /// Number of clips.
+    pub clips: usize,
+    /// Seed; clip i depends only on (seed, i).
+    pub seed: u64,
+    /// Photographs to use as backgrounds (empty: procedural textures only).
+    pub backgrounds: Vec<RgbImage>,
+    /// Share of clips, in [0, 1], that get a photograph when `backgrounds` is not empty.
+    pub photo_share: f32,
+}
+
+/// Loads every .jpg/.jpeg/.png in `dir` (sorted by name) as a background.
+pub fn load_backgrounds(dir: &Path) -> Result<Vec<RgbImage>, SynthError> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| io_err(dir, "list the backgrounds folder", e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+        })
+        .collect();
+    paths.sort();
+    let images = paths
+        .iter()
+        .map(|p| {
+            image::open(p)
+                .map(|i| i.to_rgb8())
+                .map_err(|e| io_err(p, "decode the background image", e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if images.is_empty() {
+        return Err(SynthError::NoBackgrounds(dir.to_path_buf()));
+    }
+    Ok(images)
+}
+
+/// One object of a scene.
+#[derive(Debug, Clone)]
+struct Object {
+    class: usize,
+    /// Centre at frame 0, pixels.
+    x: f32,
+    y: f32,
+    /// Drift over the clip, pixels.
+    dx: f32,
+    dy: f32,
+    /// Box size at rest, pixels.
+    w: f32,
+    h: f32,
+    /// Loudness per slot (0 = silent).
+    loudness: [f32; FRAMES],
+    /// Bobbing phase.
+    phase: f32,
+}
+
+impl Object {
+    /// The drawn box (x0, y0, x1, y1) in frame `k`, clipped to the frame.
+    fn rect(&self, k: usize) -> [f32; 4] {
+        let t = k as f32 / (FRAMES - 1) as f32;
+        let a = self.loudness[k];
+        let scale = 1.0 + 0.12 * a;
+        let bob = if a > 0.0 {
+            5.0 * (self.phase + k as f32 * 1.7).sin() * a
+        } else {
+            0.0
+        };
+        let (cx, cy) = (self.x + self.dx * t, self.y + self.dy * t + bob);
+        let (hw, hh) = (self.w * scale / 2.0, self.h * scale / 2.0);
+        let s = FRAME_SIZE as f32;
+        [
+            (cx - hw).clamp(0.0, s),
+            (cy - hh).clamp(0.0, s),
+            (cx + hw).clamp(0.0, s),
+            (cy + hh).clamp(0.0, s),
+        ]
+    }
+
+    /// Pitch factor: bigger objects sound lower (reference size 140 px).
+    fn pitch(&self) -> f32 {
+        140.0 / (self.w * self.h).sqrt()
+    }
+}
+
+/// A generated clip: audio, frames and ground truth.
+pub struct SynthClip {
+    /// Clip name.
+    pub id: String,
+    /// 16 kHz mono samples in [-1, 1].
+    pub audio: Vec<f32>,
+    /// The frames.
+    pub frames: Vec<RgbImage>,
+    /// Ground truth.
+    pub annotation: ClipAnnotation,
+}
+
+/// Generates clip `index` of the data set `config` describes.
+pub fn generate_clip(config: &SynthConfig, index: usize) -> SynthClip {
+    let mut rng = StdRng::seed_from_u64(
+        config
+            .seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(index as u64),
+    );
+    let id = format!("s{}_{index:05}", config.seed);
+    let objects = make_objects(&mut rng);
+    let use_photo = !config.backgrounds.is_empty() && rng.random::<f32>() < config.photo_share;
+    let background = if use_photo {
+        let photo = &config.backgrounds[rng.random_range(0..config.backgrounds.len())];
+        photo_background(photo, &mut rng)
+    } else {
+        texture_background(&mut rng)
+    };
+    let frames = (0..FRAMES)
+        .map(|k| render_frame(&background, &objects, k))
+        .collect();
+    let audio = render_audio(&objects, &mut rng);
+    let s = FRAME_SIZE as f32;
+    let frames_gt = (0..FRAMES)
+        .map(|k| {
+            let (mut sounding, mut silent) = (Vec::new(), Vec::new());
+            for o in &objects {
+                let r = o.rect(k);
+                let ann = ObjectAnnotation {
+                    class: CLASSES[o.class].name.to_string(),
+                    bbox: [r[0] / s, r[1] / s, r[2] / s, r[3] / s],
+                };
+                if o.loudness[k] > 0.0 {
+                    sounding.push(ann);
+                } else {
+                    silent.push(ann);
+                }
+            }
+            FrameAnnotation {
+                frame: k,
+                sounding,
+                silent,
+            }
+        })
+        .collect();
+    SynthClip {
+        annotation: ClipAnnotation {
+            video_id: id.clone(),
+            width: FRAME_SIZE,
+            height: FRAME_SIZE,
+            frames: frames_gt,
+        },
+        id,
+        audio,
+        frames,
+    }
+}
+
+/// 1-2 sources (objects that sound at some time) and 0-1 silent distractor, of distinct classes.
+fn make_objects(rng: &mut StdRng) -> Vec<Object> {
+    let sources = if rng.random::<f32>() < 0.6 { 1 } else { 2 };
+    let distractors = usize::from(rng.random::<f32>() < 0.5);
+    let mut classes: Vec<usize> = (0..CLASSES.len()).collect();
+    for i in 0..classes.len() {
+        let j = rng.random_range(i..classes.len());
+        classes.swap(i, j);
+    }
+    let s = FRAME_SIZE as f32;
+    let mut objects: Vec<Object> = Vec::new();
+    // Two sources sit on opposite sides along a random axis so that both stay visible.
+    let horizontal = rng.random::<bool>();
+    for (n, &class) in classes.iter().take(sources + distractors).enumerate() {
+        let is_source = n < sources;
+        let side = match (is_source, sources) {
+            (true, 1) => rng.random_range(140.0..190.0),
+            (true, _) => rng.random_range(120.0..150.0),
+            (false, _) => rng.random_range(60.0..100.0),
+        };
+        let aspect: f32 = rng.random_range(0.8..1.25);
+        let (w, h) = (side * aspect.sqrt(), side / aspect.sqrt());
+        let free = |extent: f32| {
+            let m = (extent * 0.45).min(s / 2.0);
+            (m, (s - m).max(m + 1.0))
+        };
+        let (lo_x, hi_x) = free(w);
+        let (lo_y, hi_y) = free(h);
+        let (mut x, mut y) = (rng.random_range(lo_x..hi_x), rng.random_range(lo_y..hi_y));
+        if is_source && sources == 2 {
+            let along = if n == 0 {
+                rng.random_range(0.25..0.35)
+            } else {
+                rng.random_range(0.65..0.75)
+            } * s;
+            if horizontal {
+                x = along;
+            } else {
+                y = along;
+            }
+        }
+        objects.push(Object {
+            class,
+            x,
+            y,
+            dx: rng.random_range(-15.0..15.0),
+            dy: rng.random_range(-10.0..10.0),
+            w,
+            h,
+            loudness: [0.0; FRAMES],
+            phase: rng.random_range(0.0..2.0 * PI),
+        });
+    }
+    // Sounding sets per slot: a persistent random walk over {none, A, B, A+B}.
+    let mut state: u8 = rng.random_range(1..4);
+    for k in 0..FRAMES {
+        if k > 0 && rng.random::<f32>() > 0.7 {
+            state = if rng.random::<f32>() < 0.18 {
+                0
+            } else {
+                rng.random_range(1..4)
+            };
+        }
+        let on = |i: usize| match (sources, state) {
+            (_, 0) => false,
+            (1, _) => i == 0,
+            (_, 1) => i == 0,
+            (_, 2) => i == 1,
+            _ => true,
+        };
+        for (i, o) in objects.iter_mut().enumerate().take(sources) {
+            if on(i) {
+                o.loudness[k] = rng.random_range(0.5..1.0);
+            }
+        }
+    }
+    // Draw order: bigger first, so smaller objects stay visible.
+    objects.sort_by(|a, b| (b.w * b.h).total_cmp(&(a.w * a.h)));
+    objects
+}
+
+fn lerp(a: f32, b: f32, t: f32) -> f32 {
+    a + (b - a) * t
+}
+
+/// Smooth value noise in muted colours, with faint stripes.
+fn texture_background(rng: &mut StdRng) -> RgbImage {
+    const GRID: usize = 5;
+    let base: [f32; 3] = [
+        rng.random_range(60.0..190.0),
+        rng.random_range(60.0..190.0),
+        rng.random_range(60.0..190.0),
+    ];
+    let grid: Vec<[f32; 3]> = (0..(GRID + 1) * (GRID + 1))
+        .map(|_| {
+            let v: f32 = rng.random_range(-45.0..45.0);
+            [
+                base[0] + v + rng.random_range(-15.0..15.0),
+                base[1] + v + rng.random_range(-15.0..15.0),
+                base[2] + v + rng.random_range(-15.0..15.0),
+            ]
+        })
+        .collect();
+    let angle: f32 = rng.random_range(0.0..PI);
+    let freq: f32 = rng.random_range(0.03..0.12);
+    let stripe_amp: f32 = rng.random_range(0.0..18.0);
+    let s = FRAME_SIZE as f32;
+    let mut img = RgbImage::new(FRAME_SIZE, FRAME_SIZE);
+    for (x, y, px) in img.enumerate_pixels_mut() {
+        let gx = x as f32 / s * GRID as f32;
+        let gy = y as f32 / s * GRID as f32;
+        let (ix, iy) = (gx as usize, gy as usize);
+        let (fx, fy) = (gx - ix as f32, gy - iy as f32);
+        let at = |i: usize, j: usize| grid[j * (GRID + 1) + i];
+        let stripe = stripe_amp * ((x as f32 * angle.cos() + y as f32 * angle.sin()) * freq).sin();
+        let noise: f32 = rng.random_range(-6.0..6.0);
+        for c in 0..3 {
+            let top = lerp(at(ix, iy)[c], at(ix + 1, iy)[c], fx);
+            let bottom = lerp(at(ix, iy + 1)[c], at(ix + 1, iy + 1)[c], fx);
+            px[c] = (lerp(top, bottom, fy) + stripe + noise).clamp(0.0, 255.0) as u8;
+        }
+    }
+    img
+}
+
+/// A random square crop (at least 60% of the shorter side) of a photograph, maybe mirrored, at frame size.
+fn photo_background(photo: &RgbImage, rng: &mut StdRng) -> RgbImage {
+    let short = photo.width().min(photo.height());
+    let side = ((short as f32) * rng.random_range(0.6..1.0)) as u32;
+    let side = side.max(1);
+    let x = rng.random_range(0..=photo.width() - side);
+    let y = rng.random_range(0..=photo.height() - side);
+    let crop = imageops::crop_imm(photo, x, y, side, side).to_image();
+    let mut img = imageops::resize(
+        &crop,
+        FRAME_SIZE,
+        FRAME_SIZE,
+        imageops::FilterType::Triangle,
+    );
+    if rng.random::<bool>() {
+        imageops::flip_horizontal_in_place(&mut img);
+    }
+    img
+}
+
+/// Whether pattern `p` shows its dark colour at object coordinates (u, v) in [0, 1].
+fn pattern_dark(p: Pattern, u: f32, v: f32) -> bool {
+    let band = |x: f32| (x.floor() as i64).rem_euclid(2) == 1;
+    match p {
+        Pattern::Rings => band(((u - 0.5).powi(2) + (v - 0.5).powi(2)).sqrt() * 9.0),
+        Pattern::HorizontalStripes => band(v * 7.0),
+        Pattern::VerticalStripes => band(u * 7.0),
+        Pattern::Checker => band(u * 4.0) != band(v * 4.0),
+        Pattern::Dots => {
+            let (fu, fv) = ((u * 4.0).fract() - 0.5, (v * 4.0).fract() - 0.5);
+            fu * fu + fv * fv < 0.09
+        }
+        Pattern::Diagonal => band((u + v) * 5.0),
+    }
+}
+
+/// An object's colour at loudness `loud`: a silent object is dimmed and half desaturated, a sounding one glows brighter with its loudness.
+fn lit(color: [u8; 3], loud: f32) -> [u8; 3] {
+    let c = color.map(f32::from);
+    if loud > 0.0 {
+        c.map(|v| (v + (255.0 - v) * 0.25 * loud).clamp(0.0, 255.0) as u8)
+    } else {
+        let grey = 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2];
+        c.map(|v| ((0.5 * v + 0.5 * grey) * 0.6).clamp(0.0, 255.0) as u8)
+    }
+}
+
+/// The background with every object drawn in frame `k`.
+fn render_frame(background: &RgbImage, objects: &[Object], k: usize) -> RgbImage {
+    let mut img = background.clone();
+    for o in objects {
+        let class = &CLASSES[o.class];
+        let [x0, y0, x1, y1] = o.rect(k);
+        let (w, h) = (x1 - x0, y1 - y0);
+        if w < 1.0 || h < 1.0 {
+            continue;
+        }
+        let radius = 0.15 * w.min(h);
+        let loud = o.loudness[k];
+        let rim = if loud > 0.0 { 3.0 + 6.0 * loud } else { 0.0 };
+        let light = lit(class.color, loud);
+        let dark = lit(class.color.map(|c| (f32::from(c) * 0.45) as u8), loud);
+        for py in y0.floor() as u32..(y1.ceil() as u32).min(FRAME_SIZE) {
+            for px in x0.floor() as u32..(x1.ceil() as u32).min(FRAME_SIZE) {
+                let (fx, fy) = (px as f32 + 0.5, py as f32 + 0.5);
+                // Signed distance to the rounded rectangle's edge (negative inside).
+                let qx = (fx - (x0 + x1) / 2.0).abs() - (w / 2.0 - radius);
+                let qy = (fy - (y0 + y1) / 2.0).abs() - (h / 2.0 - radius);
+                let outside = (qx.max(0.0).powi(2) + qy.max(0.0).powi(2)).sqrt();
+                let dist = outside + qx.max(qy).min(0.0) - radius;
+                if dist > 0.0 {
+                    continue;
+                }
+                let color = if -dist < rim {
+                    [255, 255, 235]
+                } else if pattern_dark(class.pattern, (fx - x0) / w, (fy - y0) / h) {
+                    dark
+                } else {
+                    light
+                };
+                img.put_pixel(px, py, image::Rgb(color));
+            }
+        }
+    }
+    img
+}
+
+/// One source's signal over the whole clip (before gating), at unit level.
+fn voice_signal(voice: Voice, pitch: f32, n: usize, rng: &mut StdRng) -> Vec<f32> {
+    let sr = SAMPLE_RATE as f32;
+    let mut out = vec![0.0f32; n];
+    let mut lp = 0.0f32;
+    let mut phase = 0.0f32;
+    for (i, y) in out.iter_mut().enumerate() {
+        let t = i as f32 / sr;
+        let white: f32 = rng.random_range(-1.0..1.0);
+        *y = match voice {
+            Voice::Bell { f0, rate } => {
+                let tau = (t * rate).fract() / rate;
+                let f = f0 * pitch;
+                let env = (-tau * 9.0).exp();
+                env * ((2.0 * PI * f * t).sin()
+                    + 0.6 * (2.0 * PI * 2.76 * f * t).sin()
+                    + 0.35 * (2.0 * PI * 5.4 * f * t).sin())
+                    / 1.95
+            }
+            Voice::Drum { f0, rate } => {
+                let tau = (t * rate).fract() / rate;
+                lp += 0.12 * (white - lp);
+                let env = (-tau * 18.0).exp();
+                env * (1.6 * lp + 0.7 * (2.0 * PI * f0 * pitch * tau).sin())
+            }
+            Voice::Flute { f0 } => {
+                phase += 2.0 * PI * f0 * pitch * (1.0 + 0.012 * (2.0 * PI * 5.0 * t).sin()) / sr;
+                0.9 * phase.sin() + 0.15 * (2.0 * phase).sin() + 0.03 * white
+            }
+            Voice::Engine { f0 } => {
+                lp += 0.05 * (white - lp);
+                let saw = 2.0 * (t * f0 * pitch).fract() - 1.0;
+                (0.45 * saw + 2.0 * lp) * (0.7 + 0.3 * (2.0 * PI * 12.0 * t).sin())
+            }
+            Voice::Bird { f0, rate } => {
+                let tau = (t * rate).fract() / rate;
+                if tau < 0.08 {
+                    let f = f0 * pitch * (1.0 + 12.5 * tau);
+                    phase += 2.0 * PI * f / sr;
+                    (PI * tau / 0.08).sin() * phase.sin()
+                } else {
+                    0.0
+                }
+            }
+            Voice::Buzzer { f0, rate } => {
+                let gate = if (t * rate).fract() < 0.5 { 1.0 } else { 0.0 };
+                let sq = if (t * f0 * pitch).fract() < 0.5 {
+                    0.5
+                } else {
+                    -0.5
+                };
+                gate * sq
+            }
+        };
+    }
+    out
+}
+
+/// Per-sample gain of a source: its slot loudness with short fades at slot changes.
+fn gate(loudness: &[f32; FRAMES], n: usize) -> Vec<f32> {
+    let target: Vec<f32> = (0..n)
+        .map(|i| {
+            // Slot of frame k covers the half-slot either side of k * SLOT_SAMPLES.
+            let k = ((i as f32 / SLOT_SAMPLES as f32) + 0.5).floor() as usize;
+            loudness[k.min(FRAMES - 1)]
+        })
+        .collect();
+    // Linear ramps over FADE samples wherever the target changes.
+    let mut out = target.clone();
+    for i in 1..n {
+        if target[i] != target[i - 1] {
+            let (from, to) = (target[i - 1], target[i]);
+            let start = i.saturating_sub(FADE / 2);
+            for (j, v) in out
+                .iter_mut()
+                .enumerate()
+                .take((i + FADE / 2).min(n))
+                .skip(start)
+            {
+                let t = (j - start) as f32 / FADE as f32;
+                *v = lerp(from, to, t);
+            }
+        }
+    }
+    out
+}
+
+/// The clip's audio: gated sources plus background noise at a random SNR, peak-limited to 0.9.
+fn render_audio(objects: &[Object], rng: &mut StdRng) -> Vec<f32> {
+    let n = (DURATION_S * SAMPLE_RATE as f32) as usize;
+    let mut mix = vec![0.0f32; n];
+    for o in objects {
+        if o.loudness.iter().all(|&a| a == 0.0) {
+            continue;
+        }
+        let signal = voice_signal(CLASSES[o.class].voice, o.pitch(), n, rng);
+        let level = 0.3;
+        for ((m, s), g) in mix.iter_mut().zip(&signal).zip(gate(&o.loudness, n)) {
+            *m += level * s * g;
+        }
+    }
+    let active: Vec<f32> = mix.iter().copied().filter(|v| v.abs() > 1e-6).collect();
+    let signal_power = if active.is_empty() {
+        0.01
+    } else {
+        active.iter().map(|v| v * v).sum::<f32>() / active.len() as f32
+    };
+    let snr_db: f32 = rng.random_range(10.0..30.0);
+    let noise_rms = (signal_power / 10f32.powf(snr_db / 10.0)).sqrt();
+    let mut lp = 0.0f32;
+    let noise: Vec<f32> = (0..n)
+        .map(|_| {
+            let white: f32 = rng.random_range(-1.0..1.0);
+            lp += 0.1 * (white - lp);
+            // Pinkish: mostly low-passed, some white.
+            2.4 * lp + 0.2 * white
+        })
+        .collect();
+    let raw_rms = (noise.iter().map(|v| v * v).sum::<f32>() / n as f32).sqrt();
+    let gain = noise_rms / raw_rms.max(1e-12);
+    for (m, v) in mix.iter_mut().zip(&noise) {
+        *m += gain * v;
+    }
+    let peak = mix.iter().fold(0.0f32, |p, v| p.max(v.abs()));
+    if peak > 0.9 {
+        let g = 0.9 / peak;
+        mix.iter_mut().for_each(|v| *v *= g);
+    }
+    mix
+}
+
+/// Writes `clip` under `out`: `audio/ID.wav` (16-bit) and `frames/frame_{k}/ID.jpg`.
+fn write_clip(clip: &SynthClip, out: &Path) -> Result<(), SynthError> {
+    let wav = out.join("audio").join(format!("{}.wav", clip.id));
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: SAMPLE_RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut bytes = std::io::Cursor::new(Vec::with_capacity(clip.audio.len() * 2 + 44));
+    {
+        let mut writer = hound::WavWriter::new(&mut bytes, spec)
+            .map_err(|e| io_err(&wav, "encode the audio", e))?;
+        for &s in &clip.audio {
+            let v = (s.clamp(-1.0, 1.0) * 32767.0).round() as i16;
+            writer
+                .write_sample(v)
+                .map_err(|e| io_err(&wav, "encode the audio", e))?;
+        }
+        writer
+            .finalize()
+            .map_err(|e| io_err(&wav, "encode the audio", e))?;
+    }
+    cavsync::atomic::write_atomic(&wav, |w| w.write_all(bytes.get_ref()))
+        .map_err(|e| io_err(&wav, "write the audio", e))?;
+    for (k, frame) in clip.frames.iter().enumerate() {
+        let path = out
+            .join("frames")
+            .join(format!("frame_{k}"))
+            .join(format!("{}.jpg", clip.id));
+        cavsync::atomic::write_atomic(&path, |w| {
+            image::codecs::jpeg::JpegEncoder::new_with_quality(w, JPEG_QUALITY)
+                .encode_image(frame)
+                .map_err(std::io::Error::other)
+        })
+        .map_err(|e| io_err(&path, "write the frame", e))?;
+    }
+    Ok(())
+}
+
+/// Generates the data set into `out`: clips, `datafile.json` (paths as `out/...`) and `annotations.json`; `progress` is called after each clip.
+pub fn write_dataset(
+    config: &SynthConfig,
+    out: &Path,
+    mut progress: impl FnMut(usize),
+) -> Result<Annotations, SynthError> {
+    for sub in ["audio", "frames"] {
+        std::fs::create_dir_all(out.join(sub))
+            .map_err(|e| io_err(&out.join(sub), "create the folder", e))?;
+    }
+    for k in 0..FRAMES {
+        let dir = out.join("frames").join(format!("frame_{k}"));
+        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, "create the folder", e))?;
+    }
+    let mut entries = Vec::with_capacity(config.clips);
+    let mut clips = Vec::with_capacity(config.clips);
+    for i in 0..config.clips {
+        let clip = generate_clip(config, i);
+        write_clip(&clip, out)?;
+        let labels: Vec<String> = clip
+            .annotation
+            .frames
+            .iter()
+            .flat_map(|f| f.sounding.iter().map(|o| o.class.clone()))
+            .fold(Vec::new(), |mut acc, c| {
+                if !acc.contains(&c) {
+                    acc.push(c);
+                }
+                acc
+            });
+        entries.push(serde_json::json!({
+            "video_id": clip.id,
+            "wav": out.join("audio").join(format!("{}.wav", clip.id)),
+            "video_path": out.join("frames"),
+            "labels": labels.join(","),
+        }));
+        clips.push(clip.annotation);
+        progress(i + 1);
+    }
+    let annotations = Annotations {
+        format: annotations::FORMAT.to_string(),
+        classes: class_names(),
+        clips,
+    };
+    let datafile = out.join("datafile.json");
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "data": entries }))
+        .map_err(|e| io_err(&datafile, "serialise the datafile", e))?;
+    cavsync::atomic::write_atomic(&datafile, |w| w.write_all(text.as_bytes()))
+        .map_err(|e| io_err(&datafile, "write the datafile", e))?;
+    let ann_path = out.join("annotations.json");
+    let text = serde_json::to_string(&annotations)
+        .map_err(|e| io_err(&ann_path, "serialise the annotations", e))?;
+    cavsync::atomic::write_atomic(&ann_path, |w| w.write_all(text.as_bytes()))
+        .map_err(|e| io_err(&ann_path, "write the annotations", e))?;
+    Ok(annotations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(seed: u64) -> SynthConfig {
+        SynthConfig {
+            clips: 4,
+            seed,
+            backgrounds: Vec::new(),
+            photo_share: 0.0,
+        }
+    }
+
+    #[test]
+    fn clips_are_deterministic_per_seed() {
+        let a = generate_clip(&config(7), 2);
+        let b = generate_clip(&config(7), 2);
+        let c = generate_clip(&config(8), 2);
+        assert_eq!(a.audio, b.audio);
+        assert_eq!(a.frames, b.frames);
+        assert_eq!(a.annotation, b.annotation);
+        assert_ne!(a.audio, c.audio);
+    }
+
+    #[test]
+    fn ground_truth_matches_the_world() {
+        for i in 0..12 {
+            let clip = generate_clip(&config(1), i);
+            assert_eq!(clip.audio.len(), 160_000);
+            assert!(clip.audio.iter().all(|v| v.abs() <= 0.9 + 1e-6));
+            for f in &clip.annotation.frames {
+                assert!(f.sounding.len() <= 2);
+                assert!((1..=3).contains(&(f.sounding.len() + f.silent.len())));
+                for o in &f.sounding {
+                    // Sources are large: the field's metric needs boxes over a quarter of the frame.
+                    let [x1, y1, x2, y2] = o.bbox;
+                    assert!((x2 - x1) * (y2 - y1) > 0.2, "{:?}", o.bbox);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_sounding_object_pulses_and_its_slot_is_louder() {
+        let clip = (0..20)
+            .map(|i| generate_clip(&config(3), i))
+            .find(|c| {
+                c.annotation.frames.iter().any(|f| f.sounding.is_empty())
+                    && c.annotation.frames.iter().any(|f| !f.sounding.is_empty())
+            })
+            .expect("some clip has silent and sounding frames");
+        let slot = SLOT_SAMPLES;
+        let rms = |k: usize| {
+            let c = k * slot;
+            let lo = c.saturating_sub(slot / 2) + FADE;
+            let hi = (c + slot / 2).min(160_000) - FADE;
+            let s = &clip.audio[lo..hi];
+            (s.iter().map(|v| v * v).sum::<f32>() / s.len() as f32).sqrt()
+        };
+        let frames = &clip.annotation.frames;
+        let silent = frames.iter().position(|f| f.sounding.is_empty()).unwrap();
+        let loud = frames.iter().position(|f| !f.sounding.is_empty()).unwrap();
+        assert!(
+            rms(loud) > 1.5 * rms(silent),
+            "{} vs {}",
+            rms(loud),
+            rms(silent)
+        );
+    }
+}

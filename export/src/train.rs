@@ -1,0 +1,814 @@
+//! CAV-MAE Sync pretraining on the burn CPU backend: configuration, official initialisation, data, AdamW with warm-up and cosine decay, checkpoints with the official key names, resume.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use ndarray::Array2;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use cavsync::clip::{self, DatafileEntry};
+use cavsync::preprocess::fbank::{ShortInput, clip_log_mel};
+use cavsync::preprocess::image::preprocess_image_file;
+use cavsync::preprocess::segment::frame_segment;
+
+use crate::checkpoint::{Checkpoint, CheckpointFormat, RawTensor};
+use crate::layout::{DecoderConfig, Layout, MEL_BINS, ModelConfig};
+use crate::model::{CavMae, ModelError};
+use crate::pretrain::{self, Masking, Objective, PretrainError};
+use crate::random::{WriteError, write_safetensors};
+
+/// Errors raised while training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A file could not be read or written.
+    #[error("{path}: cannot {action}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// What failed.
+        message: String,
+    },
+    /// The configuration is invalid.
+    #[error("{path}: {detail}")]
+    Config {
+        /// The configuration file (or "built-in defaults").
+        path: String,
+        /// Which field is wrong and what was expected.
+        detail: String,
+    },
+    /// The training data could not be loaded.
+    #[error(transparent)]
+    Clip(#[from] clip::ClipError),
+    /// A frame image could not be loaded.
+    #[error(transparent)]
+    Image(#[from] cavsync::preprocess::image::ImageError),
+    /// A clip's fbank could not be computed.
+    #[error("clip {clip}: {source}")]
+    Fbank {
+        /// The clip.
+        clip: String,
+        /// The fbank error.
+        source: cavsync::preprocess::fbank::FbankError,
+    },
+    /// The model could not be built or read back.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The pretraining pass failed.
+    #[error(transparent)]
+    Pretrain(#[from] PretrainError),
+    /// A checkpoint could not be written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// A checkpoint to resume from could not be loaded.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// A resumed checkpoint does not have the configured layout.
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
+    /// The loss became NaN or infinite.
+    #[error("loss is {value} at step {step}; lower optim.lr or check the data")]
+    Diverged {
+        /// The step.
+        step: usize,
+        /// The loss value.
+        value: f32,
+    },
+}
+
+fn io_err(path: &Path, action: &'static str, e: impl ToString) -> TrainError {
+    TrainError::Io {
+        path: path.to_path_buf(),
+        action,
+        message: e.to_string(),
+    }
+}
+
+/// Model size of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// Embedding dimension (heads = dim / 64, the default every tool assumes).
+    pub dim: usize,
+    /// Modality-specific blocks per modality.
+    pub depth: usize,
+    /// Joint blocks.
+    pub joint_depth: usize,
+    /// Register tokens per modality.
+    pub registers: usize,
+    /// Audio segment length L in fbank frames (a multiple of 16).
+    pub audio_length: usize,
+    /// MLP hidden width as a multiple of dim.
+    pub mlp_ratio: usize,
+    /// Decoder dimension (heads = decoder_dim / 32, as the tools assume).
+    pub decoder_dim: usize,
+    /// Decoder blocks.
+    pub decoder_depth: usize,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            dim: 128,
+            depth: 3,
+            joint_depth: 1,
+            registers: 2,
+            audio_length: 64,
+            mlp_ratio: 4,
+            decoder_dim: 64,
+            decoder_depth: 1,
+        }
+    }
+}
+
+/// Optimiser and schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimSection {
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Clips per batch (one random frame each).
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate of the cosine decay.
+    pub min_lr: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup_steps: usize,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Adam beta1.
+    pub beta1: f32,
+    /// Adam beta2.
+    pub beta2: f32,
+}
+
+impl Default for OptimSection {
+    fn default() -> Self {
+        Self {
+            steps: 1200,
+            batch_size: 48,
+            lr: 1e-3,
+            min_lr: 1e-5,
+            warmup_steps: 80,
+            weight_decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.95,
+        }
+    }
+}
+
+/// The objective (DESIGN.md section 4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossSection {
+    /// Share of audio patches removed.
+    pub mask_ratio_a: f64,
+    /// Share of visual patches removed.
+    pub mask_ratio_v: f64,
+    /// lambda_r.
+    pub mae_weight: f64,
+    /// lambda_c.
+    pub contrastive_weight: f64,
+    /// InfoNCE temperature.
+    pub temperature: f64,
+    /// Symmetric InfoNCE (the official default is audio-over-visual only).
+    pub bidirectional: bool,
+    /// Per-patch normalised MAE targets.
+    pub norm_pix_loss: bool,
+    /// Official `global_local_losses`: InfoNCE on global tokens averaged with InfoNCE on mean patch tokens.
+    pub global_local: bool,
+}
+
+impl Default for LossSection {
+    fn default() -> Self {
+        Self {
+            mask_ratio_a: 0.75,
+            mask_ratio_v: 0.75,
+            mae_weight: 1.0,
+            contrastive_weight: 0.1,
+            temperature: 0.05,
+            bidirectional: false,
+            norm_pix_loss: false,
+            global_local: false,
+        }
+    }
+}
+
+/// Seed and checkpointing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSection {
+    /// Seed of the initial weights, batches and masks.
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: usize,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            checkpoint_every: 100,
+        }
+    }
+}
+
+/// A training configuration (TOML); every field has a default.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model size.
+    pub model: ModelSection,
+    /// Optimiser and schedule.
+    pub optim: OptimSection,
+    /// Objective.
+    pub loss: LossSection,
+    /// Seed and checkpointing.
+    pub run: RunSection,
+}
+
+impl TrainConfig {
+    /// Reads a TOML configuration and checks it.
+    pub fn read(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, "read the config", e))?;
+        let config: Self = toml::from_str(&text).map_err(|e| TrainError::Config {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Checks value ranges; `origin` names the file in errors.
+    pub fn validate(&self, origin: &str) -> Result<(), TrainError> {
+        let fail = |detail: String| {
+            Err(TrainError::Config {
+                path: origin.to_string(),
+                detail,
+            })
+        };
+        let m = &self.model;
+        if m.dim == 0 || !m.dim.is_multiple_of(64) {
+            return fail(format!(
+                "model.dim = {}; expected a positive multiple of 64 (heads = dim / 64)",
+                m.dim
+            ));
+        }
+        if m.decoder_dim == 0 || !m.decoder_dim.is_multiple_of(32) {
+            return fail(format!(
+                "model.decoder_dim = {}; expected a positive multiple of 32",
+                m.decoder_dim
+            ));
+        }
+        if m.audio_length == 0 || !m.audio_length.is_multiple_of(16) {
+            return fail(format!(
+                "model.audio_length = {}; expected a positive multiple of 16",
+                m.audio_length
+            ));
+        }
+        if m.depth == 0 || m.joint_depth == 0 || m.decoder_depth == 0 || m.mlp_ratio == 0 {
+            return fail(
+                "model.depth, joint_depth, decoder_depth and mlp_ratio must be at least 1".into(),
+            );
+        }
+        let o = &self.optim;
+        if o.steps == 0 || o.batch_size < 2 {
+            return fail(format!(
+                "optim.steps = {}, optim.batch_size = {}; expected steps >= 1 and batch_size >= 2 (InfoNCE needs negatives)",
+                o.steps, o.batch_size
+            ));
+        }
+        if !(o.lr > 0.0 && o.min_lr >= 0.0 && o.min_lr <= o.lr) {
+            return fail(format!(
+                "optim.lr = {}, optim.min_lr = {}; expected 0 <= min_lr <= lr, lr > 0",
+                o.lr, o.min_lr
+            ));
+        }
+        let l = &self.loss;
+        for (name, r) in [
+            ("mask_ratio_a", l.mask_ratio_a),
+            ("mask_ratio_v", l.mask_ratio_v),
+        ] {
+            if !(0.0..1.0).contains(&r) {
+                return fail(format!("loss.{name} = {r}; expected a value in [0, 1)"));
+            }
+        }
+        if l.temperature <= 0.0 {
+            return fail(format!(
+                "loss.temperature = {}; expected > 0",
+                l.temperature
+            ));
+        }
+        if self.run.checkpoint_every == 0 {
+            return fail("run.checkpoint_every must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The checkpoint layout this configuration trains.
+    pub fn model_config(&self) -> ModelConfig {
+        let m = &self.model;
+        ModelConfig {
+            layout: Layout::Sync,
+            dim: m.dim,
+            heads: m.dim / 64,
+            mlp_hidden: m.dim * m.mlp_ratio,
+            patch: 16,
+            depth_a: m.depth,
+            depth_v: m.depth,
+            depth_u: m.joint_depth,
+            registers: m.registers,
+            contrastive_depth: 0,
+            audio_length: m.audio_length,
+            image_size: cavsync::preprocess::image::IMAGE_SIZE as usize,
+            decoder: Some(DecoderConfig {
+                dim: m.decoder_dim,
+                depth: m.decoder_depth,
+                mlp_hidden: m.decoder_dim * m.mlp_ratio,
+                heads: m.decoder_dim / 32,
+            }),
+        }
+    }
+
+    /// Learning rate at `step` (0-based): linear warm-up to `lr`, then cosine decay to `min_lr` at the last step.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let o = &self.optim;
+        if step < o.warmup_steps {
+            return o.lr * (step + 1) as f64 / o.warmup_steps as f64;
+        }
+        let span = o.steps.saturating_sub(o.warmup_steps).max(1) as f64;
+        let progress = ((step - o.warmup_steps) as f64 / span).min(1.0);
+        o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+
+    fn objective(&self) -> Objective {
+        let l = &self.loss;
+        Objective {
+            mae_weight: l.mae_weight,
+            contrastive_weight: l.contrastive_weight,
+            temperature: l.temperature,
+            bidirectional: l.bidirectional,
+            norm_pix_loss: l.norm_pix_loss,
+            global_local: l.global_local,
+        }
+    }
+}
+
+/// 2-D sin-cos position embedding of a (rows x cols) grid, row-major tokens, as the official `get_2d_sincos_pos_embed` (first half encodes the column, second half the row).
+pub fn sincos_pos_embed(dim: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let one_d = |pos: f64, out: &mut Vec<f32>| {
+        let quarter = half / 2;
+        let omega: Vec<f64> = (0..quarter)
+            .map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64))
+            .collect();
+        out.extend(omega.iter().map(|w| (pos * w).sin() as f32));
+        out.extend(omega.iter().map(|w| (pos * w).cos() as f32));
+    };
+    let mut out = Vec::with_capacity(rows * cols * dim);
+    for r in 0..rows {
+        for c in 0..cols {
+            one_d(c as f64, &mut out);
+            one_d(r as f64, &mut out);
+        }
+    }
+    out
+}
+
+/// Initial weights as the official `initialize_weights`: fixed sin-cos positions, xavier-uniform linear and patch weights, zero biases, unit LayerNorms, N(0, 0.02) tokens, N(0, 1) registers.
+pub fn init_tensors(config: &ModelConfig, seed: u64) -> BTreeMap<String, RawTensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut normal = move |std: f32| {
+        // Box-Muller.
+        let u1: f32 = rng.random::<f32>().max(1e-12);
+        let u2: f32 = rng.random::<f32>();
+        std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+    };
+    let mut uniform_rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    config
+        .expected_shapes()
+        .into_iter()
+        .map(|(key, shape)| {
+            let n: usize = shape.iter().product();
+            let data = if key.starts_with("pos_embed_a") || key.starts_with("decoder_pos_embed_a") {
+                sincos_pos_embed(shape[2], config.audio_rows(), config.audio_cols())
+            } else if key.starts_with("pos_embed_v") || key.starts_with("decoder_pos_embed_v") {
+                let side = config.image_size / config.patch;
+                sincos_pos_embed(shape[2], side, side)
+            } else if key.contains("norm") && key.ends_with(".weight") {
+                vec![1.0; n]
+            } else if key.ends_with(".bias") {
+                vec![0.0; n]
+            } else if key.ends_with(".weight") {
+                // Linear (out, in) and patch convolutions viewed as (out, in * k * k).
+                let fan_out = shape[0];
+                let fan_in = n / fan_out;
+                let bound = (6.0 / (fan_in + fan_out) as f32).sqrt();
+                (0..n)
+                    .map(|_| uniform_rng.random_range(-bound..bound))
+                    .collect()
+            } else if key == "register_tokens" {
+                (0..n).map(|_| normal(1.0)).collect()
+            } else {
+                (0..n).map(|_| normal(0.02)).collect()
+            };
+            (key, RawTensor { shape, data })
+        })
+        .collect()
+}
+
+/// One training clip: its raw log-mel and frame paths.
+struct TrainClip {
+    mel: Array2<f32>,
+    frames: Vec<PathBuf>,
+}
+
+/// The training set: every clip of `DIR/datafile.json`, with its fbank computed once.
+pub struct TrainData {
+    clips: Vec<TrainClip>,
+    total_frames: usize,
+}
+
+impl TrainData {
+    /// Frames per clip of the official loader.
+    pub const FRAMES: usize = 16;
+
+    /// Loads `dir/datafile.json` and computes every clip's fbank; `progress` is called per clip.
+    pub fn load(dir: &Path, mut progress: impl FnMut(usize, usize)) -> Result<Self, TrainError> {
+        let entries: Vec<DatafileEntry> = clip::read_datafile(&dir.join("datafile.json"))?;
+        let mut clips = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let c = clip::clip_from_datafile_entry(e, Self::FRAMES)?;
+            let mel = clip_log_mel(&c.audio, ShortInput::ZeroPad).map_err(|source| {
+                TrainError::Fbank {
+                    clip: c.id.clone(),
+                    source,
+                }
+            })?;
+            clips.push(TrainClip {
+                mel,
+                frames: c.frames.into_iter().map(|f| f.path).collect(),
+            });
+            progress(i + 1, entries.len());
+        }
+        if clips.len() < 2 {
+            return Err(TrainError::Config {
+                path: dir.join("datafile.json").display().to_string(),
+                detail: format!("{} clip(s); training needs at least 2", clips.len()),
+            });
+        }
+        Ok(Self {
+            clips,
+            total_frames: Self::FRAMES,
+        })
+    }
+
+    /// Number of clips.
+    pub fn len(&self) -> usize {
+        self.clips.len()
+    }
+
+    /// Whether there are no clips.
+    pub fn is_empty(&self) -> bool {
+        self.clips.is_empty()
+    }
+
+    /// A batch of distinct clips, one random frame each: (audio (B, L, 128), images (B, 3, 224, 224)) as flat buffers.
+    fn batch(
+        &self,
+        rng: &mut StdRng,
+        size: usize,
+        audio_length: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
+        let size = size.min(self.clips.len());
+        let picks = rand::seq::index::sample(rng, self.clips.len(), size);
+        let (mut audio, mut images) = (Vec::new(), Vec::new());
+        for i in picks {
+            let clip = &self.clips[i];
+            let k = rng.random_range(0..self.total_frames);
+            let seg = frame_segment(clip.mel.view(), k, self.total_frames, audio_length);
+            audio.extend(seg.iter());
+            images.extend(preprocess_image_file(&clip.frames[k])?.iter());
+        }
+        Ok((audio, images))
+    }
+}
+
+/// What a run has done so far, saved next to the checkpoint for resuming and for the record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    /// Steps completed.
+    pub step: usize,
+    /// Mean losses per completed checkpoint interval.
+    pub history: Vec<IntervalStats>,
+}
+
+/// Mean losses over one checkpoint interval.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntervalStats {
+    /// Last step of the interval (1-based).
+    pub step: usize,
+    /// Mean total loss.
+    pub loss: f64,
+    /// Mean audio MAE loss.
+    pub mae_a: f64,
+    /// Mean visual MAE loss.
+    pub mae_v: f64,
+    /// Mean InfoNCE.
+    pub nce: f64,
+    /// Mean contrastive accuracy.
+    pub accuracy: f64,
+    /// Learning rate at the interval's last step.
+    pub lr: f64,
+    /// Seconds per step.
+    pub seconds_per_step: f64,
+}
+
+/// Files of a run, derived from the checkpoint path `CKPT`.
+#[derive(Debug, Clone)]
+pub struct RunFiles {
+    /// The checkpoint (safetensors, official keys).
+    pub checkpoint: PathBuf,
+    /// The configuration used (`CKPT.train.toml`).
+    pub config: PathBuf,
+    /// Progress and history (`CKPT.state.json`).
+    pub state: PathBuf,
+    /// Optimiser state (`CKPT.optim.bpk`).
+    pub optimizer: PathBuf,
+}
+
+impl RunFiles {
+    /// The files belonging to checkpoint `checkpoint`.
+    pub fn new(checkpoint: &Path) -> Self {
+        let with = |suffix: &str| {
+            let mut name = checkpoint.as_os_str().to_os_string();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        Self {
+            checkpoint: checkpoint.to_path_buf(),
+            config: with(".train.toml"),
+            state: with(".state.json"),
+            optimizer: with(".optim.bpk"),
+        }
+    }
+}
+
+/// Running means over a checkpoint interval.
+#[derive(Default)]
+struct Accumulator {
+    n: usize,
+    loss: f64,
+    mae_a: f64,
+    mae_v: f64,
+    nce: f64,
+    accuracy: f64,
+}
+
+impl Accumulator {
+    fn add(&mut self, v: [f64; 5]) {
+        self.n += 1;
+        self.loss += v[0];
+        self.mae_a += v[1];
+        self.mae_v += v[2];
+        self.nce += v[3];
+        self.accuracy += v[4];
+    }
+
+    fn finish(&self, step: usize, lr: f64, seconds_per_step: f64) -> IntervalStats {
+        let n = self.n.max(1) as f64;
+        IntervalStats {
+            step,
+            loss: self.loss / n,
+            mae_a: self.mae_a / n,
+            mae_v: self.mae_v / n,
+            nce: self.nce / n,
+            accuracy: self.accuracy / n,
+            lr,
+            seconds_per_step,
+        }
+    }
+}
+
+/// A training run: model, optimiser, data and progress.
+pub struct Trainer {
+    config: TrainConfig,
+    model_config: ModelConfig,
+    model: CavMae,
+    optimizer: ModuleOptimizer,
+    device: Device,
+    files: RunFiles,
+    /// Progress so far.
+    pub state: TrainState,
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    f64::from(t.into_scalar::<f32>())
+}
+
+impl Trainer {
+    /// Starts a run from the official initialisation (seeded by `config.run.seed`).
+    pub fn new(config: TrainConfig, checkpoint: &Path) -> Result<Self, TrainError> {
+        let model_config = config.model_config();
+        let ck = Checkpoint {
+            path: PathBuf::from("<initial weights>"),
+            format: CheckpointFormat::Safetensors,
+            tensors: init_tensors(&model_config, config.run.seed),
+        };
+        Self::build(
+            config,
+            model_config,
+            &ck,
+            checkpoint,
+            TrainState::default(),
+            None,
+        )
+    }
+
+    /// Continues the run whose checkpoint is `checkpoint` (its config, state and optimiser files beside it).
+    pub fn resume(checkpoint: &Path) -> Result<Self, TrainError> {
+        let files = RunFiles::new(checkpoint);
+        let config = TrainConfig::read(&files.config)?;
+        let text = std::fs::read_to_string(&files.state)
+            .map_err(|e| io_err(&files.state, "read the run state", e))?;
+        let state: TrainState = serde_json::from_str(&text).map_err(|e| TrainError::Config {
+            path: files.state.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let ck = Checkpoint::load(checkpoint)?;
+        let detected = ModelConfig::detect(&ck, Some(config.model.dim / 64))?;
+        let model_config = config.model_config();
+        if detected != model_config {
+            return Err(TrainError::Config {
+                path: checkpoint.display().to_string(),
+                detail: format!(
+                    "checkpoint layout {detected:?} differs from the run's config {model_config:?}"
+                ),
+            });
+        }
+        let optimizer = files.optimizer.clone();
+        Self::build(
+            config,
+            model_config,
+            &ck,
+            checkpoint,
+            state,
+            Some(optimizer),
+        )
+    }
+
+    fn build(
+        config: TrainConfig,
+        model_config: ModelConfig,
+        ck: &Checkpoint,
+        checkpoint: &Path,
+        state: TrainState,
+        optimizer_file: Option<PathBuf>,
+    ) -> Result<Self, TrainError> {
+        let device = Device::default().autodiff();
+        let mut model = CavMae::from_checkpoint(ck, &model_config, &device)?;
+        // Fixed sin-cos positions are not trained (official `requires_grad=tr_pos`, False).
+        model.pos_embed_a = model.pos_embed_a.set_require_grad(false);
+        model.pos_embed_v = model.pos_embed_v.set_require_grad(false);
+        if let Some(dec) = model.decoder.as_mut() {
+            dec.pos_embed_a = dec.pos_embed_a.clone().set_require_grad(false);
+            dec.pos_embed_v = dec.pos_embed_v.clone().set_require_grad(false);
+        }
+        let o = &config.optim;
+        let mut optimizer = AdamWConfig::new()
+            .with_beta_1(o.beta1)
+            .with_beta_2(o.beta2)
+            .with_weight_decay(o.weight_decay)
+            .init();
+        if let Some(path) = optimizer_file {
+            optimizer = optimizer
+                .load(&path)
+                .map_err(|e| io_err(&path, "load the optimiser state", format!("{e:?}")))?;
+        }
+        Ok(Self {
+            config,
+            model_config,
+            model,
+            optimizer,
+            device,
+            files: RunFiles::new(checkpoint),
+            state,
+        })
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Trains until `config.optim.steps` (or until step `stop_after`), checkpointing every `checkpoint_every` steps and when stopping; `on_step(step, [loss, mae_a, mae_v, nce, acc], lr)` after each step.
+    pub fn run(
+        &mut self,
+        data: &TrainData,
+        stop_after: Option<usize>,
+        mut on_step: impl FnMut(usize, [f64; 5], f64),
+    ) -> Result<(), TrainError> {
+        let last = stop_after.map_or(self.config.optim.steps, |s| s.min(self.config.optim.steps));
+        let objective = self.config.objective();
+        let (b, l) = (
+            self.config.optim.batch_size.min(data.len()),
+            self.config.model.audio_length,
+        );
+        let size = self.model_config.image_size;
+        let mut acc = Accumulator::default();
+        let mut interval_start = std::time::Instant::now();
+        while self.state.step < last {
+            let step = self.state.step;
+            // Batches and masks depend only on (seed, step), so a resumed run sees what an uninterrupted one would.
+            let mut rng = StdRng::seed_from_u64(
+                self.config.run.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step as u64,
+            );
+            let (audio, images) = data.batch(&mut rng, b, l)?;
+            let audio =
+                Tensor::<3>::from_data(TensorData::new(audio, [b, l, MEL_BINS]), &self.device);
+            let images =
+                Tensor::<4>::from_data(TensorData::new(images, [b, 3, size, size]), &self.device);
+            let mask_a = Masking::random(
+                b,
+                self.model_config.audio_patches(),
+                self.config.loss.mask_ratio_a,
+                &mut rng,
+            );
+            let mask_v = Masking::random(
+                b,
+                self.model_config.visual_patches(),
+                self.config.loss.mask_ratio_v,
+                &mut rng,
+            );
+            let out = pretrain::forward(&self.model, audio, images, &mask_a, &mask_v, &objective)?;
+            let grads = out.loss.backward();
+            let values = [
+                scalar(out.loss.clone().inner()),
+                scalar(out.mae_a.inner()),
+                scalar(out.mae_v.inner()),
+                scalar(out.nce.inner()),
+                scalar(out.accuracy.inner()),
+            ];
+            if !values[0].is_finite() {
+                return Err(TrainError::Diverged {
+                    step,
+                    value: values[0] as f32,
+                });
+            }
+            let grads = GradientsParams::from_grads(grads, &self.model);
+            let lr = self.config.lr_at(step);
+            self.model = self.optimizer.step(lr, self.model.clone(), grads);
+            self.state.step += 1;
+            acc.add(values);
+            on_step(self.state.step, values, lr);
+            let done = self.state.step == last;
+            if self
+                .state
+                .step
+                .is_multiple_of(self.config.run.checkpoint_every)
+                || done
+            {
+                let secs = interval_start.elapsed().as_secs_f64() / acc.n.max(1) as f64;
+                self.state
+                    .history
+                    .push(acc.finish(self.state.step, lr, secs));
+                acc = Accumulator::default();
+                interval_start = std::time::Instant::now();
+                self.save()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint (official keys, safetensors), the config, the state and the optimiser state, each atomically.
+    pub fn save(&self) -> Result<(), TrainError> {
+        let tensors = self.model.state_dict()?;
+        write_safetensors(&tensors, &self.files.checkpoint)?;
+        let toml = toml::to_string_pretty(&self.config)
+            .map_err(|e| io_err(&self.files.config, "serialise the config", e))?;
+        cavsync::atomic::write_atomic(&self.files.config, |w| w.write_all(toml.as_bytes()))
+            .map_err(|e| io_err(&self.files.config, "write the config", e))?;
+        let json = serde_json::to_string_pretty(&self.state)
+            .map_err(|e| io_err(&self.files.state, "serialise the state", e))?;
+        cavsync::atomic::write_atomic(&self.files.state, |w| w.write_all(json.as_bytes()))
+            .map_err(|e| io_err(&self.files.state, "write the state", e))?;
+        let bytes = self.optimizer.into_bytes().map_err(|e| {
+            io_err(
+                &self.files.optimizer,
+                "serialise the optimiser state",
+                format!("{e:?}"),
+            )
+        })?;
+        cavsync::atomic::write_atomic(&self.files.optimizer, |w| w.write_all(&bytes))
+            .map_err(|e| io_err(&self.files.optimizer, "write the optimiser state", e))?;
+        Ok(())
+    }
+}

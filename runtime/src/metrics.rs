@@ -1,0 +1,381 @@
+//! Sound-source localization metrics exactly as the field's evaluation code computes them (LVS / EZ-VSL / SLAVC): cIoU, AUC and the pointing game.
+//!
+//! - Ground truth: EZ-VSL's `bbox2gtmap(..., 'vggss')`: every box `(clip(b, 0, 1) * size)`
+//!   truncated to integers, `gt[y1:y2, x1:x2] = 1`, the union of the boxes.
+//! - Prediction: the min-max normalised map `>=` the value at index `int(N * 0.5)` of its
+//!   ascending sort (the top half of the pixels).
+//! - `ciou = sum(P * G) / (sum(G) + sum(P * (G == 0)))`; the reported "cIoU" is the share of
+//!   samples with `ciou >= 0.5`; AUC is the trapezoidal area under the share of samples with
+//!   `ciou >= 0.05 i` for `i = 0..=20` (sklearn `metrics.auc`).
+//! - Pointing game: the map's first maximum in raster order (`np.argmax`) lies in the ground truth.
+//!
+//! EZ-VSL evaluates 224 x 224 maps; the functions here take any size, so frames that are not
+//! 224 x 224 are evaluated at their own resolution.
+
+/// Errors raised by the metric functions.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MetricsError {
+    /// A map does not hold width x height values.
+    #[error("{what} holds {found} values; expected {width} x {height} = {}", width * height)]
+    Size {
+        /// Which map.
+        what: &'static str,
+        /// Values given.
+        found: usize,
+        /// Map width.
+        width: usize,
+        /// Map height.
+        height: usize,
+    },
+    /// No samples were given to a summary.
+    #[error("no samples to summarise")]
+    Empty,
+}
+
+/// Ground-truth mask (row-major, width x height) of the union of normalised `[x1, y1, x2, y2]` boxes.
+pub fn gt_map(boxes: &[[f32; 4]], width: usize, height: usize) -> Vec<bool> {
+    let mut map = vec![false; width * height];
+    let pixel =
+        |v: f32, size: usize| ((f64::from(v).clamp(0.0, 1.0) * size as f64) as usize).min(size);
+    for b in boxes {
+        let (x1, y1) = (pixel(b[0], width), pixel(b[1], height));
+        let (x2, y2) = (pixel(b[2], width), pixel(b[3], height));
+        for row in map.chunks_exact_mut(width).take(y2).skip(y1) {
+            for cell in row.iter_mut().take(x2).skip(x1) {
+                *cell = true;
+            }
+        }
+    }
+    map
+}
+
+/// The field's prediction threshold: element `int(N * 0.5)` of the ascending sort of `map`.
+pub fn median_threshold(map: &[f32]) -> f32 {
+    let mut sorted = map.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    sorted[map.len() / 2]
+}
+
+/// Consensus IoU of one normalised map against a ground-truth mask, with the median threshold.
+pub fn ciou(map: &[f32], gt: &[bool], width: usize, height: usize) -> Result<f64, MetricsError> {
+    check(map.len(), width, height, "heatmap")?;
+    check(gt.len(), width, height, "ground-truth map")?;
+    let thr = median_threshold(map);
+    let (mut inter, mut gt_area, mut outside) = (0usize, 0usize, 0usize);
+    for (&p, &g) in map.iter().zip(gt) {
+        let predicted = p >= thr;
+        gt_area += usize::from(g);
+        inter += usize::from(predicted && g);
+        outside += usize::from(predicted && !g);
+    }
+    Ok(inter as f64 / (gt_area + outside) as f64)
+}
+
+/// Whether the map's first maximum in raster order lies inside the ground truth.
+pub fn pointing_hit(
+    map: &[f32],
+    gt: &[bool],
+    width: usize,
+    height: usize,
+) -> Result<bool, MetricsError> {
+    check(map.len(), width, height, "heatmap")?;
+    check(gt.len(), width, height, "ground-truth map")?;
+    let mut best = 0;
+    for (i, &v) in map.iter().enumerate() {
+        if v > map[best] {
+            best = i;
+        }
+    }
+    Ok(gt[best])
+}
+
+/// Share of samples with ciou >= 0.5 (the field's reported "cIoU", EZ-VSL's AP50).
+pub fn ciou_at_half(cious: &[f64]) -> Result<f64, MetricsError> {
+    share_at_least(cious, 0.5)
+}
+
+/// Area under the success curve: share of samples with ciou >= 0.05 i over i = 0..=20, trapezoidal rule.
+pub fn auc(cious: &[f64]) -> Result<f64, MetricsError> {
+    let thresholds: Vec<f64> = (0..=20).map(|i| 0.05 * f64::from(i)).collect();
+    let success = thresholds
+        .iter()
+        .map(|&t| share_at_least(cious, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(thresholds
+        .windows(2)
+        .zip(success.windows(2))
+        .map(|(x, y)| (x[1] - x[0]) * (y[0] + y[1]) / 2.0)
+        .sum())
+}
+
+fn share_at_least(values: &[f64], threshold: f64) -> Result<f64, MetricsError> {
+    if values.is_empty() {
+        return Err(MetricsError::Empty);
+    }
+    Ok(values.iter().filter(|&&v| v >= threshold).count() as f64 / values.len() as f64)
+}
+
+fn check(
+    found: usize,
+    width: usize,
+    height: usize,
+    what: &'static str,
+) -> Result<(), MetricsError> {
+    if found == width * height && found > 0 {
+        Ok(())
+    } else {
+        Err(MetricsError::Size {
+            what,
+            found,
+            width,
+            height,
+        })
+    }
+}
+
+/// Running totals of the localization metrics over frames with a sounding object, plus the silent-frame check.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LocalizationTally {
+    /// ciou of every evaluated (sounding) frame.
+    pub cious: Vec<f64>,
+    /// Pointing-game hits among evaluated frames.
+    pub pointing_hits: usize,
+    /// Sounding frames judged `active`.
+    pub sounding_active: usize,
+    /// Frames where nothing sounds.
+    pub silent_frames: usize,
+    /// Silent frames judged not `active` (the desired outcome).
+    pub silent_inactive: usize,
+}
+
+/// Summary of a [`LocalizationTally`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LocalizationSummary {
+    /// Frames with a sounding object.
+    pub sounding_frames: usize,
+    /// Pointing-game accuracy over sounding frames.
+    pub pointing: f64,
+    /// Share of sounding frames with ciou >= 0.5.
+    pub ciou_at_half: f64,
+    /// Mean ciou over sounding frames.
+    pub mean_ciou: f64,
+    /// Area under the ciou success curve.
+    pub auc: f64,
+    /// Share of sounding frames judged active.
+    pub sounding_active_rate: f64,
+    /// Frames where nothing sounds.
+    pub silent_frames: usize,
+    /// Share of silent frames judged not active (1.0 when there are none).
+    pub silent_inactive_rate: f64,
+}
+
+impl LocalizationTally {
+    /// Adds one sounding frame's ciou, pointing result and activity.
+    pub fn add_sounding(&mut self, ciou: f64, hit: bool, active: bool) {
+        self.cious.push(ciou);
+        self.pointing_hits += usize::from(hit);
+        self.sounding_active += usize::from(active);
+    }
+
+    /// Adds one frame where nothing sounds and whether it came out active.
+    pub fn add_silent(&mut self, active: bool) {
+        self.silent_frames += 1;
+        self.silent_inactive += usize::from(!active);
+    }
+
+    /// Merges another tally into this one.
+    pub fn merge(&mut self, other: &Self) {
+        self.cious.extend_from_slice(&other.cious);
+        self.pointing_hits += other.pointing_hits;
+        self.sounding_active += other.sounding_active;
+        self.silent_frames += other.silent_frames;
+        self.silent_inactive += other.silent_inactive;
+    }
+
+    /// The metrics; [`MetricsError::Empty`] when no sounding frame was added.
+    pub fn summary(&self) -> Result<LocalizationSummary, MetricsError> {
+        let n = self.cious.len();
+        if n == 0 {
+            return Err(MetricsError::Empty);
+        }
+        Ok(LocalizationSummary {
+            sounding_frames: n,
+            pointing: self.pointing_hits as f64 / n as f64,
+            ciou_at_half: ciou_at_half(&self.cious)?,
+            mean_ciou: self.cious.iter().sum::<f64>() / n as f64,
+            auc: auc(&self.cious)?,
+            sounding_active_rate: self.sounding_active as f64 / n as f64,
+            silent_frames: self.silent_frames,
+            silent_inactive_rate: if self.silent_frames == 0 {
+                1.0
+            } else {
+                self.silent_inactive as f64 / self.silent_frames as f64
+            },
+        })
+    }
+}
+
+/// An activity threshold chosen on labelled frames, and how it separates them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Calibration {
+    /// Scores at or above this are `active`.
+    pub threshold: f32,
+    /// Share of sounding frames at or above the threshold.
+    pub sounding_active_rate: f64,
+    /// Share of silent frames below the threshold.
+    pub silent_inactive_rate: f64,
+}
+
+/// The threshold on frame scores that maximises balanced accuracy (mean of the sounding-active and silent-inactive rates) over `(score, sounding)` samples; candidates are midpoints between neighbouring distinct scores.
+pub fn calibrate_threshold(samples: &[(f32, bool)]) -> Result<Calibration, MetricsError> {
+    let positives = samples.iter().filter(|s| s.1).count();
+    let negatives = samples.len() - positives;
+    if positives == 0 || negatives == 0 {
+        return Err(MetricsError::Empty);
+    }
+    let mut sorted: Vec<(f32, bool)> = samples.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Threshold below everything: all active.
+    let mut best = Calibration {
+        threshold: sorted[0].0 - 1e-3,
+        sounding_active_rate: 1.0,
+        silent_inactive_rate: 0.0,
+    };
+    let mut below_pos = 0usize;
+    let mut below_neg = 0usize;
+    for i in 0..sorted.len() {
+        if sorted[i].1 {
+            below_pos += 1;
+        } else {
+            below_neg += 1;
+        }
+        let next = sorted.get(i + 1).map(|s| s.0);
+        if next == Some(sorted[i].0) {
+            continue;
+        }
+        let threshold = next.map_or(sorted[i].0 + 1e-3, |n| 0.5 * (sorted[i].0 + n));
+        let candidate = Calibration {
+            threshold,
+            sounding_active_rate: (positives - below_pos) as f64 / positives as f64,
+            silent_inactive_rate: below_neg as f64 / negatives as f64,
+        };
+        let score = |c: &Calibration| c.sounding_active_rate + c.silent_inactive_rate;
+        if score(&candidate) > score(&best) {
+            best = candidate;
+        }
+    }
+    Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gt_map_truncates_like_the_field() {
+        // 4 x 4 frame; box x from 0.3*4 = 1.2 -> 1 to 0.99*4 = 3.96 -> 3, y from 0 to 0.5*4 = 2.
+        let gt = gt_map(&[[0.3, 0.0, 0.99, 0.5]], 4, 4);
+        let expected = [
+            0, 1, 1, 0, //
+            0, 1, 1, 0, //
+            0, 0, 0, 0, //
+            0, 0, 0, 0,
+        ];
+        assert_eq!(gt, expected.map(|v| v == 1));
+        // Union of two boxes, clipped to the frame.
+        let gt = gt_map(&[[0.0, 0.0, 0.25, 0.25], [0.75, 0.75, 1.5, 1.5]], 4, 4);
+        assert_eq!(gt.iter().filter(|&&g| g).count(), 2);
+        assert!(gt[0] && gt[15]);
+    }
+
+    #[test]
+    fn ciou_by_hand() {
+        // 4 x 2 map; sorted values 0, .1, .2, .3, .4, .5, .6, 1 -> threshold = sorted[4] = 0.4,
+        // so P = {0.4, 0.5, 0.6, 1.0} at indices 3, 4, 5, 7.
+        let map = [0.0, 0.1, 0.2, 0.4, 0.5, 0.6, 0.3, 1.0];
+        // G = indices 0, 1, 4, 5 (the left half of each row).
+        let gt = [true, true, false, false, true, true, false, false];
+        // P*G = {4, 5} -> 2; sum G = 4; P outside G = {3, 7} -> 2; ciou = 2 / 6.
+        assert!((ciou(&map, &gt, 4, 2).unwrap() - 2.0 / 6.0).abs() < 1e-15);
+        // Perfect prediction: ciou 1.
+        let gt = [false, false, false, true, true, true, false, true];
+        assert_eq!(ciou(&map, &gt, 4, 2).unwrap(), 1.0);
+        // Ties at the threshold all count as predicted: constant map -> P = everything.
+        let flat = [0.0; 8];
+        let gt = [true, true, false, false, false, false, false, false];
+        assert!((ciou(&flat, &gt, 4, 2).unwrap() - 2.0 / 8.0).abs() < 1e-15);
+        assert!(matches!(
+            ciou(&map, &gt, 3, 2),
+            Err(MetricsError::Size { found: 8, .. })
+        ));
+    }
+
+    #[test]
+    fn auc_and_ciou_at_half_by_hand() {
+        // cious 0.0, 0.5, 1.0: success(t) = 1 at t = 0; 2/3 for 0 < t <= 0.5; 1/3 for t > 0.5.
+        // Trapezoids: [0, .05]: (1 + 2/3)/2 * .05; 9 steps of 2/3 up to .5: 9 * .05 * 2/3;
+        // [.5, .55]: (2/3 + 1/3)/2 * .05; 9 steps of 1/3 up to 1.0: 9 * .05 / 3.
+        let cious = [0.0, 0.5, 1.0];
+        let expected = 0.05 * (5.0 / 6.0) + 0.45 * (2.0 / 3.0) + 0.05 * 0.5 + 0.45 / 3.0;
+        assert!(
+            (auc(&cious).unwrap() - expected).abs() < 1e-12,
+            "{}",
+            auc(&cious).unwrap()
+        );
+        assert!((ciou_at_half(&cious).unwrap() - 2.0 / 3.0).abs() < 1e-15);
+        // All perfect -> AUC 1; all zero -> only t = 0 succeeds -> 0.05 / 2.
+        assert!((auc(&[1.0, 1.0]).unwrap() - 1.0).abs() < 1e-12);
+        assert!((auc(&[0.0]).unwrap() - 0.025).abs() < 1e-12);
+        assert_eq!(auc(&[]), Err(MetricsError::Empty));
+    }
+
+    #[test]
+    fn pointing_takes_the_first_maximum() {
+        let map = [0.2, 1.0, 1.0, 0.0];
+        assert!(pointing_hit(&map, &[false, true, false, false], 2, 2).unwrap());
+        assert!(!pointing_hit(&map, &[false, false, true, false], 2, 2).unwrap());
+    }
+
+    #[test]
+    fn calibration_picks_the_separating_midpoint() {
+        let samples = [
+            (0.1, false),
+            (0.2, false),
+            (0.35, true),
+            (0.3, false),
+            (0.5, true),
+            (0.6, true),
+        ];
+        let c = calibrate_threshold(&samples).unwrap();
+        assert!((c.threshold - 0.325).abs() < 1e-6);
+        assert_eq!((c.sounding_active_rate, c.silent_inactive_rate), (1.0, 1.0));
+        // Overlapping classes: 0.4 (silent) sits among the sounding scores.
+        let samples = [(0.1, false), (0.4, false), (0.3, true), (0.5, true)];
+        let c = calibrate_threshold(&samples).unwrap();
+        assert_eq!(c.sounding_active_rate + c.silent_inactive_rate, 1.5);
+        assert_eq!(
+            calibrate_threshold(&[(0.1, true)]),
+            Err(MetricsError::Empty)
+        );
+    }
+
+    #[test]
+    fn tally_summarises() {
+        let mut tally = LocalizationTally::default();
+        tally.add_sounding(0.6, true, true);
+        tally.add_sounding(0.2, false, false);
+        tally.add_silent(false);
+        tally.add_silent(true);
+        let s = tally.summary().unwrap();
+        assert_eq!(s.sounding_frames, 2);
+        assert_eq!(s.pointing, 0.5);
+        assert_eq!(s.ciou_at_half, 0.5);
+        assert!((s.mean_ciou - 0.4).abs() < 1e-12);
+        assert_eq!(s.sounding_active_rate, 0.5);
+        assert_eq!(s.silent_inactive_rate, 0.5);
+        assert_eq!(
+            LocalizationTally::default().summary(),
+            Err(MetricsError::Empty)
+        );
+    }
+}

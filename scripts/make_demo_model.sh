@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Rebuilds models/demo/ from nothing: synthetic data, training with the CAV-MAE Sync objective,
+# bundle, activity-threshold calibration, held-out evaluation and the demo clip. Every number in
+# models/demo/RECORD.md was printed by this script (its output is kept in models/demo/record.log).
+#
+#   bash scripts/make_demo_model.sh            # WORK=/tmp/cavsync-demo by default
+#
+# Not part of CI: it trains for about an hour on a 2-core machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${WORK:-/tmp/cavsync-demo}
+PROFILE_FLAG=${PROFILE_FLAG:-}            # e.g. --release
+EXPORT="cargo run -q $PROFILE_FLAG -p cavsync-export --"
+RUNTIME="cargo run -q $PROFILE_FLAG -p cavsync --"
+mkdir -p "$WORK" models/demo
+LOG=models/demo/record.log
+exec > >(tee "$LOG") 2>&1
+
+echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD) on $(nproc) cores"
+step() { echo; echo "\$ $*"; "$@"; }
+
+# Data: training clips (30% with training photographs), calibration clips, and two held-out
+# test sets (seeds never used for training): procedural textures, and held-out photographs.
+[ -f "$WORK/train/datafile.json" ] || step $EXPORT synth --out "$WORK/train" --clips 1600 --seed 1 --backgrounds assets/backgrounds/train --photo-share 0.3
+[ -f "$WORK/calib/datafile.json" ] || step $EXPORT synth --out "$WORK/calib" --clips 40 --seed 3 --backgrounds assets/backgrounds/train --photo-share 0.3
+[ -f "$WORK/test-textures/datafile.json" ] || step $EXPORT synth --out "$WORK/test-textures" --clips 100 --seed 1001
+[ -f "$WORK/test-photos/datafile.json" ] || step $EXPORT synth --out "$WORK/test-photos" --clips 100 --seed 1002 --backgrounds assets/backgrounds/heldout
+
+CKPT="$WORK/run/demo.safetensors"
+if [ -f "$CKPT.state.json" ]; then
+  step $EXPORT train --data "$WORK/train" --out "$CKPT" --resume
+else
+  step $EXPORT train --data "$WORK/train" --config models/demo/train.toml --out "$CKPT"
+fi
+step $EXPORT inspect --checkpoint "$CKPT"
+
+# Calibrate the activity threshold on the calibration clips with an uncalibrated bundle.
+step $EXPORT convert --checkpoint "$CKPT" --out "$WORK/bundle-uncalibrated"
+step $RUNTIME localize --bundle "$WORK/bundle-uncalibrated" --datafile "$WORK/calib/datafile.json" \
+  --annotations "$WORK/calib/annotations.json" --out "$WORK/calib-results" --no-overlays
+CAL=$($RUNTIME calibrate --results "$WORK/calib-results/localization.jsonl")
+echo "$CAL"
+THRESHOLD=$(echo "$CAL" | sed -n 's/^threshold \([-0-9.]*\):.*/\1/p')
+step $EXPORT convert --checkpoint "$CKPT" --out models/demo/bundle --active-threshold "$THRESHOLD" \
+  --calibration "balanced accuracy on 40 synthetic calibration clips (synth --seed 3): $CAL"
+
+# Held-out evaluation: localization and retrieval.
+for set in test-textures test-photos; do
+  step $RUNTIME localize --bundle models/demo/bundle --threads 2 --datafile "$WORK/$set/datafile.json" \
+    --annotations "$WORK/$set/annotations.json" --out "$WORK/$set-results" --no-overlays
+  step $RUNTIME retrieve --bundle models/demo/bundle --threads 2 --datafile "$WORK/$set/datafile.json"
+done
+
+# The demo clip the README's first command localizes (held-out photograph background).
+rm -rf models/demo/clip
+step $EXPORT synth --out models/demo/clip --clips 1 --seed 2001 --backgrounds assets/backgrounds/heldout
+du -sh models/demo/bundle models/demo/clip
