@@ -44,6 +44,7 @@ fn pretraining_losses_match_the_official_forward() {
             bidirectional: false,
             norm_pix_loss: key.contains("norm_pix=true"),
             global_local: key.contains("global_local=true"),
+            ..Objective::default()
         };
         let a = Tensor::<3>::from_data(
             TensorData::new(

@@ -206,8 +206,10 @@ pub struct CavMae {
 
 /// Which modality an encoder pass is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Modality {
+pub enum Modality {
+    /// The audio encoder.
     Audio,
+    /// The visual encoder.
     Visual,
 }
 
@@ -260,32 +262,25 @@ impl CavMae {
         self.encode(images, Modality::Visual)
     }
 
-    fn encode(&self, input: Tensor<4>, modality: Modality) -> Embeddings {
-        let (patch, pos, emb, cls, blocks, head, norm, norms) = match modality {
-            Modality::Audio => (
-                &self.patch_embed_a,
-                &self.pos_embed_a,
-                &self.modality_a,
-                &self.cls_token_a,
-                &self.blocks_a,
-                &self.contrastive_head_audio,
-                &self.norm_a,
-                NormSet::Audio,
-            ),
-            Modality::Visual => (
-                &self.patch_embed_v,
-                &self.pos_embed_v,
-                &self.modality_v,
-                &self.cls_token_v,
-                &self.blocks_v,
-                &self.contrastive_head_visual,
-                &self.norm_v,
-                NormSet::Visual,
-            ),
+    /// Patch tokens of one modality: patch embedding, plus positional and modality embeddings, (batch, patches, dim).
+    pub fn embed_patches(&self, input: Tensor<4>, modality: Modality) -> Tensor<3> {
+        let (patch, pos, emb) = match modality {
+            Modality::Audio => (&self.patch_embed_a, &self.pos_embed_a, &self.modality_a),
+            Modality::Visual => (&self.patch_embed_v, &self.pos_embed_v, &self.modality_v),
         };
         let x = patch.forward(input);
         let [b, d, h, w] = x.dims();
-        let mut x = x.reshape([b, d, h * w]).swap_dims(1, 2) + pos.val() + emb.val();
+        x.reshape([b, d, h * w]).swap_dims(1, 2) + pos.val() + emb.val()
+    }
+
+    /// The modality-specific stack on (some of) a modality's patch tokens: prepend the global token, append the registers, run the modality blocks, drop the registers.
+    pub fn modality_blocks(&self, tokens: Tensor<3>, modality: Modality) -> Tensor<3> {
+        let (cls, blocks) = match modality {
+            Modality::Audio => (&self.cls_token_a, &self.blocks_a),
+            Modality::Visual => (&self.cls_token_v, &self.blocks_v),
+        };
+        let [b, _, d] = tokens.dims();
+        let mut x = tokens;
         if let Some(cls) = cls {
             x = Tensor::cat(vec![cls.val().expand([b, 1, d]), x], 1);
         }
@@ -306,9 +301,19 @@ impl CavMae {
             let n = x.dims()[1];
             x = x.narrow(1, 0, n - r);
         }
-        // The official forward_feat applies every joint block to the same input and keeps the
-        // last result (`for blk in self.blocks_u: ca = blk(a, 'a')`); with the published joint
-        // depth of 1 this is the plain chain.
+        x
+    }
+
+    /// The joint block with the modality's norms, then the modality's contrastive head, as the official `forward_feat`.
+    ///
+    /// The official code applies every joint block to the same input and keeps the last result
+    /// (`for blk in self.blocks_u: ca = blk(a, 'a')`); with the published joint depth of 1
+    /// this is the plain chain.
+    pub fn joint_and_head(&self, x: Tensor<3>, modality: Modality) -> Tensor<3> {
+        let (norms, head) = match modality {
+            Modality::Audio => (NormSet::Audio, &self.contrastive_head_audio),
+            Modality::Visual => (NormSet::Visual, &self.contrastive_head_visual),
+        };
         let mut x = match self.blocks_u.last() {
             Some(last) => last.forward(x, norms),
             None => x,
@@ -316,13 +321,30 @@ impl CavMae {
         for blk in head {
             x = blk.forward(x, NormSet::Shared);
         }
-        let n = x.dims()[1];
-        if cls.is_some() {
-            let global = norm.forward(x.clone().narrow(1, 0, 1)).reshape([b, d]);
-            let tokens = norm.forward(x.narrow(1, 1, n - 1));
+        x
+    }
+
+    /// The final modality norm applied to `x`.
+    pub fn final_norm(&self, x: Tensor<3>, modality: Modality) -> Tensor<3> {
+        match modality {
+            Modality::Audio => self.norm_a.forward(x),
+            Modality::Visual => self.norm_v.forward(x),
+        }
+    }
+
+    fn encode(&self, input: Tensor<4>, modality: Modality) -> Embeddings {
+        let has_cls = self.cls_token_a.is_some();
+        let x = self.modality_blocks(self.embed_patches(input, modality), modality);
+        let x = self.joint_and_head(x, modality);
+        let [b, n, d] = x.dims();
+        if has_cls {
+            let global = self
+                .final_norm(x.clone().narrow(1, 0, 1), modality)
+                .reshape([b, d]);
+            let tokens = self.final_norm(x.narrow(1, 1, n - 1), modality);
             Embeddings { global, tokens }
         } else {
-            let tokens = norm.forward(x);
+            let tokens = self.final_norm(x, modality);
             let global = tokens.clone().mean_dim(1).reshape([b, d]);
             Embeddings { global, tokens }
         }

@@ -4,7 +4,7 @@ use burn::prelude::*;
 use burn::tensor::activation;
 use rand::Rng;
 
-use crate::model::{Block, CavMae, NormSet};
+use crate::model::{Block, CavMae, Modality, NormSet};
 
 /// Errors raised by the pretraining pass.
 #[derive(Debug, thiserror::Error)]
@@ -91,12 +91,17 @@ impl Masking {
     }
 }
 
-/// Loss weights and settings of the objective (DESIGN.md section 4).
-#[derive(Debug, Clone, Copy)]
+/// The pretraining objective (DESIGN.md section 4): masking, loss weights and InfoNCE settings; the `[loss]` section of a training config.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Objective {
-    /// Weight of the MAE loss (sum of the audio and visual terms).
+    /// Share of audio patches removed.
+    pub mask_ratio_a: f64,
+    /// Share of visual patches removed.
+    pub mask_ratio_v: f64,
+    /// lambda_r: weight of the MAE loss (sum of the audio and visual terms).
     pub mae_weight: f64,
-    /// Weight of the contrastive loss.
+    /// lambda_c: weight of the contrastive loss.
     pub contrastive_weight: f64,
     /// InfoNCE temperature.
     pub temperature: f64,
@@ -106,6 +111,21 @@ pub struct Objective {
     pub norm_pix_loss: bool,
     /// The official `global_local_losses`: average InfoNCE on the global tokens with InfoNCE on the mean patch tokens.
     pub global_local: bool,
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Self {
+            mask_ratio_a: 0.75,
+            mask_ratio_v: 0.75,
+            mae_weight: 1.0,
+            contrastive_weight: 0.1,
+            temperature: 0.05,
+            bidirectional: false,
+            norm_pix_loss: false,
+            global_local: false,
+        }
+    }
 }
 
 /// Losses and contrastive accuracy of one batch.
@@ -184,49 +204,18 @@ fn info_nce(
     }
 }
 
-/// Modality blocks on the visible patches of one modality, with global and register tokens; returns the tokens without registers (global first when present).
-fn encode_visible(model: &CavMae, patches: Tensor<3>, masking: &Masking, audio: bool) -> Tensor<3> {
-    let [b, _, d] = patches.dims();
+/// The modality stack on the patches `masking` keeps, (global token first when present).
+fn encode_visible(
+    model: &CavMae,
+    input: Tensor<4>,
+    masking: &Masking,
+    modality: Modality,
+) -> Tensor<3> {
+    let patches = model.embed_patches(input, modality);
+    let [_, _, d] = patches.dims();
     let device = patches.device();
-    let mut x = patches.gather(1, Masking::index(&masking.keep, d, &device));
-    let (cls, blocks) = if audio {
-        (&model.cls_token_a, &model.blocks_a)
-    } else {
-        (&model.cls_token_v, &model.blocks_v)
-    };
-    if let Some(cls) = cls {
-        x = Tensor::cat(vec![cls.val().expand([b, 1, d]), x], 1);
-    }
-    let r = model.registers;
-    if let Some(regs) = &model.register_tokens {
-        let start = if audio { 0 } else { r };
-        let regs = regs
-            .val()
-            .narrow(0, start, r)
-            .unsqueeze_dim::<3>(0)
-            .expand([b, r, d]);
-        x = Tensor::cat(vec![x, regs], 1);
-    }
-    for blk in blocks {
-        x = blk.forward(x, NormSet::Shared);
-    }
-    if r > 0 {
-        let n = x.dims()[1];
-        x = x.narrow(1, 0, n - r);
-    }
-    x
-}
-
-/// Patch tokens of one modality after the (unmasked) patch embedding, positions and modality embedding.
-fn embed(model: &CavMae, input: Tensor<4>, audio: bool) -> Tensor<3> {
-    let (patch, pos, emb) = if audio {
-        (&model.patch_embed_a, &model.pos_embed_a, &model.modality_a)
-    } else {
-        (&model.patch_embed_v, &model.pos_embed_v, &model.modality_v)
-    };
-    let x = patch.forward(input);
-    let [b, d, h, w] = x.dims();
-    x.reshape([b, d, h * w]).swap_dims(1, 2) + pos.val() + emb.val()
+    let visible = patches.gather(1, Masking::index(&masking.keep, d, &device));
+    model.modality_blocks(visible, modality)
 }
 
 fn run_blocks(blocks: &[Block], mut x: Tensor<3>) -> Tensor<3> {
@@ -246,15 +235,17 @@ pub fn forward(
     objective: &Objective,
 ) -> Result<PretrainOutput, PretrainError> {
     let decoder = model.decoder.as_ref().ok_or(PretrainError::NoDecoder)?;
-    let joint = model.blocks_u.last().ok_or(PretrainError::NoJointBlock)?;
+    if model.blocks_u.is_empty() {
+        return Err(PretrainError::NoJointBlock);
+    }
     let device = audio.device();
     let has_cls = model.cls_token_a.is_some();
     let p = model.patch_embed_a.weight.val().dims()[2];
     // (B, L, 128) -> (B, 1, 128, L), as the official forward_encoder and forward_mae_loss.
     let audio_img = audio.unsqueeze_dim::<4>(1).swap_dims(2, 3);
 
-    let a = encode_visible(model, embed(model, audio_img.clone(), true), mask_a, true);
-    let v = encode_visible(model, embed(model, images.clone(), false), mask_v, false);
+    let a = encode_visible(model, audio_img.clone(), mask_a, Modality::Audio);
+    let v = encode_visible(model, images.clone(), mask_v, Modality::Visual);
     let skip = usize::from(has_cls);
     let (na, nv) = (a.dims()[1], v.dims()[1]);
     let mut x = Tensor::cat(
@@ -268,15 +259,8 @@ pub fn forward(
         x = blk.forward(x, NormSet::Shared);
     }
     let x = model.norm.forward(x);
-    // The official loop `for blk in blocks_u: ca = blk(a, 'a')` keeps the last block's result.
-    let ca = run_blocks(
-        &model.contrastive_head_audio,
-        joint.forward(a, NormSet::Audio),
-    );
-    let cv = run_blocks(
-        &model.contrastive_head_visual,
-        joint.forward(v, NormSet::Visual),
-    );
+    let ca = model.joint_and_head(a, Modality::Audio);
+    let cv = model.joint_and_head(v, Modality::Visual);
     let [b, _, d] = ca.dims();
     let n = ca.dims()[1];
     let (global_a, global_v, local) = if has_cls {

@@ -163,43 +163,6 @@ impl Default for OptimSection {
     }
 }
 
-/// The objective (DESIGN.md section 4).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LossSection {
-    /// Share of audio patches removed.
-    pub mask_ratio_a: f64,
-    /// Share of visual patches removed.
-    pub mask_ratio_v: f64,
-    /// lambda_r.
-    pub mae_weight: f64,
-    /// lambda_c.
-    pub contrastive_weight: f64,
-    /// InfoNCE temperature.
-    pub temperature: f64,
-    /// Symmetric InfoNCE (the official default is audio-over-visual only).
-    pub bidirectional: bool,
-    /// Per-patch normalised MAE targets.
-    pub norm_pix_loss: bool,
-    /// Official `global_local_losses`: InfoNCE on global tokens averaged with InfoNCE on mean patch tokens.
-    pub global_local: bool,
-}
-
-impl Default for LossSection {
-    fn default() -> Self {
-        Self {
-            mask_ratio_a: 0.75,
-            mask_ratio_v: 0.75,
-            mae_weight: 1.0,
-            contrastive_weight: 0.1,
-            temperature: 0.05,
-            bidirectional: false,
-            norm_pix_loss: false,
-            global_local: false,
-        }
-    }
-}
-
 /// Seed and checkpointing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -228,7 +191,7 @@ pub struct TrainConfig {
     /// Optimiser and schedule.
     pub optim: OptimSection,
     /// Objective.
-    pub loss: LossSection,
+    pub loss: Objective,
     /// Seed and checkpointing.
     pub run: RunSection,
 }
@@ -345,18 +308,6 @@ impl TrainConfig {
         let span = o.steps.saturating_sub(o.warmup_steps).max(1) as f64;
         let progress = ((step - o.warmup_steps) as f64 / span).min(1.0);
         o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
-    }
-
-    fn objective(&self) -> Objective {
-        let l = &self.loss;
-        Objective {
-            mae_weight: l.mae_weight,
-            contrastive_weight: l.contrastive_weight,
-            temperature: l.temperature,
-            bidirectional: l.bidirectional,
-            norm_pix_loss: l.norm_pix_loss,
-            global_local: l.global_local,
-        }
     }
 }
 
@@ -717,7 +668,7 @@ impl Trainer {
         mut on_step: impl FnMut(usize, [f64; 5], f64),
     ) -> Result<(), TrainError> {
         let last = stop_after.map_or(self.config.optim.steps, |s| s.min(self.config.optim.steps));
-        let objective = self.config.objective();
+        let objective = self.config.loss;
         let (b, l) = (
             self.config.optim.batch_size.min(data.len()),
             self.config.model.audio_length,
