@@ -386,33 +386,36 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         }
         Trainer::new(config, &args.out)?
     };
-    let loading = bar(0, "loading [{bar:30}] {pos}/{len} clips (fbank) eta {eta}");
-    let data = TrainData::load(&args.data, |i, n| {
-        loading.set_length(n as u64);
-        loading.set_position(i as u64);
-    })?;
-    loading.finish_and_clear();
     let config = trainer.config().clone();
-    tracing::info!(
-        clips = data.len(),
-        steps = config.optim.steps,
-        batch = config.optim.batch_size,
-        "training"
-    );
-    let progress = bar(
-        config.optim.steps,
-        "train [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}",
-    );
-    progress.set_position(trainer.state.step as u64);
     let started = Instant::now();
-    trainer.run(&data, args.stop_after, |step, v, lr| {
-        progress.set_position(step as u64);
-        progress.set_message(format!(
-            "loss {:.3} (mae a {:.3} v {:.3}, nce {:.3}) acc {:.2} lr {lr:.1e}",
-            v[0], v[1], v[2], v[3], v[4]
-        ));
-    })?;
-    progress.finish_and_clear();
+    // A finished run (e.g. `--resume` after the last step) needs no data: skip the fbank pass.
+    if trainer.state.step < trainer.target_step(args.stop_after) {
+        let loading = bar(0, "loading [{bar:30}] {pos}/{len} clips (fbank) eta {eta}");
+        let data = TrainData::load(&args.data, |i, n| {
+            loading.set_length(n as u64);
+            loading.set_position(i as u64);
+        })?;
+        loading.finish_and_clear();
+        tracing::info!(
+            clips = data.len(),
+            steps = config.optim.steps,
+            batch = config.optim.batch_size,
+            "training"
+        );
+        let progress = bar(
+            config.optim.steps,
+            "train [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}",
+        );
+        progress.set_position(trainer.state.step as u64);
+        trainer.run(&data, args.stop_after, |step, v, lr| {
+            progress.set_position(step as u64);
+            progress.set_message(format!(
+                "loss {:.3} (mae a {:.3} v {:.3}, nce {:.3}) acc {:.2} lr {lr:.1e}",
+                v[0], v[1], v[2], v[3], v[4]
+            ));
+        })?;
+        progress.finish_and_clear();
+    }
     for h in &trainer.state.history {
         println!(
             "step {:>6}  loss {:.4}  mae_a {:.4}  mae_v {:.4}  nce {:.4}  acc {:.3}  lr {:.2e}  {:.2} s/step",

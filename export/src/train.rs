@@ -660,6 +660,11 @@ impl Trainer {
         &self.config
     }
 
+    /// The step a run stops at: `config.optim.steps`, or `stop_after` when that comes first.
+    pub fn target_step(&self, stop_after: Option<usize>) -> usize {
+        stop_after.map_or(self.config.optim.steps, |s| s.min(self.config.optim.steps))
+    }
+
     /// Trains until `config.optim.steps` (or until step `stop_after`), checkpointing every `checkpoint_every` steps and when stopping; `on_step(step, [loss, mae_a, mae_v, nce, acc], lr)` after each step.
     pub fn run(
         &mut self,
@@ -667,7 +672,7 @@ impl Trainer {
         stop_after: Option<usize>,
         mut on_step: impl FnMut(usize, [f64; 5], f64),
     ) -> Result<(), TrainError> {
-        let last = stop_after.map_or(self.config.optim.steps, |s| s.min(self.config.optim.steps));
+        let last = self.target_step(stop_after);
         let objective = self.config.loss;
         let (b, l) = (
             self.config.optim.batch_size.min(data.len()),

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use image::RgbImage;
+use image::buffer::ConvertBuffer;
 
 use crate::metrics::LocalizationSummary;
 
@@ -49,7 +50,7 @@ pub fn write_gif(frames: &[RgbImage], delay_ms: u32, path: &Path) -> std::io::Re
             .set_repeat(image::codecs::gif::Repeat::Infinite)
             .map_err(std::io::Error::other)?;
         for f in frames {
-            let rgba = image::DynamicImage::ImageRgb8(f.clone()).to_rgba8();
+            let rgba: image::RgbaImage = f.convert();
             let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
             encoder
                 .encode_frame(image::Frame::from_parts(rgba, 0, 0, delay))
