@@ -146,6 +146,8 @@ pub struct OptimSection {
     pub beta1: f32,
     /// Adam beta2.
     pub beta2: f32,
+    /// Adam epsilon, added to the root of the second moment (PyTorch's default 1e-8, not burn's 1e-5).
+    pub epsilon: f32,
 }
 
 impl Default for OptimSection {
@@ -159,6 +161,7 @@ impl Default for OptimSection {
             weight_decay: 0.05,
             beta1: 0.9,
             beta2: 0.95,
+            epsilon: 1e-8,
         }
     }
 }
@@ -638,6 +641,7 @@ impl Trainer {
             .with_beta_1(o.beta1)
             .with_beta_2(o.beta2)
             .with_weight_decay(o.weight_decay)
+            .with_epsilon(o.epsilon)
             .init();
         if let Some(path) = optimizer_file {
             optimizer = optimizer

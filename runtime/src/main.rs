@@ -552,15 +552,14 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
     if let Some(s) = &overall_summary {
         println!(
             "ground truth: pointing {:.1}%, cIoU@0.5 {:.1}%, mean cIoU {:.3}, AUC {:.3} over {} sounding frames; \
-             sounding frames active {:.1}%; silent frames not active {:.1}% (of {})",
+             sounding frames active {:.1}%; {}",
             100.0 * s.pointing,
             100.0 * s.ciou_at_half,
             s.mean_ciou,
             s.auc,
             s.sounding_frames,
             100.0 * s.sounding_active_rate,
-            100.0 * s.silent_inactive_rate,
-            s.silent_frames
+            s.silent_phrase()
         );
     }
     println!(

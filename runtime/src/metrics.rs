@@ -169,6 +169,21 @@ pub struct LocalizationSummary {
     pub silent_inactive_rate: f64,
 }
 
+impl LocalizationSummary {
+    /// How the silent frames came out, as a phrase: the not-active share, or that there were none.
+    pub fn silent_phrase(&self) -> String {
+        if self.silent_frames == 0 {
+            "no silent frames".to_owned()
+        } else {
+            format!(
+                "silent frames not active {:.1}% (of {})",
+                100.0 * self.silent_inactive_rate,
+                self.silent_frames
+            )
+        }
+    }
+}
+
 impl LocalizationTally {
     /// Adds one sounding frame's ciou, pointing result and activity.
     pub fn add_sounding(&mut self, ciou: f64, hit: bool, active: bool) {
@@ -373,6 +388,13 @@ mod tests {
         assert!((s.mean_ciou - 0.4).abs() < 1e-12);
         assert_eq!(s.sounding_active_rate, 0.5);
         assert_eq!(s.silent_inactive_rate, 0.5);
+        assert_eq!(s.silent_phrase(), "silent frames not active 50.0% (of 2)");
+        let mut only_sounding = LocalizationTally::default();
+        only_sounding.add_sounding(0.6, true, true);
+        assert_eq!(
+            only_sounding.summary().unwrap().silent_phrase(),
+            "no silent frames"
+        );
         assert_eq!(
             LocalizationTally::default().summary(),
             Err(MetricsError::Empty)

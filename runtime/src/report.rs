@@ -69,14 +69,13 @@ fn escape(s: &str) -> String {
 
 fn summary_line(s: &LocalizationSummary) -> String {
     format!(
-        "pointing {:.1}% &middot; cIoU@0.5 {:.1}% &middot; mean cIoU {:.3} &middot; AUC {:.3} &middot; sounding frames active {:.1}% &middot; silent frames not active {:.1}% (of {})",
+        "pointing {:.1}% &middot; cIoU@0.5 {:.1}% &middot; mean cIoU {:.3} &middot; AUC {:.3} &middot; sounding frames active {:.1}% &middot; {}",
         100.0 * s.pointing,
         100.0 * s.ciou_at_half,
         s.mean_ciou,
         s.auc,
         100.0 * s.sounding_active_rate,
-        100.0 * s.silent_inactive_rate,
-        s.silent_frames
+        s.silent_phrase()
     )
 }
 
