@@ -1,7 +1,9 @@
-//! The trainer's pretraining losses against the official `CAVMAE.forward` (scripts/make_pretrain_fixture.py): same weights, inputs and masking noise.
+//! The trainer's pretraining losses and gradients against the official `CAVMAE.forward` (scripts/make_pretrain_fixture.py, scripts/make_pretrain_grad_fixture.py): same weights, inputs and masking noise.
 
 use std::path::Path;
 
+use burn::module::{ModuleMapper, Param};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use cavsync::npy;
 use cavsync_export::checkpoint::Checkpoint;
@@ -11,6 +13,10 @@ use cavsync_export::pretrain::{self, Masking, Objective};
 
 /// Losses agree to float32 accumulation noise; accuracy exactly.
 const TOLERANCE: f64 = 1e-4;
+/// Each parameter's gradient agrees within this share of its largest reference magnitude...
+const GRAD_TOLERANCE: f32 = 1e-3;
+/// ...plus this absolute allowance, the float32 noise of the whole backward pass.
+const GRAD_FLOOR: f32 = 1e-6;
 
 fn rows(path: &Path) -> Vec<Vec<f32>> {
     let a = npy::read_f32(path).unwrap();
@@ -79,4 +85,77 @@ fn pretraining_losses_match_the_official_forward() {
             );
         }
     }
+}
+
+/// Replaces every parameter of a module by its gradient (zeros where the loss does not reach it).
+struct ToGradients<'a>(&'a GradientsParams);
+
+impl ModuleMapper for ToGradients<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let id = param.id;
+        let value = param.val();
+        let grad = self.0.get::<D>(id).unwrap_or_else(|| value.zeros_like());
+        Param::initialized(id, grad)
+    }
+}
+
+#[test]
+fn pretraining_gradients_match_the_official_backward() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pretrain");
+    let ck = Checkpoint::load(&dir.join("checkpoint.pth")).unwrap();
+    let reference = Checkpoint::load(&dir.join("grads.pth")).unwrap();
+    let config = ModelConfig::detect(&ck, Some(1)).unwrap();
+    let device = Device::default().autodiff();
+    let mut model = CavMae::from_checkpoint(&ck, &config, &device).unwrap();
+    model.pos_embed_a = model.pos_embed_a.set_require_grad(false);
+    model.pos_embed_v = model.pos_embed_v.set_require_grad(false);
+    if let Some(dec) = model.decoder.as_mut() {
+        dec.pos_embed_a = dec.pos_embed_a.clone().set_require_grad(false);
+        dec.pos_embed_v = dec.pos_embed_v.clone().set_require_grad(false);
+    }
+    let audio = npy::read_f32(&dir.join("audio_input.npy")).unwrap();
+    let image = npy::read_f32(&dir.join("image_input.npy")).unwrap();
+    let mask_a = Masking::from_noise(&rows(&dir.join("noise_a.npy")), 0.75);
+    let mask_v = Masking::from_noise(&rows(&dir.join("noise_v.npy")), 0.75);
+    let objective = Objective {
+        mae_weight: 1.0,
+        contrastive_weight: 0.01,
+        temperature: 0.05,
+        bidirectional: false,
+        norm_pix_loss: false,
+        global_local: true,
+        ..Objective::default()
+    };
+    let a = Tensor::<3>::from_data(
+        TensorData::new(audio.iter().copied().collect(), audio.shape().to_vec()),
+        &device,
+    );
+    let v = Tensor::<4>::from_data(
+        TensorData::new(image.iter().copied().collect(), image.shape().to_vec()),
+        &device,
+    );
+    let out = pretrain::forward(&model, a, v, &mask_a, &mask_v, &objective).unwrap();
+    let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+    let ours = model.map(&mut ToGradients(&grads)).state_dict().unwrap();
+    let mut failures = Vec::new();
+    for (key, want) in &reference.tensors {
+        let got = ours
+            .get(key)
+            .unwrap_or_else(|| panic!("no gradient for {key}"));
+        assert_eq!(got.shape, want.shape, "{key}");
+        let scale = want.data.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        println!("{key}: max |grad| {scale:.3e}, max diff {diff:.3e}");
+        if diff > GRAD_TOLERANCE * scale + GRAD_FLOOR {
+            failures.push(format!(
+                "{key}: differs by {diff:e} (largest |grad| {scale:e})"
+            ));
+        }
+    }
+    assert!(reference.tensors.len() > 500, "too few reference gradients");
+    assert!(failures.is_empty(), "{failures:#?}");
 }
