@@ -139,6 +139,19 @@ def localization(model, cache, annotations, clips=30):
     return f"pt {np.mean(points):.2f} c5 {np.mean(np.array(cious) >= 0.5):.2f} mc {np.mean(cious):.2f} act {act:.2f}"
 
 
+def load_weights(path):
+    """State dict of a `.pth` (official, `module.` prefixes) or `.safetensors` (cavsync-export train) checkpoint."""
+    import torch
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path)
+    return {k.removeprefix("module."): t for k, t in state.items()}
+
+
 def train(args):
     import torch
 
@@ -146,6 +159,8 @@ def train(args):
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = build(args)
+    if args.init:
+        model.load_state_dict(load_weights(args.init))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     data = Cache(args.train)
     evals = []
@@ -163,7 +178,7 @@ def train(args):
 
     print(json.dumps(vars(args)), flush=True)
     start, history = time.time(), []
-    for step in range(args.steps):
+    for step in range(min(args.steps, args.stop_after or args.steps)):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         a, v = data.batch(rng.integers(0, len(data.ids), args.batch), rng.integers(0, FRAMES, args.batch))
@@ -172,7 +187,7 @@ def train(args):
         opt.step()
         opt.zero_grad()
         history.append([out[0].item(), out[2].item(), out[3].item(), out[4].item() / args.contrastive_weight, float(out[7])])
-        if (step + 1) % args.every == 0 or step + 1 == args.steps:
+        if (step + 1) % args.every == 0 or step + 1 in (args.steps, args.stop_after):
             r = np.mean(history[-args.every:], 0)
             line = (f"step {step + 1} t={time.time() - start:.0f}s loss {r[0]:.3f} mae_a {r[1]:.3f} mae_v {r[2]:.3f} "
                     f"nce {r[3]:.3f} acc {r[4]:.3f}")
@@ -187,7 +202,7 @@ def retrieve(args):
 
     torch.set_num_threads(args.threads)
     model = build(args)
-    model.load_state_dict({k.removeprefix("module."): t for k, t in torch.load(args.checkpoint).items()})
+    model.load_state_dict(load_weights(args.checkpoint))
     model.eval()
     for spec in args.eval:
         name, folder = spec.split("=", 1)
@@ -232,6 +247,7 @@ def main():
     t.add_argument("--name", required=True)
     t.add_argument("--out", required=True, help="folder for NAME.pth")
     t.add_argument("--steps", type=int, default=950)
+    t.add_argument("--stop-after", type=int, default=0, help="stop at this step (the schedule still spans --steps)")
     t.add_argument("--batch", type=int, default=48)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--min-lr", type=float, default=1e-5)
@@ -239,6 +255,7 @@ def main():
     t.add_argument("--contrastive-weight", type=float, default=0.01)
     t.add_argument("--every", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", help="start from this checkpoint's weights instead of the official initialisation")
     sub.choices["retrieve"].add_argument("--checkpoint", required=True)
     args = ap.parse_args()
     {"prep": prep, "train": train, "retrieve": retrieve}[args.cmd](args)

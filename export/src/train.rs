@@ -335,7 +335,7 @@ pub fn sincos_pos_embed(dim: usize, rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Initial weights as the official `initialize_weights`: fixed sin-cos positions, xavier-uniform linear and patch weights, zero biases, unit LayerNorms, N(0, 0.02) tokens, N(0, 1) registers.
+/// Initial weights as the official `initialize_weights`: fixed sin-cos positions, xavier-uniform linear and patch weights, zero linear biases, torch's default patch biases, unit LayerNorms, N(0, 0.02) tokens, N(0, 1) registers.
 pub fn init_tensors(config: &ModelConfig, seed: u64) -> BTreeMap<String, RawTensor> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut normal = move |std: f32| {
@@ -345,8 +345,9 @@ pub fn init_tensors(config: &ModelConfig, seed: u64) -> BTreeMap<String, RawTens
         std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
     };
     let mut uniform_rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    config
-        .expected_shapes()
+    let shapes = config.expected_shapes();
+    shapes
+        .clone()
         .into_iter()
         .map(|(key, shape)| {
             let n: usize = shape.iter().product();
@@ -355,6 +356,15 @@ pub fn init_tensors(config: &ModelConfig, seed: u64) -> BTreeMap<String, RawTens
             } else if key.starts_with("pos_embed_v") || key.starts_with("decoder_pos_embed_v") {
                 let side = config.image_size / config.patch;
                 sincos_pos_embed(shape[2], side, side)
+            } else if key.starts_with("patch_embed") && key.ends_with(".bias") {
+                // The official init re-draws the patch convolutions' weights only; their biases
+                // keep torch's Conv2d default, uniform within 1 / sqrt(fan_in).
+                let weight = key.replace(".bias", ".weight");
+                let fan_in: usize = shapes[&weight][1..].iter().product();
+                let bound = 1.0 / (fan_in as f32).sqrt();
+                (0..n)
+                    .map(|_| uniform_rng.random_range(-bound..bound))
+                    .collect()
             } else if key.contains("norm") && key.ends_with(".weight") {
                 vec![1.0; n]
             } else if key.ends_with(".bias") {
@@ -770,5 +780,58 @@ impl Trainer {
         cavsync::atomic::write_atomic(&self.files.optimizer, |w| w.write_all(&bytes))
             .map_err(|e| io_err(&self.files.optimizer, "write the optimiser state", e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Standard deviation of a tensor's values.
+    fn std(values: &[f32]) -> f32 {
+        let n = values.len() as f32;
+        let mean = values.iter().sum::<f32>() / n;
+        (values.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt()
+    }
+
+    #[test]
+    fn initialisation_follows_the_official_distributions() {
+        let config = TrainConfig::default().model_config();
+        let init = init_tensors(&config, 7);
+        // Patch convolution biases keep torch's Conv2d default: uniform within 1 / sqrt(fan_in).
+        for (key, fan_in) in [
+            ("patch_embed_a.proj.bias", 256.0f32),
+            ("patch_embed_v.proj.bias", 768.0),
+        ] {
+            let bound = 1.0 / fan_in.sqrt();
+            let values = &init[key].data;
+            assert!(values.iter().all(|v| v.abs() <= bound), "{key}");
+            let ratio = std(values) / (bound / 3f32.sqrt());
+            assert!((0.8..1.2).contains(&ratio), "{key}: std ratio {ratio}");
+        }
+        // Linear biases start at zero, LayerNorms at identity.
+        assert!(
+            init["blocks_v.0.attn.proj.bias"]
+                .data
+                .iter()
+                .all(|&v| v == 0.0)
+        );
+        assert!(
+            init["blocks_a.0.mlp.fc1.bias"]
+                .data
+                .iter()
+                .all(|&v| v == 0.0)
+        );
+        assert!(init["norm_v.weight"].data.iter().all(|&v| v == 1.0));
+        // Xavier-uniform weights: std sqrt(2 / (fan_in + fan_out)).
+        let qkv = &init["blocks_v.0.attn.qkv.weight"];
+        let expected = (2.0 / (qkv.shape[0] + qkv.shape[1]) as f32).sqrt();
+        let ratio = std(&qkv.data) / expected;
+        assert!((0.95..1.05).contains(&ratio), "qkv std ratio {ratio}");
+        // Tokens N(0, 0.02), registers N(0, 1).
+        let ratio = std(&init["modality_v"].data) / 0.02;
+        assert!((0.75..1.25).contains(&ratio), "modality std ratio {ratio}");
+        let ratio = std(&init["register_tokens"].data);
+        assert!((0.85..1.15).contains(&ratio), "register std {ratio}");
     }
 }
