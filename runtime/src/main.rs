@@ -498,14 +498,13 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
         if let Some(s) = &summary {
             bar.suspend(|| {
                 println!(
-                    "{}: pointing {}/{}, cIoU@0.5 {:.2}, AUC {:.3}, silent frames not active {}/{}",
+                    "{}: pointing {}/{}, cIoU@0.5 {:.2}, AUC {:.3}, {}",
                     clip.id,
                     tally.pointing_hits,
                     s.sounding_frames,
                     s.ciou_at_half,
                     s.auc,
-                    tally.silent_inactive,
-                    tally.silent_frames
+                    s.silent_phrase()
                 )
             });
             per_clip_metrics.push(serde_json::json!({ "clip": clip.id, "metrics": s }));
