@@ -16,6 +16,7 @@ Not part of CI: run by hand after `pip install torch "timm==0.4.5" numpy`.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -29,6 +30,24 @@ KWARGS = dict(embed_dim=64, modality_specific_depth=10, num_heads=1, decoder_emb
 AUDIO_LENGTH = 64
 BATCH = 4
 CONTRAST_WEIGHT = 0.01
+
+
+@contextlib.contextmanager
+def fixed_masking_noise(noise_a, noise_v):
+    """Makes `torch.rand` return the given masking noise when the official masking asks for its shape."""
+    real_rand = torch.rand
+
+    def fixed_rand(*size, **kw):
+        for noise in (noise_a, noise_v):
+            if noise.shape == tuple(size):
+                return noise.clone()
+        return real_rand(*size, **kw)
+
+    torch.rand = fixed_rand
+    try:
+        yield
+    finally:
+        torch.rand = real_rand
 
 
 def main():
@@ -50,27 +69,14 @@ def main():
     noise_a = torch.rand(BATCH, model.patch_embed_a.num_patches)
     noise_v = torch.rand(BATCH, model.patch_embed_v.num_patches)
 
-    real_rand = torch.rand
-
-    def fixed_rand(*size, **kw):
-        n, length = size
-        for noise in (noise_a, noise_v):
-            if noise.shape == (n, length):
-                return noise.clone()
-        return real_rand(*size, **kw)
-
     results = {}
     for global_local in (False, True):
         for norm_pix in (False, True):
             model.global_local_losses = global_local
             model.norm_pix_loss = norm_pix
-            torch.rand = fixed_rand
-            try:
-                with torch.no_grad():
-                    out = model(audio, image, mask_ratio_a=0.75, mask_ratio_v=0.75,
-                                mae_loss_weight=1.0, contrast_loss_weight=CONTRAST_WEIGHT)
-            finally:
-                torch.rand = real_rand
+            with fixed_masking_noise(noise_a, noise_v), torch.no_grad():
+                out = model(audio, image, mask_ratio_a=0.75, mask_ratio_v=0.75,
+                            mae_loss_weight=1.0, contrast_loss_weight=CONTRAST_WEIGHT)
             loss_mae_a, loss_mae_v, loss_c, c_acc = out[2], out[3], out[4], out[7]
             key = f"global_local={str(global_local).lower()},norm_pix={str(norm_pix).lower()}"
             results[key] = dict(loss_mae_a=float(loss_mae_a), loss_mae_v=float(loss_mae_v),

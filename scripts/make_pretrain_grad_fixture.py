@@ -18,6 +18,8 @@ import sys
 import numpy as np
 import torch
 
+from make_pretrain_fixture import fixed_masking_noise
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,22 +36,11 @@ def main():
     load = lambda name: torch.from_numpy(np.load(os.path.join(args.fixture, name + ".npy")))
     audio, image, noise_a, noise_v = (load(n) for n in ("audio_input", "image_input", "noise_a", "noise_v"))
 
-    real_rand = torch.rand
-
-    def fixed_rand(*size, **kw):
-        for noise in (noise_a, noise_v):
-            if noise.shape == tuple(size):
-                return noise.clone()
-        return real_rand(*size, **kw)
-
     model.global_local_losses = True
     model.norm_pix_loss = False
-    torch.rand = fixed_rand
-    try:
+    with fixed_masking_noise(noise_a, noise_v):
         out = model(audio, image, mask_ratio_a=0.75, mask_ratio_v=0.75,
                     mae_loss_weight=1.0, contrast_loss_weight=meta["contrast_weight"])
-    finally:
-        torch.rand = real_rand
     out[0].backward()
     grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
              for name, p in model.named_parameters() if p.requires_grad}

@@ -1,6 +1,6 @@
 //! The trainer's pretraining losses and gradients against the official `CAVMAE.forward` (scripts/make_pretrain_fixture.py, scripts/make_pretrain_grad_fixture.py): same weights, inputs and masking noise.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::module::{ModuleMapper, Param};
 use burn::optim::GradientsParams;
@@ -10,6 +10,7 @@ use cavsync_export::checkpoint::Checkpoint;
 use cavsync_export::layout::ModelConfig;
 use cavsync_export::model::CavMae;
 use cavsync_export::pretrain::{self, Masking, Objective};
+use ndarray::ArrayD;
 
 /// Losses agree to float32 accumulation noise; accuracy exactly.
 const TOLERANCE: f64 = 1e-4;
@@ -29,19 +30,70 @@ fn rows(path: &Path) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// The reference fixture: official weights, inputs and masking noise.
+struct Fixture {
+    dir: PathBuf,
+    ck: Checkpoint,
+    config: ModelConfig,
+    audio: ArrayD<f32>,
+    image: ArrayD<f32>,
+    mask_a: Masking,
+    mask_v: Masking,
+}
+
+impl Fixture {
+    fn load() -> Self {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pretrain");
+        let ck = Checkpoint::load(&dir.join("checkpoint.pth")).unwrap();
+        let config = ModelConfig::detect(&ck, Some(1)).unwrap();
+        Self {
+            audio: npy::read_f32(&dir.join("audio_input.npy")).unwrap(),
+            image: npy::read_f32(&dir.join("image_input.npy")).unwrap(),
+            mask_a: Masking::from_noise(&rows(&dir.join("noise_a.npy")), 0.75),
+            mask_v: Masking::from_noise(&rows(&dir.join("noise_v.npy")), 0.75),
+            dir,
+            ck,
+            config,
+        }
+    }
+
+    fn model(&self, device: &Device) -> CavMae {
+        CavMae::from_checkpoint(&self.ck, &self.config, device).unwrap()
+    }
+
+    /// The pretraining losses of `model` on the fixture's inputs and masks.
+    fn forward(
+        &self,
+        model: &CavMae,
+        objective: &Objective,
+        device: &Device,
+    ) -> pretrain::PretrainOutput {
+        let a = Tensor::<3>::from_data(
+            TensorData::new(
+                self.audio.iter().copied().collect(),
+                self.audio.shape().to_vec(),
+            ),
+            device,
+        );
+        let v = Tensor::<4>::from_data(
+            TensorData::new(
+                self.image.iter().copied().collect(),
+                self.image.shape().to_vec(),
+            ),
+            device,
+        );
+        pretrain::forward(model, a, v, &self.mask_a, &self.mask_v, objective).unwrap()
+    }
+}
+
 #[test]
 fn pretraining_losses_match_the_official_forward() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pretrain");
-    let ck = Checkpoint::load(&dir.join("checkpoint.pth")).unwrap();
-    let config = ModelConfig::detect(&ck, Some(1)).unwrap();
+    let fixture = Fixture::load();
     let device = Device::default();
-    let model = CavMae::from_checkpoint(&ck, &config, &device).unwrap();
-    let audio = npy::read_f32(&dir.join("audio_input.npy")).unwrap();
-    let image = npy::read_f32(&dir.join("image_input.npy")).unwrap();
-    let mask_a = Masking::from_noise(&rows(&dir.join("noise_a.npy")), 0.75);
-    let mask_v = Masking::from_noise(&rows(&dir.join("noise_v.npy")), 0.75);
+    let model = fixture.model(&device);
     let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("losses.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture.dir.join("losses.json")).unwrap())
+            .unwrap();
     for (key, expected) in reference["results"].as_object().unwrap() {
         let objective = Objective {
             mae_weight: 1.0,
@@ -52,21 +104,7 @@ fn pretraining_losses_match_the_official_forward() {
             global_local: key.contains("global_local=true"),
             ..Objective::default()
         };
-        let a = Tensor::<3>::from_data(
-            TensorData::new(
-                audio.iter().copied().collect::<Vec<_>>(),
-                audio.shape().to_vec(),
-            ),
-            &device,
-        );
-        let v = Tensor::<4>::from_data(
-            TensorData::new(
-                image.iter().copied().collect::<Vec<_>>(),
-                image.shape().to_vec(),
-            ),
-            &device,
-        );
-        let out = pretrain::forward(&model, a, v, &mask_a, &mask_v, &objective).unwrap();
+        let out = fixture.forward(&model, &objective, &device);
         let got = |t: Tensor<1>| f64::from(t.into_scalar::<f32>());
         for (name, value) in [
             ("loss_mae_a", got(out.mae_a)),
@@ -101,22 +139,10 @@ impl ModuleMapper for ToGradients<'_> {
 
 #[test]
 fn pretraining_gradients_match_the_official_backward() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pretrain");
-    let ck = Checkpoint::load(&dir.join("checkpoint.pth")).unwrap();
-    let reference = Checkpoint::load(&dir.join("grads.pth")).unwrap();
-    let config = ModelConfig::detect(&ck, Some(1)).unwrap();
+    let fixture = Fixture::load();
+    let reference = Checkpoint::load(&fixture.dir.join("grads.pth")).unwrap();
     let device = Device::default().autodiff();
-    let mut model = CavMae::from_checkpoint(&ck, &config, &device).unwrap();
-    model.pos_embed_a = model.pos_embed_a.set_require_grad(false);
-    model.pos_embed_v = model.pos_embed_v.set_require_grad(false);
-    if let Some(dec) = model.decoder.as_mut() {
-        dec.pos_embed_a = dec.pos_embed_a.clone().set_require_grad(false);
-        dec.pos_embed_v = dec.pos_embed_v.clone().set_require_grad(false);
-    }
-    let audio = npy::read_f32(&dir.join("audio_input.npy")).unwrap();
-    let image = npy::read_f32(&dir.join("image_input.npy")).unwrap();
-    let mask_a = Masking::from_noise(&rows(&dir.join("noise_a.npy")), 0.75);
-    let mask_v = Masking::from_noise(&rows(&dir.join("noise_v.npy")), 0.75);
+    let model = fixture.model(&device).freeze_positions();
     let objective = Objective {
         mae_weight: 1.0,
         contrastive_weight: 0.01,
@@ -126,15 +152,7 @@ fn pretraining_gradients_match_the_official_backward() {
         global_local: true,
         ..Objective::default()
     };
-    let a = Tensor::<3>::from_data(
-        TensorData::new(audio.iter().copied().collect(), audio.shape().to_vec()),
-        &device,
-    );
-    let v = Tensor::<4>::from_data(
-        TensorData::new(image.iter().copied().collect(), image.shape().to_vec()),
-        &device,
-    );
-    let out = pretrain::forward(&model, a, v, &mask_a, &mask_v, &objective).unwrap();
+    let out = fixture.forward(&model, &objective, &device);
     let grads = GradientsParams::from_grads(out.loss.backward(), &model);
     let ours = model.map(&mut ToGradients(&grads)).state_dict().unwrap();
     let mut failures = Vec::new();

@@ -214,6 +214,17 @@ pub enum Modality {
 }
 
 impl CavMae {
+    /// Stops gradients to the fixed sin-cos position embeddings, which the official pretraining does not train (`requires_grad=tr_pos`, False).
+    pub fn freeze_positions(mut self) -> Self {
+        self.pos_embed_a = self.pos_embed_a.set_require_grad(false);
+        self.pos_embed_v = self.pos_embed_v.set_require_grad(false);
+        if let Some(dec) = self.decoder.as_mut() {
+            dec.pos_embed_a = dec.pos_embed_a.clone().set_require_grad(false);
+            dec.pos_embed_v = dec.pos_embed_v.clone().set_require_grad(false);
+        }
+        self
+    }
+
     /// Build the model from a checkpoint whose layout `config` was detected from.
     pub fn from_checkpoint(
         ck: &Checkpoint,

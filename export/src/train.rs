@@ -347,8 +347,7 @@ pub fn init_tensors(config: &ModelConfig, seed: u64) -> BTreeMap<String, RawTens
     let mut uniform_rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let shapes = config.expected_shapes();
     shapes
-        .clone()
-        .into_iter()
+        .iter()
         .map(|(key, shape)| {
             let n: usize = shape.iter().product();
             let data = if key.starts_with("pos_embed_a") || key.starts_with("decoder_pos_embed_a") {
@@ -382,7 +381,13 @@ pub fn init_tensors(config: &ModelConfig, seed: u64) -> BTreeMap<String, RawTens
             } else {
                 (0..n).map(|_| normal(0.02)).collect()
             };
-            (key, RawTensor { shape, data })
+            (
+                key.clone(),
+                RawTensor {
+                    shape: shape.clone(),
+                    data,
+                },
+            )
         })
         .collect()
 }
@@ -638,14 +643,7 @@ impl Trainer {
         optimizer_file: Option<PathBuf>,
     ) -> Result<Self, TrainError> {
         let device = Device::default().autodiff();
-        let mut model = CavMae::from_checkpoint(ck, &model_config, &device)?;
-        // Fixed sin-cos positions are not trained (official `requires_grad=tr_pos`, False).
-        model.pos_embed_a = model.pos_embed_a.set_require_grad(false);
-        model.pos_embed_v = model.pos_embed_v.set_require_grad(false);
-        if let Some(dec) = model.decoder.as_mut() {
-            dec.pos_embed_a = dec.pos_embed_a.clone().set_require_grad(false);
-            dec.pos_embed_v = dec.pos_embed_v.clone().set_require_grad(false);
-        }
+        let model = CavMae::from_checkpoint(ck, &model_config, &device)?.freeze_positions();
         let o = &config.optim;
         let mut optimizer = AdamWConfig::new()
             .with_beta_1(o.beta1)
