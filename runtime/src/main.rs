@@ -561,10 +561,15 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
             s.silent_phrase()
         );
     }
-    println!(
-        "results in {}: localization.jsonl, overlays/, *.gif, index.html",
-        args.out.display()
-    );
+    let mut written = vec!["localization.jsonl", "*_heatmaps.npy"];
+    if !args.no_overlays {
+        written.extend(["overlays/", "*.gif"]);
+    }
+    if overall_summary.is_some() {
+        written.push("metrics.json");
+    }
+    written.push("index.html");
+    println!("results in {}: {}", args.out.display(), written.join(", "));
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! End-to-end tests of the `cavsync` binary's preprocessing commands.
+//! End-to-end tests of the `cavsync` binary: preprocessing, bundle errors and the README's main command.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -102,4 +102,92 @@ fn absent_or_broken_bundle_fails_cleanly() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// Runs `cavsync localize` on the shipped demo bundle and clip from the repository root, as the README does.
+fn localize_demo(out: &Path, extra: &[&str]) -> std::process::Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_cavsync"))
+        .current_dir(root)
+        .args([
+            "localize",
+            "--bundle",
+            "models/demo/bundle",
+            "--datafile",
+            "models/demo/clip/datafile.json",
+            "--annotations",
+            "models/demo/clip/annotations.json",
+            "--out",
+        ])
+        .arg(out)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn main_command_writes_what_it_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo");
+    let out = localize_demo(&out_dir, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("localized 16 frames of 1 clip(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("over 16 sounding frames"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "localization.jsonl, *_heatmaps.npy, overlays/, *.gif, metrics.json, index.html"
+        ),
+        "{stdout}"
+    );
+    let id = "s2001_00000";
+    for name in [
+        "localization.jsonl".to_string(),
+        "metrics.json".to_string(),
+        "index.html".to_string(),
+        format!("{id}.gif"),
+        format!("{id}_heatmaps.npy"),
+    ] {
+        assert!(out_dir.join(&name).is_file(), "{name} missing");
+    }
+    let overlays = std::fs::read_dir(out_dir.join("overlays")).unwrap().count();
+    assert_eq!(overlays, 16);
+    let lines = std::fs::read_to_string(out_dir.join("localization.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 16);
+    let heatmaps = read_f32(&out_dir.join(format!("{id}_heatmaps.npy"))).unwrap();
+    assert_eq!(heatmaps.shape(), &[16, 224, 224]);
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["overall"]["sounding_frames"], 16);
+    let pointing = metrics["overall"]["pointing"].as_f64().unwrap();
+    assert!(pointing >= 15.0 / 16.0, "pointing {pointing}");
+    let html = std::fs::read_to_string(out_dir.join("index.html")).unwrap();
+    assert!(
+        html.contains(&format!("{id}.gif")),
+        "index.html lacks the GIF"
+    );
+}
+
+#[test]
+fn main_command_without_overlays_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo");
+    let out = localize_demo(&out_dir, &["--no-overlays"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("localization.jsonl, *_heatmaps.npy, metrics.json, index.html"),
+        "{stdout}"
+    );
+    assert!(!out_dir.join("overlays").exists());
+    assert!(!out_dir.join("s2001_00000.gif").exists());
 }
