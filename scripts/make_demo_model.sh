@@ -37,7 +37,7 @@ step $EXPORT inspect --checkpoint "$CKPT"
 # Calibrate the activity threshold on the calibration clips with an uncalibrated bundle.
 step $EXPORT convert --checkpoint "$CKPT" --out "$WORK/bundle-uncalibrated"
 step $RUNTIME localize --bundle "$WORK/bundle-uncalibrated" --datafile "$WORK/calib/datafile.json" \
-  --annotations "$WORK/calib/annotations.json" --out "$WORK/calib-results" --no-overlays
+  --annotations "$WORK/calib/annotations.json" --out "$WORK/calib-results" --no-overlays --summary-only
 CAL=$($RUNTIME calibrate --results "$WORK/calib-results/localization.jsonl")
 echo "$CAL"
 THRESHOLD=$(echo "$CAL" | sed -n 's/^threshold \([-0-9.]*\):.*/\1/p')
@@ -47,7 +47,7 @@ step $EXPORT convert --checkpoint "$CKPT" --out models/demo/bundle --active-thre
 # Held-out evaluation: localization and retrieval.
 for set in test-textures test-photos; do
   step $RUNTIME localize --bundle models/demo/bundle --threads 2 --datafile "$WORK/$set/datafile.json" \
-    --annotations "$WORK/$set/annotations.json" --out "$WORK/$set-results" --no-overlays
+    --annotations "$WORK/$set/annotations.json" --out "$WORK/$set-results" --no-overlays --summary-only
   step $RUNTIME retrieve --bundle models/demo/bundle --threads 2 --datafile "$WORK/$set/datafile.json"
 done
 
@@ -55,7 +55,7 @@ done
 rm -rf models/demo/clip
 step $EXPORT synth --out models/demo/clip --clips 1 --seed 2001 --backgrounds assets/backgrounds/heldout
 step $RUNTIME localize --bundle models/demo/bundle --datafile models/demo/clip/datafile.json \
-  --annotations models/demo/clip/annotations.json --out "$WORK/demo-clip-results" --no-overlays
+  --annotations models/demo/clip/annotations.json --out "$WORK/demo-clip-results" --no-overlays --summary-only
 
 # Keep the checkpoint (official keys), its config and loss history; the 13 MB optimiser state
 # stays in $WORK (models/demo/ must stay under 25 MB).

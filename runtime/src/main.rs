@@ -13,7 +13,7 @@ use cavsync::annotations::Annotations;
 use cavsync::bundle::{Bundle, set_threads};
 use cavsync::cli::EmbedInputs;
 use cavsync::clip::{self, Clip};
-use cavsync::localize::{render_overlay, save_png};
+use cavsync::localize::{FrameLocalization, render_overlay, save_png};
 use cavsync::metrics::{self, LocalizationTally};
 use cavsync::npy;
 use cavsync::pipeline::{ClipEncoder, FrameLocalizer};
@@ -111,6 +111,9 @@ struct LocalizeArgs {
     /// Skip the overlay PNGs and animations.
     #[arg(long)]
     no_overlays: bool,
+    /// Print only the per-clip and overall summaries, not a line per frame.
+    #[arg(long)]
+    summary_only: bool,
     /// Ground truth of the sounding objects (annotations.json written by `cavsync-export synth`): adds pointing game, cIoU and AUC per clip and overall (metrics.json).
     #[arg(long)]
     annotations: Option<PathBuf>,
@@ -452,6 +455,18 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
             }
             lines.push_str(&record.to_string());
             lines.push('\n');
+            if !args.summary_only {
+                let line = frame_line(
+                    &clip.id,
+                    frame.index,
+                    frame.time_s,
+                    &loc.result,
+                    gt.map(|g| g.sounding.len()),
+                    ciou,
+                    hit,
+                );
+                bar.suspend(|| println!("{line}"));
+            }
             let mut overlay_name = None;
             if !args.no_overlays {
                 let overlay = render_overlay(&rgb, &loc.heatmap, &loc.result)?;
@@ -571,6 +586,40 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
     written.push("index.html");
     println!("results in {}: {}", args.out.display(), written.join(", "));
     Ok(())
+}
+
+/// One frame's result as `localize` prints it: time, score, activity, strongest peak and, with ground truth, the hit and cIoU.
+fn frame_line(
+    clip: &str,
+    index: usize,
+    time_s: f64,
+    result: &FrameLocalization,
+    sounding: Option<usize>,
+    ciou: Option<f64>,
+    hit: Option<bool>,
+) -> String {
+    let mut line = format!(
+        "{clip} frame {index:02} t={time_s:5.2}s score {:.3} {}",
+        result.score,
+        if result.active {
+            "active  "
+        } else {
+            "inactive"
+        }
+    );
+    match result.peaks.first() {
+        Some(p) => line.push_str(&format!(" peak ({:.1}, {:.1})", p.x, p.y)),
+        None => line.push_str(" no peak"),
+    }
+    match (sounding, ciou, hit) {
+        (Some(n), Some(c), Some(h)) => line.push_str(&format!(
+            " | {n} sounding: {}, cIoU {c:.2}",
+            if h { "hit" } else { "miss" }
+        )),
+        (Some(_), _, _) => line.push_str(" | nothing sounding"),
+        _ => {}
+    }
+    line
 }
 
 fn retrieve(args: &RetrieveArgs) -> anyhow::Result<()> {

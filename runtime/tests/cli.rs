@@ -142,6 +142,17 @@ fn main_command_writes_what_it_reports() {
         "{stdout}"
     );
     assert!(stdout.contains("over 16 sounding frames"), "{stdout}");
+    let frame_lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("s2001_00000 frame "))
+        .collect();
+    assert_eq!(frame_lines.len(), 16, "{stdout}");
+    assert!(
+        frame_lines
+            .iter()
+            .all(|l| l.contains(" peak (") && l.contains(" sounding: ")),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(
             "localization.jsonl, *_heatmaps.npy, overlays/, *.gif, metrics.json, index.html"
@@ -178,12 +189,14 @@ fn main_command_writes_what_it_reports() {
 }
 
 #[test]
-fn main_command_without_overlays_says_so() {
+fn main_command_without_overlays_or_frame_lines_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("demo");
-    let out = localize_demo(&out_dir, &["--no-overlays"]);
+    let out = localize_demo(&out_dir, &["--no-overlays", "--summary-only"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
+    assert!(!stdout.contains(" frame 00 "), "{stdout}");
+    assert!(stdout.contains("s2001_00000: pointing "), "{stdout}");
     assert!(
         stdout.contains("localization.jsonl, *_heatmaps.npy, metrics.json, index.html"),
         "{stdout}"
