@@ -13,7 +13,7 @@ use cavsync::annotations::Annotations;
 use cavsync::bundle::{Bundle, set_threads};
 use cavsync::cli::EmbedInputs;
 use cavsync::clip::{self, Clip};
-use cavsync::localize::{FrameLocalization, render_overlay, save_png};
+use cavsync::localize::{Peak, render_overlay, save_png};
 use cavsync::metrics::{self, LocalizationTally};
 use cavsync::npy;
 use cavsync::pipeline::{ClipEncoder, FrameLocalizer};
@@ -455,18 +455,6 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
             }
             lines.push_str(&record.to_string());
             lines.push('\n');
-            if !args.summary_only {
-                let line = frame_line(
-                    &clip.id,
-                    frame.index,
-                    frame.time_s,
-                    &loc.result,
-                    gt.map(|g| g.sounding.len()),
-                    ciou,
-                    hit,
-                );
-                bar.suspend(|| println!("{line}"));
-            }
             let mut overlay_name = None;
             if !args.no_overlays {
                 let overlay = render_overlay(&rgb, &loc.heatmap, &loc.result)?;
@@ -475,7 +463,7 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
                 overlay_frames.push(overlay);
                 overlay_name = Some(format!("overlays/{name}"));
             }
-            rows.push(FrameRow {
+            let row = FrameRow {
                 frame: frame.index,
                 time_s: frame.time_s,
                 score: loc.result.score,
@@ -484,7 +472,12 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
                 ciou,
                 hit,
                 overlay: overlay_name,
-            });
+            };
+            if !args.summary_only {
+                let line = frame_line(&clip.id, &row, loc.result.peaks.first());
+                bar.suspend(|| println!("{line}"));
+            }
+            rows.push(row);
             heatmaps.push(loc.heatmap);
             bar.inc(1);
         }
@@ -589,35 +582,23 @@ fn localize(args: &LocalizeArgs) -> anyhow::Result<()> {
 }
 
 /// One frame's result as `localize` prints it: time, score, activity, strongest peak and, with ground truth, the hit and cIoU.
-fn frame_line(
-    clip: &str,
-    index: usize,
-    time_s: f64,
-    result: &FrameLocalization,
-    sounding: Option<usize>,
-    ciou: Option<f64>,
-    hit: Option<bool>,
-) -> String {
+fn frame_line(clip: &str, row: &FrameRow, peak: Option<&Peak>) -> String {
+    let activity = if row.active { "active  " } else { "inactive" };
     let mut line = format!(
-        "{clip} frame {index:02} t={time_s:5.2}s score {:.3} {}",
-        result.score,
-        if result.active {
-            "active  "
-        } else {
-            "inactive"
-        }
+        "{clip} frame {:02} t={:5.2}s score {:.3} {activity}",
+        row.frame, row.time_s, row.score
     );
-    match result.peaks.first() {
+    match peak {
         Some(p) => line.push_str(&format!(" peak ({:.1}, {:.1})", p.x, p.y)),
         None => line.push_str(" no peak"),
     }
-    match (sounding, ciou, hit) {
-        (Some(n), Some(c), Some(h)) => line.push_str(&format!(
+    match (row.sounding, row.ciou.zip(row.hit)) {
+        (Some(n), Some((c, h))) => line.push_str(&format!(
             " | {n} sounding: {}, cIoU {c:.2}",
             if h { "hit" } else { "miss" }
         )),
-        (Some(_), _, _) => line.push_str(" | nothing sounding"),
-        _ => {}
+        (Some(_), None) => line.push_str(" | nothing sounding"),
+        (None, _) => {}
     }
     line
 }

@@ -14,15 +14,21 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The `cavsync` binary with warnings-only logging, ready for a subcommand.
+fn cavsync() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cavsync"));
+    command.env("RUST_LOG", "warn");
+    command
+}
+
 fn fbank(wav: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cavsync"))
+    cavsync()
         .arg("fbank")
         .arg("--wav")
         .arg(wav)
         .arg("--out")
         .arg(out)
         .args(extra)
-        .env("RUST_LOG", "warn")
         .output()
         .unwrap()
 }
@@ -87,10 +93,9 @@ fn absent_or_broken_bundle_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("manifest.toml"), "format_version = 2\n").unwrap();
     for bundle in [dir.path().to_path_buf(), dir.path().join("missing")] {
-        let out = Command::new(env!("CARGO_BIN_EXE_cavsync"))
+        let out = cavsync()
             .args(["info", "--bundle"])
             .arg(&bundle)
-            .env("RUST_LOG", "warn")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -107,7 +112,7 @@ fn absent_or_broken_bundle_fails_cleanly() {
 /// Runs `cavsync localize` on the shipped demo bundle and clip from the repository root, as the README does.
 fn localize_demo(out: &Path, extra: &[&str]) -> std::process::Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_cavsync"))
+    cavsync()
         .current_dir(root)
         .args([
             "localize",
@@ -121,7 +126,6 @@ fn localize_demo(out: &Path, extra: &[&str]) -> std::process::Output {
         ])
         .arg(out)
         .args(extra)
-        .env("RUST_LOG", "warn")
         .output()
         .unwrap()
 }
