@@ -5,15 +5,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use cavsync::preprocess::{audio, fbank, image, segment};
-use cavsync_export::LoadedModel;
+use cavsync_core::preprocess::{audio, fbank, image, segment};
+use cavsync_core::similarity::cosine;
+use cavsync_train::LoadedModel;
 use ndarray::{ArrayD, Axis};
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (norm(a) * norm(b)).max(f32::EPSILON)
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -9,7 +9,7 @@ torchaudio code in float64, on the float32 mean-subtracted waveform the official
 the algorithm on the official input, which cavsync's fbank must reproduce tightly. Writes `<name>.fbank64.npy` (float64) beside each `<name>.wav` given.
 
 Not part of CI: `pip install torch torchaudio numpy`, then
-    python3 scripts/make_fbank_f64_reference.py runtime/tests/data/fbank/*.wav
+    python3 scripts/make_fbank_f64_reference.py runtime/core/tests/data/fbank/*.wav
 """
 
 import importlib.util

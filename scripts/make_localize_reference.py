@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference outputs of torch's bilinear interpolation for the localization tests.
 
-Writes runtime/tests/data/localize/*.npy (float32), each case as a pair
+Writes runtime/core/tests/data/localize/*.npy (float32), each case as a pair
 `<name>.input.npy` (h_in, w_in) and `<name>.output.npy`, computed with
 `torch.nn.functional.interpolate(x[None, None], size=(h, w), mode='bilinear',
 align_corners=False)` (half-pixel centres, edge clamp, no antialias):

@@ -111,7 +111,7 @@ def make_case(name, rng):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official-src", required=True, help="the `src` folder of a cav-mae-sync checkout")
-    ap.add_argument("--out", default="runtime/tests/data/retrieval", help="output folder (one sub-folder per case)")
+    ap.add_argument("--out", default="runtime/core/tests/data/retrieval", help="output folder (one sub-folder per case)")
     ap.add_argument("--seed", type=int, default=20250)
     args = ap.parse_args()
 

@@ -6,13 +6,13 @@ use std::path::Path;
 
 use common::{checkpoint, fixture_dir, heads};
 
-use cavsync::bundle::Bundle;
-use cavsync::npy::read_f32;
-use cavsync_export::LoadedModel;
-use cavsync_export::bundle::{BundleOptions, write_bundle};
-use cavsync_export::checkpoint::Checkpoint;
-use cavsync_export::layout::ModelConfig;
-use cavsync_export::onnx::Precision;
+use cavsync_core::model::Precision;
+use cavsync_device::bundle::Bundle;
+use cavsync_core::npy::read_f32;
+use cavsync_train::LoadedModel;
+use cavsync_formats::bundle::{BundleOptions, write_bundle};
+use cavsync_formats::checkpoint::Checkpoint;
+use cavsync_formats::layout::ModelConfig;
 use ndarray::{ArrayD, Axis};
 
 /// Bound for f32 bundles against burn and against the official outputs.
@@ -169,8 +169,8 @@ fn damaged_bundles_are_refused_with_clear_errors() {
     let bytes = std::fs::read(gdir.join("audio.onnx")).unwrap();
     let cut = &bytes[..bytes.len() / 3];
     std::fs::write(gdir.join("audio.onnx"), cut).unwrap();
-    let old_hash = cavsync::bundle::sha256_hex(&bytes);
-    let new_hash = cavsync::bundle::sha256_hex(cut);
+    let old_hash = cavsync_core::manifest::sha256_hex(&bytes);
+    let new_hash = cavsync_core::manifest::sha256_hex(cut);
     let text = std::fs::read_to_string(gdir.join("manifest.toml")).unwrap();
     std::fs::write(
         gdir.join("manifest.toml"),

@@ -2,11 +2,23 @@
 
 use std::path::Path;
 
-use cavsync::annotations::Annotations;
-use cavsync::bundle::Bundle;
-use cavsync::clip;
-use cavsync::metrics::{self, LocalizationTally};
-use cavsync::pipeline::{ClipEncoder, FrameLocalizer};
+use cavsync_core::annotations::Annotations;
+use cavsync_core::clip;
+use cavsync_core::record::FrameRecord;
+use cavsync_device::bundle::Bundle;
+use cavsync_device::session::{FrameOutput, GroundTruth, Session};
+use cavsync_device::sink::{Sink, SinkError};
+
+/// Keeps every record a session hands it.
+#[derive(Default)]
+struct Records(Vec<FrameRecord>);
+
+impl Sink for Records {
+    fn frame(&mut self, frame: &FrameOutput<'_>) -> Result<(), SinkError> {
+        self.0.push(frame.record.clone());
+        Ok(())
+    }
+}
 
 /// Pointing-game hits on the demo clip's 16 sounding frames, and its mean cIoU, as recorded
 /// (`record.log`: "pointing 100.0% ... mean cIoU 0.638"); one hit of slack for a near-tie
@@ -31,39 +43,28 @@ fn demo_bundle_localizes_the_demo_clip() {
     entry.wav = root.join(&entry.wav);
     entry.video_path = root.join(&entry.video_path);
     let clip = clip::clip_from_datafile_entry(&entry, 16).unwrap();
-    let truth = annotations.clip(&clip.id).unwrap();
-
-    let mut encoder = ClipEncoder::new(&bundle);
-    let mut localizer = FrameLocalizer::new(&bundle).unwrap();
-    let mel = encoder.clip_fbank(&clip).unwrap();
-    let mut tally = LocalizationTally::default();
-    for frame in &clip.frames {
-        let (emb, rgb) = encoder
-            .encode_frame(&mel, frame, clip.total_frames)
-            .unwrap();
-        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-        let loc = localizer.localize(&emb, w, h).unwrap();
-        let gt = &truth.frames[frame.index];
-        if gt.sounding.is_empty() {
-            tally.add_silent(loc.result.active);
-        } else {
-            let boxes: Vec<[f32; 4]> = gt.sounding.iter().map(|o| o.bbox).collect();
-            let mask = metrics::gt_map(&boxes, w, h);
-            tally.add_sounding(
-                metrics::ciou(&loc.heatmap, &mask, w, h).unwrap(),
-                metrics::pointing_hit(&loc.heatmap, &mask, w, h).unwrap(),
-                loc.result.active,
-            );
-        }
-    }
-    let s = tally.summary().unwrap();
+    let annotations_path = demo.join("clip/annotations.json");
+    let truth = GroundTruth {
+        annotations: &annotations,
+        path: &annotations_path,
+    };
+    let mut records = Records::default();
+    let mut session = Session::new(&bundle, Some(truth)).unwrap();
+    session.run_clip(&clip, &mut [&mut records]).unwrap();
+    let run = session.finish(&mut [&mut records]).unwrap();
+    let hits = records
+        .0
+        .iter()
+        .filter(|r| r.truth.and_then(|t| t.pointing_hit) == Some(true))
+        .count();
+    let s = run.summary.unwrap();
     println!("demo clip: {s:?}");
     assert_eq!(s.sounding_frames, 16);
     assert!(
-        tally.pointing_hits.abs_diff(RECORDED_HITS) <= 1,
-        "{} hits",
-        tally.pointing_hits
+        hits.abs_diff(RECORDED_HITS) <= 1,
+        "{hits} hits"
     );
+    assert_eq!(records.0.len(), 16);
     assert!(
         (s.mean_ciou - RECORDED_MEAN_CIOU).abs() < 0.005,
         "mean cIoU {}",

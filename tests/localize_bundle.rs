@@ -9,15 +9,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cavsync::bundle::Bundle;
-use cavsync::clip::clip_from_dir;
-use cavsync::localize::render_overlay;
-use cavsync::pipeline::{ClipEncoder, FrameLocalizer};
-use cavsync_export::bundle::{BundleOptions, write_bundle};
-use cavsync_export::checkpoint::{Checkpoint, RawTensor};
-use cavsync_export::layout::{Layout, ModelConfig};
-use cavsync_export::onnx::Precision;
-use cavsync_export::random::write_safetensors;
+use cavsync_core::clip::clip_from_dir;
+use cavsync_core::localize::{FrameSize, render_overlay};
+use cavsync_core::preprocess::image::load_rgb;
+use cavsync_device::bundle::Bundle;
+use cavsync_device::encode::{FrameEncoder, clip_fbank};
+use cavsync_device::session::FrameLocalizer;
+use cavsync_formats::bundle::{BundleOptions, write_bundle};
+use cavsync_formats::checkpoint::{Checkpoint, RawTensor};
+use cavsync_core::model::{Layout, Precision};
+use cavsync_formats::layout::ModelConfig;
+use cavsync_formats::random::write_safetensors;
 use image::{Rgb, RgbImage};
 
 const D: usize = 4;
@@ -122,27 +124,28 @@ fn peak_and_box_follow_a_moving_red_square() {
     wav.finalize().unwrap();
 
     let clip = clip_from_dir(&clip_dir).unwrap();
-    let mut encoder = ClipEncoder::new(&bundle);
+    let mut encoder = FrameEncoder::new(&bundle);
     let mut localizer = FrameLocalizer::new(&bundle).unwrap();
-    let mel = encoder.clip_fbank(&clip).unwrap();
+    let mel = clip_fbank(&clip.id, &clip.audio).unwrap();
     assert_eq!(clip.frames.len(), 5);
-    let (empty, rgb_empty) = encoder
-        .encode_frame(&mel, &clip.frames[4], clip.total_frames)
+    let size = FrameSize {
+        width: 320,
+        height: 240,
+    };
+    let rgb_empty = load_rgb(&clip.frames[4].path).unwrap();
+    let empty = encoder
+        .encode(mel.view(), 4, clip.total_frames, &rgb_empty)
         .unwrap();
-    let loc = localizer.localize(&empty, 320, 240).unwrap();
-    assert!(
-        !loc.result.active,
-        "no source, yet score {}",
-        loc.result.score
-    );
-    let overlay = render_overlay(&rgb_empty, &loc.heatmap, &loc.result).unwrap();
+    let loc = localizer.localize(empty, size).unwrap();
+    assert!(!loc.active, "no source, yet score {}", loc.score);
+    let overlay = render_overlay(&rgb_empty, localizer.heatmap(), &loc).unwrap();
     assert_eq!(overlay.dimensions(), (320, 240));
     for (frame_ref, (x, y)) in clip.frames.iter().zip(squares) {
-        let (emb, rgb) = encoder
-            .encode_frame(&mel, frame_ref, clip.total_frames)
+        let rgb = load_rgb(&frame_ref.path).unwrap();
+        let emb = encoder
+            .encode(mel.view(), frame_ref.index, clip.total_frames, &rgb)
             .unwrap();
-        let loc = localizer.localize(&emb, 320, 240).unwrap();
-        let r = &loc.result;
+        let r = &localizer.localize(emb, size).unwrap();
         assert!(r.active, "frame {}: score {}", frame_ref.index, r.score);
         let peak = &r.peaks[0];
         let (x, y) = (x as f32, y as f32);
@@ -161,7 +164,7 @@ fn peak_and_box_follow_a_moving_red_square() {
             "frame {}: box {b:?} not centred on the square at ({x}, {y})",
             frame_ref.index
         );
-        let overlay = render_overlay(&rgb, &loc.heatmap, r).unwrap();
+        let overlay = render_overlay(&rgb, localizer.heatmap(), r).unwrap();
         assert_eq!(overlay.dimensions(), (320, 240));
         let (px, py) = (peak.x as u32, peak.y as u32);
         assert_ne!(overlay.get_pixel(px, py), rgb.get_pixel(px, py));

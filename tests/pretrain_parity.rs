@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use burn::module::{ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use cavsync::npy;
-use cavsync_export::checkpoint::Checkpoint;
-use cavsync_export::layout::ModelConfig;
-use cavsync_export::model::CavMae;
-use cavsync_export::pretrain::{self, Masking, Objective};
+use cavsync_core::npy;
+use cavsync_formats::checkpoint::Checkpoint;
+use cavsync_formats::layout::ModelConfig;
+use cavsync_train::model::CavMae;
+use cavsync_train::pretrain::{self, Masking, Objective};
 use ndarray::ArrayD;
 
 /// Losses agree to float32 accumulation noise; accuracy exactly.

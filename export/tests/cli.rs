@@ -95,9 +95,9 @@ fn embed_from_wav_and_image_keeps_a_batch_of_one() {
         .args(["embed", "--heads", "4", "--frame", "5", "--checkpoint"])
         .arg(fixture("checkpoint.pth"))
         .arg("--wav")
-        .arg(repo("runtime/tests/data/fbank/speech_a16.wav"))
+        .arg(repo("runtime/core/tests/data/fbank/speech_a16.wav"))
         .arg("--image")
-        .arg(repo("runtime/tests/data/image/testsrc_1280x720.jpg"))
+        .arg(repo("runtime/core/tests/data/image/testsrc_1280x720.jpg"))
         .arg("--out")
         .arg(dir.path()));
     assert!(

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use cavsync_core::model::Precision;
+
 /// Errors raised while reading or validating a board profile.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -36,18 +38,6 @@ pub enum Arch {
     Aarch64,
     /// 64-bit x86.
     X86_64,
-}
-
-/// Numeric precision of a model bundle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    /// 32-bit float.
-    F32,
-    /// 16-bit float.
-    F16,
-    /// 8-bit integer weights and activations.
-    Int8,
 }
 
 /// Where inference runs.

@@ -3,14 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cavsync::npy::read_f32;
-use cavsync::preprocess::audio::load_wav_16k;
-use cavsync::preprocess::fbank::{ShortInput, clip_log_mel};
-use cavsync::preprocess::segment::{NORM_MEAN, NORM_STD};
+use cavsync_core::npy::read_f32;
+use cavsync_core::preprocess::audio::load_wav_16k;
+use cavsync_core::preprocess::fbank::{ShortInput, clip_log_mel};
+use cavsync_core::preprocess::segment::{NORM_MEAN, NORM_STD};
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/fbank")
+        .join("core/tests/data/fbank")
         .join(name)
 }
 
@@ -207,4 +207,61 @@ fn main_command_without_overlays_or_frame_lines_says_so() {
     );
     assert!(!out_dir.join("overlays").exists());
     assert!(!out_dir.join("s2001_00000.gif").exists());
+}
+
+#[test]
+fn calibrate_reads_the_records_localize_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo");
+    let out = localize_demo(&out_dir, &["--no-overlays", "--summary-only"]);
+    assert!(out.status.success());
+    let jsonl = out_dir.join("localization.jsonl");
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let records: Vec<cavsync_core::record::FrameRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 16);
+    assert!(records.iter().all(|r| r.truth.is_some_and(|t| t.sounding > 0)));
+
+    // Only sounding frames: no threshold can be chosen, and the error says why.
+    let run = |path: &Path| cavsync().args(["calibrate", "--results"]).arg(path).output().unwrap();
+    let out = run(&jsonl);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs both sounding and silent frames"), "{stderr}");
+
+    // Add silent frames scored below every sounding one: the threshold separates them.
+    let min_score = records.iter().map(|r| r.score).fold(f32::INFINITY, f32::min);
+    let mut lines = text.clone();
+    for r in &records[..4] {
+        let mut silent = r.clone();
+        silent.score = min_score - 0.5;
+        silent.truth = Some(cavsync_core::record::FrameTruth {
+            sounding: 0,
+            ciou: None,
+            pointing_hit: None,
+        });
+        lines.push_str(&serde_json::to_string(&silent).unwrap());
+        lines.push('\n');
+    }
+    let mixed = dir.path().join("mixed.jsonl");
+    std::fs::write(&mixed, lines).unwrap();
+    let out = run(&mixed);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("sounding frames active 100.0% (of 16), silent frames not active 100.0% (of 4)"),
+        "{stdout}"
+    );
+
+    // A record without ground truth is refused with its line number.
+    let mut bare = records[0].clone();
+    bare.truth = None;
+    let plain = dir.path().join("plain.jsonl");
+    std::fs::write(&plain, serde_json::to_string(&bare).unwrap()).unwrap();
+    let out = run(&plain);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("plain.jsonl:1:") && stderr.contains("--annotations"), "{stderr}");
 }

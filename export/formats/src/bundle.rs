@@ -1,0 +1,239 @@
+//! Writing a model bundle: both encoder graphs as ONNX plus the manifest the runtime reads.
+
+use std::path::{Path, PathBuf};
+
+use cavsync_core::manifest::{
+    AudioPreprocessing, EncoderInfo, FORMAT_VERSION, ImagePreprocessing, LocalizationInfo,
+    MANIFEST_FILE, Manifest, ManifestError, ModelInfo, Provenance, sha256_file, sha256_hex,
+};
+use cavsync_core::model::{Modality, Precision};
+
+use crate::checkpoint::Checkpoint;
+use crate::layout::ModelConfig;
+use crate::onnx;
+
+/// Errors raised while writing a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleWriteError {
+    /// A file or directory could not be written.
+    #[error("{path}: cannot write: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A graph could not be built.
+    #[error(transparent)]
+    Onnx(#[from] onnx::OnnxError),
+    /// The manifest could not be serialised.
+    #[error("cannot serialise manifest: {0}")]
+    Manifest(#[from] toml::ser::Error),
+    /// Hashing the source checkpoint failed.
+    #[error(transparent)]
+    Hash(#[from] ManifestError),
+}
+
+/// What `convert` needs beyond the checkpoint.
+#[derive(Debug, Clone)]
+pub struct BundleOptions {
+    /// Numeric precision of the graphs: f32 or f16 (int8 needs calibration and is refused).
+    pub precision: Precision,
+    /// Video frames per clip T.
+    pub total_frames: usize,
+    /// Raw-cosine threshold above which a frame counts as sounding.
+    pub active_threshold: f32,
+    /// How `active_threshold` was obtained.
+    pub calibration: String,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleWriteError + '_ {
+    move |source| BundleWriteError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Write `audio.onnx`, `visual.onnx` and `manifest.toml` for a verified checkpoint into `out`.
+///
+/// Everything is written into a sibling temporary directory first and renamed into place, so
+/// `out` never holds a half-written bundle. A precision the ONNX writer cannot write (int8)
+/// is refused before anything is written.
+pub fn write_bundle(
+    ck: &Checkpoint,
+    config: &ModelConfig,
+    options: &BundleOptions,
+    out: &Path,
+) -> Result<Manifest, BundleWriteError> {
+    onnx::check_precision(options.precision)?;
+    let mut tmp_name = out.as_os_str().to_owned();
+    tmp_name.push(format!(".partial-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let result = write_into(ck, config, options, &tmp).and_then(|manifest| {
+        if out.exists() {
+            std::fs::remove_dir_all(out).map_err(io_err(out))?;
+        }
+        std::fs::rename(&tmp, out).map_err(io_err(out))?;
+        Ok(manifest)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Write one encoder graph and describe it for the manifest.
+fn write_encoder(
+    ck: &Checkpoint,
+    config: &ModelConfig,
+    precision: Precision,
+    dir: &Path,
+    modality: Modality,
+) -> Result<EncoderInfo, BundleWriteError> {
+    let (file, input, grid) = match modality {
+        Modality::Audio => (
+            "audio.onnx",
+            onnx::AUDIO_INPUT,
+            [config.audio_rows(), config.audio_cols()],
+        ),
+        Modality::Visual => (
+            "visual.onnx",
+            onnx::VISUAL_INPUT,
+            [config.visual_grid(), config.visual_grid()],
+        ),
+    };
+    let bytes = onnx::to_bytes(&onnx::encoder_model(ck, config, modality, precision)?);
+    let path = dir.join(file);
+    std::fs::write(&path, &bytes).map_err(io_err(&path))?;
+    Ok(EncoderInfo {
+        file: file.into(),
+        sha256: sha256_hex(&bytes),
+        input: input.into(),
+        input_shape: onnx::input_shape(config, modality),
+        global_output: onnx::GLOBAL_OUTPUT.into(),
+        tokens_output: onnx::TOKENS_OUTPUT.into(),
+        tokens: onnx::token_count(config, modality),
+        grid,
+    })
+}
+
+/// Write both graphs and the manifest into `dir`.
+fn write_into(
+    ck: &Checkpoint,
+    config: &ModelConfig,
+    options: &BundleOptions,
+    dir: &Path,
+) -> Result<Manifest, BundleWriteError> {
+    let audio = write_encoder(ck, config, options.precision, dir, Modality::Audio)?;
+    let visual = write_encoder(ck, config, options.precision, dir, Modality::Visual)?;
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        model: ModelInfo {
+            layout: config.layout,
+            dim: config.dim,
+            heads: config.heads,
+            depth_audio: config.depth_a,
+            depth_visual: config.depth_v,
+            depth_joint: config.depth_u,
+            registers: config.registers,
+            contrastive_depth: config.contrastive_depth,
+            patch: config.patch,
+            precision: options.precision,
+            batch: 1,
+        },
+        audio,
+        visual,
+        audio_preprocessing: AudioPreprocessing::official(
+            config.audio_length,
+            options.total_frames,
+        ),
+        image_preprocessing: ImagePreprocessing::official(),
+        localization: LocalizationInfo {
+            active_threshold: options.active_threshold,
+            calibration: options.calibration.clone(),
+        },
+        provenance: Provenance {
+            checkpoint: ck
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            checkpoint_sha256: sha256_file(&ck.path)?,
+            tool: format!("cavsync-export {}", env!("CARGO_PKG_VERSION")),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        },
+    };
+    let text = toml::to_string_pretty(&manifest)?;
+    let path = dir.join(MANIFEST_FILE);
+    std::fs::write(&path, text).map_err(io_err(&path))?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::random::{random_tensors, write_safetensors};
+    use cavsync_core::model::Layout;
+
+    /// A tiny random checkpoint on disk and its detected config.
+    fn tiny(dir: &Path) -> (Checkpoint, ModelConfig) {
+        let config = ModelConfig {
+            depth_u: 1,
+            ..ModelConfig::sync(16, 1, 1, 32)
+        };
+        let path = dir.join("tiny.safetensors");
+        write_safetensors(&random_tensors(&config, 1), &path).unwrap();
+        let ck = Checkpoint::load(&path).unwrap();
+        let detected = ModelConfig::detect(&ck, None).unwrap();
+        assert_eq!(detected, config);
+        (ck, detected)
+    }
+
+    fn options(precision: Precision) -> BundleOptions {
+        BundleOptions {
+            precision,
+            total_frames: 4,
+            active_threshold: 0.25,
+            calibration: "test".into(),
+        }
+    }
+
+    #[test]
+    fn manifest_carries_the_typed_layout_and_precision() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ck, config) = tiny(dir.path());
+        let out = dir.path().join("bundle");
+        let written = write_bundle(&ck, &config, &options(Precision::F16), &out).unwrap();
+        assert_eq!(written.model.layout, Layout::Sync);
+        assert_eq!(written.model.precision, Precision::F16);
+        let text = std::fs::read_to_string(out.join(MANIFEST_FILE)).unwrap();
+        assert!(text.contains("layout = \"sync\""), "{text}");
+        assert!(text.contains("precision = \"f16\""), "{text}");
+        assert_eq!(Manifest::read(&out).unwrap(), written);
+    }
+
+    #[test]
+    fn int8_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ck, config) = tiny(dir.path());
+        let out = dir.path().join("bundle");
+        let err = write_bundle(&ck, &config, &options(Precision::Int8), &out).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BundleWriteError::Onnx(onnx::OnnxError::Precision(Precision::Int8))
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("calibration"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the checkpoint is there: {left:?}");
+    }
+}

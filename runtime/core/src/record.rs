@@ -1,0 +1,196 @@
+//! The per-frame result of a localization run: one typed record that every output is made of.
+//!
+//! `localize` writes these as JSON lines, prints them as terminal lines, renders them in the
+//! report and tallies them into metrics; `calibrate` reads them back with the same type.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::localize::{BoundingBox, FrameLocalization, Peak};
+use crate::metrics::LocalizationSummary;
+
+/// One localized frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameRecord {
+    /// Clip id.
+    pub clip: String,
+    /// Frame index k in the clip.
+    pub frame: usize,
+    /// Time of the frame in the clip, seconds.
+    pub time_s: f64,
+    /// The frame's image file, when it came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<PathBuf>,
+    /// Frame width in pixels.
+    pub width: usize,
+    /// Frame height in pixels.
+    pub height: usize,
+    /// Largest raw cosine of the similarity map.
+    pub score: f32,
+    /// Whether a visible sounding source was judged present.
+    pub active: bool,
+    /// Peaks of the heatmap in frame pixels, strongest first.
+    pub peaks: Vec<Peak>,
+    /// Regions of the heatmap in frame pixels, largest mass first.
+    pub boxes: Vec<BoundingBox>,
+    /// Scores against the ground truth, when the run had annotations.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub truth: Option<FrameTruth>,
+}
+
+/// A frame's scores against its ground truth.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FrameTruth {
+    /// Sounding objects annotated in the frame (0: nothing sounds).
+    pub sounding: usize,
+    /// ciou of the heatmap against the sounding objects (sounding frames only).
+    pub ciou: Option<f64>,
+    /// Whether the heatmap's maximum lies on a sounding object (sounding frames only).
+    pub pointing_hit: Option<bool>,
+}
+
+impl FrameRecord {
+    /// The record of a frame's localization, without ground truth.
+    pub fn new(
+        clip: &str,
+        frame: usize,
+        time_s: f64,
+        size: crate::localize::FrameSize,
+        loc: &FrameLocalization,
+    ) -> Self {
+        Self {
+            clip: clip.to_string(),
+            frame,
+            time_s,
+            image: None,
+            width: size.width,
+            height: size.height,
+            score: loc.score,
+            active: loc.active,
+            peaks: loc.peaks.clone(),
+            boxes: loc.boxes.clone(),
+            truth: None,
+        }
+    }
+
+    /// The record as `localize` prints it: time, score, activity, strongest peak and, with ground truth, the hit and cIoU.
+    pub fn line(&self) -> String {
+        let activity = if self.active { "active  " } else { "inactive" };
+        let mut line = format!(
+            "{} frame {:02} t={:5.2}s score {:.3} {activity}",
+            self.clip, self.frame, self.time_s, self.score
+        );
+        match self.peaks.first() {
+            Some(p) => {
+                let _ = write!(line, " peak ({:.1}, {:.1})", p.x, p.y);
+            }
+            None => line.push_str(" no peak"),
+        }
+        if let Some(t) = &self.truth {
+            match t.ciou.zip(t.pointing_hit) {
+                Some((c, h)) => {
+                    let verdict = if h { "hit" } else { "miss" };
+                    let _ = write!(line, " | {} sounding: {verdict}, cIoU {c:.2}", t.sounding);
+                }
+                None => line.push_str(" | nothing sounding"),
+            }
+        }
+        line
+    }
+}
+
+/// A clip's metrics as `localize` prints them: pointing hits, cIoU@0.5, AUC and the silent frames.
+pub fn clip_line(clip: &str, s: &LocalizationSummary) -> String {
+    let hits = (s.pointing * s.sounding_frames as f64).round();
+    format!(
+        "{clip}: pointing {hits}/{}, cIoU@0.5 {:.2}, AUC {:.3}, {}",
+        s.sounding_frames,
+        s.ciou_at_half,
+        s.auc,
+        s.silent_phrase()
+    )
+}
+
+/// A run's metrics as `localize` prints them in its closing lines.
+pub fn overall_line(s: &LocalizationSummary) -> String {
+    format!(
+        "ground truth: pointing {:.1}%, cIoU@0.5 {:.1}%, mean cIoU {:.3}, AUC {:.3} over {} sounding frames; \
+         sounding frames active {:.1}%; {}",
+        100.0 * s.pointing,
+        100.0 * s.ciou_at_half,
+        s.mean_ciou,
+        s.auc,
+        s.sounding_frames,
+        100.0 * s.sounding_active_rate,
+        s.silent_phrase()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(truth: Option<FrameTruth>) -> FrameRecord {
+        FrameRecord {
+            clip: "c".into(),
+            frame: 3,
+            time_s: 1.875,
+            image: Some(PathBuf::from("frames/frame_3/c.jpg")),
+            width: 320,
+            height: 240,
+            score: 0.25,
+            active: true,
+            peaks: vec![Peak {
+                x: 10.5,
+                y: 20.5,
+                value: 1.0,
+            }],
+            boxes: vec![],
+            truth,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_with_and_without_truth() {
+        let silent = FrameTruth {
+            sounding: 0,
+            ciou: None,
+            pointing_hit: None,
+        };
+        let sounding = FrameTruth {
+            sounding: 2,
+            ciou: Some(0.75),
+            pointing_hit: Some(true),
+        };
+        for truth in [None, Some(silent), Some(sounding)] {
+            let r = record(truth);
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<FrameRecord>(&text).unwrap(), r);
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v.get("sounding").is_some(), truth.is_some(), "{text}");
+            assert_eq!(v.get("pointing_hit").is_some(), truth.is_some(), "{text}");
+        }
+    }
+
+    #[test]
+    fn lines_show_peak_and_truth() {
+        assert_eq!(
+            record(None).line(),
+            "c frame 03 t= 1.88s score 0.250 active   peak (10.5, 20.5)"
+        );
+        let t = FrameTruth {
+            sounding: 1,
+            ciou: Some(0.5),
+            pointing_hit: Some(false),
+        };
+        assert!(record(Some(t)).line().ends_with(" | 1 sounding: miss, cIoU 0.50"));
+        let silent = FrameTruth {
+            sounding: 0,
+            ciou: None,
+            pointing_hit: None,
+        };
+        assert!(record(Some(silent)).line().ends_with(" | nothing sounding"));
+    }
+}

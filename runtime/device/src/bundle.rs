@@ -1,0 +1,273 @@
+//! An opened bundle: the verified manifest and one optimised tract plan per encoder, fed from memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cavsync_core::manifest::{EncoderInfo, Manifest, ManifestError};
+use cavsync_core::model::Modality;
+use tract_linalg::multithread::Executor;
+use tract_onnx::prelude::*;
+
+/// Errors raised while opening or running a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The manifest, or a file it names, failed verification.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The plan options cannot be honoured.
+    #[error("plan options: {0}")]
+    Options(String),
+    /// tract could not load or optimise a model file.
+    #[error("{path}: cannot load ONNX model: {message}")]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// tract's explanation.
+        message: String,
+    },
+    /// An input has the wrong length.
+    #[error("{what}: got {found} values, expected {expected}")]
+    Input {
+        /// Which input.
+        what: &'static str,
+        /// Length given.
+        found: usize,
+        /// Length expected.
+        expected: usize,
+    },
+    /// Inference failed inside tract.
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// How the encoder plans run; part of each plan, not of the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Threads for matrix products (1 = single-threaded).
+    pub threads: usize,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self { threads: 1 }
+    }
+}
+
+impl PlanOptions {
+    /// tract's run options for these settings: a private thread pool when `threads > 1`.
+    fn run_options(&self) -> Result<RunOptions, BundleError> {
+        if self.threads == 0 {
+            return Err(BundleError::Options(
+                "threads must be at least 1".to_string(),
+            ));
+        }
+        let executor = if self.threads > 1 {
+            Executor::multithread(self.threads)
+        } else {
+            Executor::SingleThread
+        };
+        Ok(RunOptions {
+            executor: Some(executor),
+            ..RunOptions::default()
+        })
+    }
+}
+
+/// One encoder's optimised tract plan with its expected shapes.
+#[derive(Debug)]
+struct EncoderPlan {
+    plan: Arc<TypedRunnableModel>,
+    input_shape: Vec<usize>,
+    tokens: usize,
+}
+
+/// Embeddings of one item: the global embedding and the patch tokens.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Embedding {
+    /// Global embedding (D).
+    pub global: Vec<f32>,
+    /// Patch tokens (N x D, row-major).
+    pub tokens: Vec<f32>,
+}
+
+/// An opened, verified bundle with optimised plans for both encoders.
+#[derive(Debug)]
+pub struct Bundle {
+    /// Directory the bundle was read from.
+    pub dir: PathBuf,
+    /// The verified manifest.
+    pub manifest: Manifest,
+    /// The options the plans were built with.
+    pub options: PlanOptions,
+    audio: EncoderPlan,
+    visual: EncoderPlan,
+}
+
+impl Bundle {
+    /// Open a bundle directory with single-threaded plans.
+    pub fn open(dir: &Path) -> Result<Self, BundleError> {
+        Self::open_with(dir, &PlanOptions::default())
+    }
+
+    /// Open a bundle directory: parse the manifest, verify hashes and graph signatures, optimise both plans.
+    pub fn open_with(dir: &Path, options: &PlanOptions) -> Result<Self, BundleError> {
+        let run_options = options.run_options()?;
+        let manifest = Manifest::read(dir)?;
+        let dim = manifest.model.dim;
+        let audio = load_plan(dir, &manifest.audio, dim, &run_options)?;
+        let visual = load_plan(dir, &manifest.visual, dim, &run_options)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            options: options.clone(),
+            audio,
+            visual,
+        })
+    }
+
+    /// Embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.manifest.model.dim
+    }
+
+    /// Values one input of `modality` holds (L x 128 for audio, 3 x H x W for images).
+    pub fn input_len(&self, modality: Modality) -> usize {
+        self.plan(modality).input_shape.iter().product()
+    }
+
+    /// Encode one normalised input of `modality` into `out`, reusing its buffers.
+    pub fn embed_into(
+        &self,
+        modality: Modality,
+        input: &[f32],
+        out: &mut Embedding,
+    ) -> Result<(), BundleError> {
+        let what = match modality {
+            Modality::Audio => "audio segment",
+            Modality::Visual => "image",
+        };
+        run_plan(self.plan(modality), input, what, self.dim(), out)
+    }
+
+    /// Encode one normalised fbank segment (L x 128, row-major).
+    pub fn embed_audio(&self, segment: &[f32]) -> Result<Embedding, BundleError> {
+        let mut out = Embedding::default();
+        self.embed_into(Modality::Audio, segment, &mut out)?;
+        Ok(out)
+    }
+
+    /// Encode one normalised image (3 x H x W, channel-major).
+    pub fn embed_visual(&self, image: &[f32]) -> Result<Embedding, BundleError> {
+        let mut out = Embedding::default();
+        self.embed_into(Modality::Visual, image, &mut out)?;
+        Ok(out)
+    }
+
+    fn plan(&self, modality: Modality) -> &EncoderPlan {
+        match modality {
+            Modality::Audio => &self.audio,
+            Modality::Visual => &self.visual,
+        }
+    }
+}
+
+/// Names of a graph's input or output nodes.
+fn outlet_names(model: &InferenceModel, outlets: &[OutletId]) -> Vec<String> {
+    outlets
+        .iter()
+        .map(|o| model.node(o.node).name.clone())
+        .collect()
+}
+
+fn load_plan(
+    dir: &Path,
+    info: &EncoderInfo,
+    dim: usize,
+    options: &RunOptions,
+) -> Result<EncoderPlan, BundleError> {
+    let path = info.verified_path(dir)?;
+    let model_err = |message: String| BundleError::Model {
+        path: path.clone(),
+        message,
+    };
+    let tract_err = |e: TractError| model_err(format!("{e:#}"));
+    let model = tract_onnx::onnx().model_for_path(&path).map_err(tract_err)?;
+    let inputs = outlet_names(&model, model.input_outlets().map_err(tract_err)?);
+    if inputs != [info.input.clone()] {
+        return Err(model_err(format!(
+            "graph inputs {inputs:?}, manifest says [{:?}]",
+            info.input
+        )));
+    }
+    let outputs = outlet_names(&model, model.output_outlets().map_err(tract_err)?);
+    let wanted = [info.global_output.clone(), info.tokens_output.clone()];
+    if outputs != wanted {
+        return Err(model_err(format!(
+            "graph outputs {outputs:?}, manifest says {wanted:?}"
+        )));
+    }
+    let plan = model
+        .with_input_fact(0, f32::fact(&info.input_shape).into())
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable_with_options(options))
+        .map_err(tract_err)?;
+    let expected: [(&str, Vec<usize>); 2] = [
+        ("global", vec![1, dim]),
+        ("tokens", vec![1, info.tokens, dim]),
+    ];
+    for (slot, (what, want)) in expected.iter().enumerate() {
+        let fact = plan.model().output_fact(slot).map_err(tract_err)?;
+        let shape = fact.shape.as_concrete().map(<[usize]>::to_vec);
+        if shape.as_ref() != Some(want) {
+            return Err(model_err(format!(
+                "{what} output has shape {shape:?}, manifest implies {want:?}"
+            )));
+        }
+    }
+    Ok(EncoderPlan {
+        plan,
+        input_shape: info.input_shape.clone(),
+        tokens: info.tokens,
+    })
+}
+
+/// Copies a plan output into `out`, checking its length.
+fn copy_output(t: &TValue, len: usize, out: &mut Vec<f32>) -> Result<(), BundleError> {
+    let view = t
+        .to_plain_array_view::<f32>()
+        .map_err(|e| BundleError::Run(format!("{e:#}")))?;
+    if view.len() != len {
+        return Err(BundleError::Run(format!(
+            "output has {} values, expected {len}",
+            view.len()
+        )));
+    }
+    out.clear();
+    out.extend(view.iter().copied());
+    Ok(())
+}
+
+fn run_plan(
+    enc: &EncoderPlan,
+    input: &[f32],
+    what: &'static str,
+    dim: usize,
+    out: &mut Embedding,
+) -> Result<(), BundleError> {
+    let expected: usize = enc.input_shape.iter().product();
+    if input.len() != expected {
+        return Err(BundleError::Input {
+            what,
+            found: input.len(),
+            expected,
+        });
+    }
+    let tensor = Tensor::from_shape(&enc.input_shape, input)
+        .map_err(|e| BundleError::Run(format!("{e:#}")))?;
+    let outputs = enc
+        .plan
+        .run(tvec!(tensor.into()))
+        .map_err(|e| BundleError::Run(format!("{e:#}")))?;
+    copy_output(&outputs[0], dim, &mut out.global)?;
+    copy_output(&outputs[1], enc.tokens * dim, &mut out.tokens)
+}

@@ -1,0 +1,104 @@
+//! Encoding frames with a bundle: a frame-aligned audio segment and an RGB image in, both embeddings out, buffers reused.
+
+use image::RgbImage;
+use ndarray::{Array2, ArrayView2};
+
+use cavsync_core::model::Modality;
+use cavsync_core::preprocess::fbank::{FbankError, ShortInput, clip_log_mel};
+use cavsync_core::preprocess::image::{ImageError, ImagePreprocessor};
+use cavsync_core::preprocess::segment::frame_segment_into;
+
+use crate::bundle::{Bundle, BundleError, Embedding};
+
+/// Errors raised while encoding a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The clip's audio could not be turned into a filterbank.
+    #[error("clip `{clip}`: {source}")]
+    Fbank {
+        /// The clip id.
+        clip: String,
+        /// The fbank error.
+        source: FbankError,
+    },
+    /// A frame image could not be preprocessed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Inference failed.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+}
+
+/// The raw log-mel of a clip's 16 kHz samples, as the official clip path computes it (mean removal, Kaldi fbank; short clips zero-padded).
+pub fn clip_fbank(clip: &str, samples: &[f32]) -> Result<Array2<f32>, EncodeError> {
+    clip_log_mel(samples, ShortInput::ZeroPad).map_err(|source| EncodeError::Fbank {
+        clip: clip.to_string(),
+        source,
+    })
+}
+
+/// Embeddings of one frame: its audio segment's and its image's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FrameEmbeddings {
+    /// Audio embedding of the frame-aligned segment.
+    pub audio: Embedding,
+    /// Visual embedding of the frame.
+    pub visual: Embedding,
+}
+
+/// Encodes frames with one bundle from memory, reusing every buffer between frames.
+pub struct FrameEncoder<'a> {
+    bundle: &'a Bundle,
+    images: ImagePreprocessor,
+    image_buf: Vec<f32>,
+    segment_buf: Vec<f32>,
+    embeddings: FrameEmbeddings,
+}
+
+impl<'a> FrameEncoder<'a> {
+    /// A frame encoder for `bundle`.
+    pub fn new(bundle: &'a Bundle) -> Self {
+        Self {
+            bundle,
+            images: ImagePreprocessor::new(),
+            image_buf: vec![0.0; bundle.input_len(Modality::Visual)],
+            segment_buf: Vec::with_capacity(bundle.input_len(Modality::Audio)),
+            embeddings: FrameEmbeddings::default(),
+        }
+    }
+
+    /// The bundle this encoder runs.
+    pub fn bundle(&self) -> &'a Bundle {
+        self.bundle
+    }
+
+    /// Encode video frame `frame` of `total_frames`: its audio segment from the clip's raw log-mel `clip_mel`, and its image `rgb`.
+    pub fn encode(
+        &mut self,
+        clip_mel: ArrayView2<'_, f32>,
+        frame: usize,
+        total_frames: usize,
+        rgb: &RgbImage,
+    ) -> Result<&FrameEmbeddings, EncodeError> {
+        let target = self.bundle.manifest.audio_preprocessing.target_length;
+        frame_segment_into(
+            clip_mel,
+            frame,
+            total_frames,
+            target,
+            &mut self.segment_buf,
+        );
+        self.bundle.embed_into(
+            Modality::Audio,
+            &self.segment_buf,
+            &mut self.embeddings.audio,
+        )?;
+        self.images.run_into(rgb, &mut self.image_buf)?;
+        self.bundle.embed_into(
+            Modality::Visual,
+            &self.image_buf,
+            &mut self.embeddings.visual,
+        )?;
+        Ok(&self.embeddings)
+    }
+}

@@ -1,0 +1,9 @@
+//! cavsync-device: the on-device runtime — verified bundles run by tract, fed from memory, and the
+//! localization session that turns frames and audio into typed records for any sink.
+//!
+//! Lean on purpose (no burn, no CLI): this is what a board links.
+
+pub mod bundle;
+pub mod encode;
+pub mod session;
+pub mod sink;

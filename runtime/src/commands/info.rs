@@ -1,0 +1,71 @@
+//! `cavsync info`: what a verified bundle's manifest says.
+
+use super::BundleArgs;
+
+/// Open the bundle (verifying it) and print its manifest.
+pub fn run(args: &BundleArgs) -> anyhow::Result<()> {
+    let bundle = args.open()?;
+    let m = &bundle.manifest;
+    println!(
+        "bundle            {} (format {}, verified)",
+        bundle.dir.display(),
+        m.format_version
+    );
+    println!(
+        "model             {} layout, dim {}, heads {}, depth audio {} / visual {} / joint {}, registers {}, contrastive {}",
+        m.model.layout,
+        m.model.dim,
+        m.model.heads,
+        m.model.depth_audio,
+        m.model.depth_visual,
+        m.model.depth_joint,
+        m.model.registers,
+        m.model.contrastive_depth
+    );
+    println!(
+        "precision         {} (batch {})",
+        m.model.precision, m.model.batch
+    );
+    for (name, e) in [("audio", &m.audio), ("visual", &m.visual)] {
+        println!(
+            "{name:<17} {} {:?} -> {} (1, {}), {} (1, {}, {}); grid {}x{}; sha256 {}",
+            e.file,
+            e.input_shape,
+            e.global_output,
+            m.model.dim,
+            e.tokens_output,
+            e.tokens,
+            m.model.dim,
+            e.grid[0],
+            e.grid[1],
+            e.sha256
+        );
+    }
+    let a = &m.audio_preprocessing;
+    println!(
+        "audio input       {} Hz, {} mel bins, {}/{} samples frame/shift, L = {}, T = {}, clip {} frames, norm (x - {}) / {}",
+        a.sample_rate,
+        a.num_mel_bins,
+        a.frame_length,
+        a.frame_shift,
+        a.target_length,
+        a.total_frames,
+        a.clip_frames,
+        a.norm_mean,
+        a.norm_std
+    );
+    let i = &m.image_preprocessing;
+    println!(
+        "image input       {} px, {} resize, {} crop, mean {:?}, std {:?}",
+        i.size, i.resize, i.crop, i.mean, i.std
+    );
+    println!(
+        "localization      active threshold {} ({})",
+        m.localization.active_threshold, m.localization.calibration
+    );
+    println!(
+        "provenance        {} (sha256 {}), {}",
+        m.provenance.checkpoint, m.provenance.checkpoint_sha256, m.provenance.tool
+    );
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! `cavsync localize`: a session over clips from a folder, a datafile or a video, with every file sink and the terminal.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use indicatif::ProgressBar;
+
+use cavsync_core::annotations::Annotations;
+use cavsync_core::clip::{self, Clip};
+use cavsync_core::record::{clip_line, overall_line};
+use cavsync_device::session::{ClipResult, FrameOutput, GroundTruth, RunSummary, Session};
+use cavsync_device::sink::{self, Heatmaps, JsonLines, Metrics, Report, Sink, SinkError};
+
+use super::BundleArgs;
+
+/// Arguments of `cavsync localize`.
+#[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["clip", "datafile", "video"]))]
+pub struct Args {
+    #[command(flatten)]
+    bundle: BundleArgs,
+    /// Clip folder: frames/*.jpg|png plus audio.wav.
+    #[arg(long)]
+    clip: Option<PathBuf>,
+    /// CAV-MAE datafile JSON (frames at video_path/frame_{k}/video_id.jpg); every clip is localized.
+    #[arg(long)]
+    datafile: Option<PathBuf>,
+    /// Video file, decoded with the `ffmpeg` executable.
+    #[arg(long)]
+    video: Option<PathBuf>,
+    /// Output directory: localization.jsonl, <clip>_heatmaps.npy, overlays/*.png, <clip>.gif, index.html (and metrics.json with --annotations).
+    #[arg(long)]
+    out: PathBuf,
+    /// Skip the overlay PNGs and animations.
+    #[arg(long)]
+    no_overlays: bool,
+    /// Print only the per-clip and overall summaries, not a line per frame.
+    #[arg(long)]
+    summary_only: bool,
+    /// Ground truth of the sounding objects (annotations.json written by `cavsync-export synth`): adds pointing game, cIoU and AUC per clip and overall (metrics.json).
+    #[arg(long)]
+    annotations: Option<PathBuf>,
+}
+
+/// The clips named by the input flags.
+fn load_clips(args: &Args, total_frames: usize) -> anyhow::Result<Vec<Clip>> {
+    if let Some(dir) = &args.clip {
+        return Ok(vec![clip::clip_from_dir(dir)?]);
+    }
+    if let Some(path) = &args.datafile {
+        return clip::read_datafile(path)?
+            .iter()
+            .map(|e| Ok(clip::clip_from_datafile_entry(e, total_frames)?))
+            .collect();
+    }
+    if let Some(path) = &args.video {
+        let work = args.out.join("video-frames");
+        return Ok(vec![clip::clip_from_video(path, total_frames, &work)?]);
+    }
+    bail!("give --clip, --datafile or --video")
+}
+
+/// The terminal: a progress bar, a line per frame (unless summary-only), per-clip and overall lines.
+struct Terminal {
+    bar: ProgressBar,
+    frame_lines: bool,
+}
+
+impl Sink for Terminal {
+    fn frame(&mut self, frame: &FrameOutput<'_>) -> Result<(), SinkError> {
+        if self.frame_lines {
+            let line = frame.record.line();
+            self.bar.suspend(|| println!("{line}"));
+        }
+        self.bar.inc(1);
+        Ok(())
+    }
+
+    fn end_clip(&mut self, clip: &ClipResult) -> Result<(), SinkError> {
+        if let Some(s) = &clip.summary {
+            let line = clip_line(&clip.id, s);
+            self.bar.suspend(|| println!("{line}"));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, run: &RunSummary) -> Result<(), SinkError> {
+        self.bar.finish_and_clear();
+        println!(
+            "localized {} frames of {} clip(s): {:.2} frames/s (inference incl. preprocessing, {} thread(s))",
+            run.frames,
+            run.clips,
+            run.frames as f64 / run.inference_s.max(1e-9),
+            run.threads
+        );
+        if let Some(s) = &run.summary {
+            println!("{}", overall_line(s));
+        }
+        Ok(())
+    }
+}
+
+/// Localize every clip, write the outputs, print the results.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let bundle = args.bundle.open()?;
+    sink::create_dir(&args.out)?;
+    let annotations = args
+        .annotations
+        .as_deref()
+        .map(Annotations::read)
+        .transpose()?;
+    let clips = load_clips(args, bundle.manifest.audio_preprocessing.total_frames)?;
+    let truth = annotations.as_ref().map(|a| GroundTruth {
+        annotations: a,
+        path: args.annotations.as_deref().unwrap_or(Path::new("")),
+    });
+    let frames: usize = clips.iter().map(|c| c.frames.len()).sum();
+    let title = format!("cavsync localization: {}", bundle.dir.display());
+    let mut json = JsonLines::new(args.out.join("localization.jsonl"));
+    let mut heatmaps = Heatmaps::new(args.out.clone());
+    let mut report = Report::new(args.out.clone(), title, !args.no_overlays)?;
+    let mut metrics = Metrics::new(args.out.join("metrics.json"));
+    let mut terminal = Terminal {
+        bar: cavsync_cli::progress_bar(frames, "{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}"),
+        frame_lines: !args.summary_only,
+    };
+    terminal.bar.set_message("localizing");
+    let mut sinks: [&mut dyn Sink; 5] = [
+        &mut json,
+        &mut heatmaps,
+        &mut report,
+        &mut metrics,
+        &mut terminal,
+    ];
+    let mut session = Session::new(&bundle, truth)?;
+    for clip in &clips {
+        session.run_clip(clip, &mut sinks)?;
+    }
+    let run = session.finish(&mut sinks)?;
+    let mut written = vec!["localization.jsonl", "*_heatmaps.npy"];
+    if !args.no_overlays {
+        written.extend(["overlays/", "*.gif"]);
+    }
+    if run.summary.is_some() {
+        written.push("metrics.json");
+    }
+    written.push("index.html");
+    println!("results in {}: {}", args.out.display(), written.join(", "));
+    Ok(())
+}
