@@ -12,6 +12,7 @@ use std::path::Path;
 use cavsync_core::clip::clip_from_dir;
 use cavsync_core::localize::{FrameSize, render_overlay};
 use cavsync_core::preprocess::image::load_rgb;
+use cavsync_core::preprocess::segment::FramePosition;
 use cavsync_device::bundle::Bundle;
 use cavsync_device::encode::{FrameEncoder, clip_fbank};
 use cavsync_device::session::FrameLocalizer;
@@ -133,8 +134,14 @@ fn peak_and_box_follow_a_moving_red_square() {
         height: 240,
     };
     let rgb_empty = load_rgb(&clip.frames[4].path).unwrap();
+    let position = |k: usize| FramePosition {
+        index: k,
+        total_frames: clip.total_frames,
+        time_s: clip.frames[k].time_s,
+        duration_s: clip.duration_s(),
+    };
     let empty = encoder
-        .encode(mel.view(), 4, clip.total_frames, &rgb_empty)
+        .encode(mel.view(), clip.alignment, position(4), &rgb_empty)
         .unwrap();
     let loc = localizer.localize(empty, size).unwrap();
     assert!(!loc.active, "no source, yet score {}", loc.score);
@@ -143,7 +150,7 @@ fn peak_and_box_follow_a_moving_red_square() {
     for (frame_ref, (x, y)) in clip.frames.iter().zip(squares) {
         let rgb = load_rgb(&frame_ref.path).unwrap();
         let emb = encoder
-            .encode(mel.view(), frame_ref.index, clip.total_frames, &rgb)
+            .encode(mel.view(), clip.alignment, position(frame_ref.index), &rgb)
             .unwrap();
         let r = &localizer.localize(emb, size).unwrap();
         assert!(r.active, "frame {}: score {}", frame_ref.index, r.score);

@@ -1,4 +1,7 @@
 //! Writing files atomically: a uniquely named temporary file beside the target, then a rename.
+//!
+//! Every file the tools write (bundles' manifests, `.npy` arrays, overlays, reports, records)
+//! goes through here, so a failed or killed run leaves each file complete or absent; keep it so.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use serde::Deserialize;
 
 use crate::preprocess::audio::{AudioError, SAMPLE_RATE, load_wav_16k};
+use crate::preprocess::segment::Alignment;
 
 /// Image file extensions a clip folder's `frames/` may hold (compared case-insensitively).
 const FRAME_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -40,6 +41,8 @@ pub struct Clip {
     pub frames: Vec<FrameRef>,
     /// Number of frames T.
     pub total_frames: usize,
+    /// How the frames take their audio segments: the official rule for datafile clips, the same rule in time for folders and videos.
+    pub alignment: Alignment,
 }
 
 /// Why a clip could not be assembled.
@@ -94,6 +97,14 @@ pub enum ClipError {
         dir: PathBuf,
         /// The audio file looked for.
         expected: PathBuf,
+    },
+    /// A video was asked to be sampled at a rate that is not a positive number.
+    #[error("{video}: frame rate {fps} (expected a positive number of frames per second)")]
+    Fps {
+        /// The video file.
+        video: PathBuf,
+        /// The rate given.
+        fps: f64,
     },
     /// A clip was requested with zero frames.
     #[error("{source_path}: total_frames is 0 (expected at least 1 frame per clip)")]
@@ -224,7 +235,12 @@ pub fn clip_from_datafile_entry(
         id: entry.video_id.clone(),
         source,
     })?;
-    Ok(build_clip(entry.video_id.clone(), audio, paths))
+    Ok(build_clip(
+        entry.video_id.clone(),
+        audio,
+        paths,
+        Alignment::Official,
+    ))
 }
 
 /// A folder with frames/*.jpg|*.jpeg|*.png (sorted by name, natural order so frame_2 < frame_10) and audio.wav; T = number of frames found; time_s = k * audio_duration / T.
@@ -281,6 +297,7 @@ pub fn clip_from_dir(dir: &Path) -> Result<Clip, ClipError> {
         id,
         audio,
         names.into_iter().map(|(_, path)| path).collect(),
+        Alignment::Timed,
     ))
 }
 
@@ -292,15 +309,27 @@ fn is_frame_image(path: &Path) -> bool {
 }
 
 /// A clip whose frame k is `paths[k]`, at `k * audio_duration / T` seconds.
-fn build_clip(id: String, audio: Vec<f32>, paths: Vec<PathBuf>) -> Clip {
+fn build_clip(id: String, audio: Vec<f32>, paths: Vec<PathBuf>, alignment: Alignment) -> Clip {
     let total_frames = paths.len();
     let duration = audio.len() as f64 / f64::from(SAMPLE_RATE);
-    let frames = paths
+    let times = (0..total_frames).map(|k| k as f64 * duration / total_frames as f64);
+    timed_clip(id, audio, paths.into_iter().zip(times).collect(), alignment)
+}
+
+/// A clip whose frame k is the image and time `frames[k]`.
+fn timed_clip(
+    id: String,
+    audio: Vec<f32>,
+    frames: Vec<(PathBuf, f64)>,
+    alignment: Alignment,
+) -> Clip {
+    let total_frames = frames.len();
+    let frames = frames
         .into_iter()
         .enumerate()
-        .map(|(index, path)| FrameRef {
+        .map(|(index, (path, time_s))| FrameRef {
             index,
-            time_s: index as f64 * duration / total_frames as f64,
+            time_s,
             path,
         })
         .collect();
@@ -309,7 +338,21 @@ fn build_clip(id: String, audio: Vec<f32>, paths: Vec<PathBuf>) -> Clip {
         audio,
         frames,
         total_frames,
+        alignment,
     }
+}
+
+impl Clip {
+    /// Length of the clip's audio in seconds.
+    pub fn duration_s(&self) -> f64 {
+        self.audio.len() as f64 / f64::from(SAMPLE_RATE)
+    }
+}
+
+/// Frame times `k / fps` inside `duration_s` seconds (at least the frame at 0).
+pub fn frame_times(duration_s: f64, fps: f64) -> Vec<f64> {
+    let count = ((duration_s * fps - 1e-9).ceil().max(1.0)) as usize;
+    (0..count).map(|k| k as f64 / fps).collect()
 }
 
 /// Orders names with their digit runs compared as numbers ("frame_2" < "frame_10"); ties broken so that only equal names compare equal.
@@ -345,28 +388,27 @@ fn split_run(s: &str, digits: bool) -> (&str, &str) {
     s.split_at(end)
 }
 
-/// A video file through the `ffmpeg` executable (clear error if not on PATH): extract 16 kHz mono PCM WAV audio and `total_frames` frames evenly spaced over the duration, into `work_dir`, then clip_from_dir semantics.
+/// A video file through the `ffmpeg` executable (clear error if not on PATH): extract 16 kHz mono PCM WAV audio and the frames at `k / fps` seconds over the whole duration, into `work_dir`, then clip_from_dir semantics.
 ///
 /// Writes `work_dir/audio.wav` and `work_dir/frames/frame_{k}.jpg` (JPEG quality `-q:v 2`,
 /// full resolution: the eval transform resizes and crops later), first removing stale
 /// `frame_{n}.jpg` files of earlier runs; other files are left alone. Audio follows the
 /// official extraction (`ffmpeg -ar 16000`, then `sox remix 1`): the first channel of the
 /// first audio track, resampled by ffmpeg. Frame k is the frame ffmpeg's accurate seek to
-/// `k * duration / T` lands on, `duration` being the audio's length: the first frame at or
+/// `k / fps` lands on, for every such time before the end of the audio: the first frame at or
 /// after that time (the nearest frame in containers whose time base is 1 / fps, such as
 /// AVI, since the seek time is rounded to it). The official extraction
 /// (`extract_video_frame.py`) takes frame `int(k * N / T) - 1` of the first `min(N, 10 s)`
-/// frames, i.e. the same times one frame earlier and capped for 10-second VGGSound clips;
-/// here the whole audio's duration is spread. A frame past the end of the video stream
+/// frames, i.e. the same times one frame earlier and capped for 10-second VGGSound clips
+/// (at 1.6 frames/s the times of a 10 s clip are the datafile layout's 16); here the whole
+/// audio is sampled, and each frame's audio segment follows its own time
+/// ([`Alignment::Timed`]). A frame past the end of the video stream
 /// repeats the previous frame's file, as the official loader does for missing frames.
-pub fn clip_from_video(
-    video: &Path,
-    total_frames: usize,
-    work_dir: &Path,
-) -> Result<Clip, ClipError> {
-    if total_frames == 0 {
-        return Err(ClipError::ZeroFrames {
-            source_path: video.to_path_buf(),
+pub fn clip_from_video(video: &Path, fps: f64, work_dir: &Path) -> Result<Clip, ClipError> {
+    if !(fps > 0.0 && fps.is_finite()) {
+        return Err(ClipError::Fps {
+            video: video.to_path_buf(),
+            fps,
         });
     }
     std::fs::metadata(video).map_err(|source| ClipError::Io {
@@ -389,9 +431,9 @@ pub fn clip_from_video(
         .unwrap_or_else(|| video.display().to_string());
     let audio = extract_audio(video, &id, &work_dir.join("audio.wav"))?;
     let duration = audio.len() as f64 / f64::from(SAMPLE_RATE);
-    let mut paths: Vec<PathBuf> = Vec::with_capacity(total_frames);
-    for k in 0..total_frames {
-        let time = k as f64 * duration / total_frames as f64;
+    let times = frame_times(duration, fps);
+    let mut paths: Vec<PathBuf> = Vec::with_capacity(times.len());
+    for (k, &time) in times.iter().enumerate() {
         let frame_path = frames_dir.join(format!("frame_{k}.jpg"));
         extract_frame(video, time, &frame_path, k)?;
         if !frame_path.is_file() {
@@ -415,7 +457,12 @@ pub fn clip_from_video(
         }
         paths.push(frame_path);
     }
-    Ok(build_clip(id, audio, paths))
+    Ok(timed_clip(
+        id,
+        audio,
+        paths.into_iter().zip(times).collect(),
+        Alignment::Timed,
+    ))
 }
 
 /// Extracts the first audio track of `video` as 16 kHz mono PCM into `wav` and loads it.
@@ -579,9 +626,19 @@ mod tests {
             "c".into(),
             vec![0.0; 32_000],
             (0..4).map(|k| PathBuf::from(format!("{k}.jpg"))).collect(),
+            Alignment::Timed,
         );
         let times: Vec<f64> = clip.frames.iter().map(|f| f.time_s).collect();
         assert_eq!(times, [0.0, 0.5, 1.0, 1.5]);
         assert_eq!(clip.total_frames, 4);
+    }
+
+    #[test]
+    fn video_frame_times_cover_the_audio_at_the_rate() {
+        assert_eq!(frame_times(10.0, 1.6).len(), 16);
+        assert_eq!(frame_times(10.0, 1.6)[15], 9.375);
+        assert_eq!(frame_times(30.0, 1.6).len(), 48);
+        assert_eq!(frame_times(1.2, 7.0 / 1.2).len(), 7);
+        assert_eq!(frame_times(0.1, 1.6), [0.0]);
     }
 }

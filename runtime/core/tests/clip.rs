@@ -306,7 +306,7 @@ fn clip_from_video_extracts_audio_and_evenly_spaced_frames_or_reports_missing_ff
     let video = root.path().join("demo.avi");
     if !ffmpeg_available() {
         std::fs::write(&video, "not really a video").unwrap();
-        let err = clip_from_video(&video, 4, &work).unwrap_err();
+        let err = clip_from_video(&video, 2.0, &work).unwrap_err();
         assert_eq!(
             err.to_string(),
             "ffmpeg not found on PATH; install it or pass --clip/--datafile"
@@ -316,7 +316,7 @@ fn clip_from_video_extracts_audio_and_evenly_spaced_frames_or_reports_missing_ff
     make_video(&video, 2.0, true);
     // A stale frame of an earlier, longer extraction must not survive.
     write_image(&work.join("frames").join("frame_9.jpg"));
-    let clip = clip_from_video(&video, 4, &work).unwrap();
+    let clip = clip_from_video(&video, 2.0, &work).unwrap();
     assert_eq!(clip.id, "demo");
     assert_eq!(clip.total_frames, 4);
     assert!(
@@ -382,7 +382,8 @@ fn clip_from_video_takes_the_frame_at_each_frame_time() {
         .status()
         .unwrap();
     assert!(status.success());
-    let clip = clip_from_video(&video, 7, &root.path().join("work")).unwrap();
+    let clip = clip_from_video(&video, 7.0 / 1.2, &root.path().join("work")).unwrap();
+    assert_eq!(clip.total_frames, 7);
     assert_eq!(clip.audio.len(), 19_200);
     // Frame k at k * 1.2 / 7 s, i.e. source frame position 30 k / 7: ffmpeg lands on the frame
     // at or after it, or on the nearest one where the container's time base is 1 / fps (AVI).
@@ -402,14 +403,14 @@ fn clip_from_video_errors_name_the_video() {
     let root = tempfile::tempdir().unwrap();
     let work = root.path().join("work");
     let missing = root.path().join("absent.mp4");
-    let message = clip_from_video(&missing, 4, &work).unwrap_err().to_string();
+    let message = clip_from_video(&missing, 2.0, &work).unwrap_err().to_string();
     assert!(message.contains("absent.mp4"), "{message}");
     if !ffmpeg_available() {
         return;
     }
     let silent = root.path().join("silent.avi");
     make_video(&silent, 1.0, false);
-    let err = clip_from_video(&silent, 4, &work).unwrap_err();
+    let err = clip_from_video(&silent, 2.0, &work).unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, ClipError::Ffmpeg { .. }), "{message}");
     assert!(
@@ -418,6 +419,6 @@ fn clip_from_video_errors_name_the_video() {
     );
     let junk = root.path().join("junk.mp4");
     std::fs::write(&junk, "not a video").unwrap();
-    let message = clip_from_video(&junk, 4, &work).unwrap_err().to_string();
+    let message = clip_from_video(&junk, 2.0, &work).unwrap_err().to_string();
     assert!(message.contains("junk.mp4"), "{message}");
 }

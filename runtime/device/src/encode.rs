@@ -6,7 +6,7 @@ use ndarray::{Array2, ArrayView2};
 use cavsync_core::model::Modality;
 use cavsync_core::preprocess::fbank::{FbankError, ShortInput, clip_log_mel};
 use cavsync_core::preprocess::image::{ImageError, ImagePreprocessor};
-use cavsync_core::preprocess::segment::frame_segment_into;
+use cavsync_core::preprocess::segment::{Alignment, FramePosition, segment_rows_into};
 
 use crate::bundle::{Bundle, BundleError, Embedding};
 
@@ -72,22 +72,17 @@ impl<'a> FrameEncoder<'a> {
         self.bundle
     }
 
-    /// Encode video frame `frame` of `total_frames`: its audio segment from the clip's raw log-mel `clip_mel`, and its image `rgb`.
+    /// Encode a frame: its audio segment, placed by `alignment` at `frame` in the clip's raw log-mel `clip_mel`, and its image `rgb`.
     pub fn encode(
         &mut self,
         clip_mel: ArrayView2<'_, f32>,
-        frame: usize,
-        total_frames: usize,
+        alignment: Alignment,
+        frame: FramePosition,
         rgb: &RgbImage,
     ) -> Result<&FrameEmbeddings, EncodeError> {
         let target = self.bundle.manifest.audio_preprocessing.target_length;
-        frame_segment_into(
-            clip_mel,
-            frame,
-            total_frames,
-            target,
-            &mut self.segment_buf,
-        );
+        let bounds = alignment.bounds(frame, clip_mel.nrows(), target);
+        segment_rows_into(clip_mel, bounds, target, &mut self.segment_buf);
         self.bundle.embed_into(
             Modality::Audio,
             &self.segment_buf,

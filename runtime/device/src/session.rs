@@ -18,7 +18,9 @@ use cavsync_core::localize::{
     FrameLocalization, FrameSize, Grid, LocalizeConfig, LocalizeError, Localizer, similarity_map,
 };
 use cavsync_core::metrics::{self, LocalizationSummary, LocalizationTally, MetricsError};
+use cavsync_core::preprocess::audio::SAMPLE_RATE;
 use cavsync_core::preprocess::image::{ImageError, load_rgb};
+use cavsync_core::preprocess::segment::{Alignment, FramePosition};
 use cavsync_core::record::{FrameRecord, FrameTruth};
 
 use crate::bundle::Bundle;
@@ -187,6 +189,8 @@ struct ClipState<'a> {
     id: String,
     mel: Array2<f32>,
     total_frames: usize,
+    duration_s: f64,
+    alignment: Alignment,
     truth: Option<&'a ClipAnnotation>,
     tally: LocalizationTally,
     size: Option<FrameSize>,
@@ -222,7 +226,7 @@ impl<'a> Session<'a> {
 
     /// Localize every frame of a file-based clip (images decoded from their paths).
     pub fn run_clip(&mut self, clip: &Clip, sinks: &mut [&mut dyn Sink]) -> Result<(), SessionError> {
-        self.begin_clip(&clip.id, &clip.audio, clip.total_frames)?;
+        self.begin_clip(&clip.id, &clip.audio, clip.total_frames, clip.alignment)?;
         for frame in &clip.frames {
             let image = load_rgb(&frame.path)?;
             let input = FrameInput {
@@ -237,12 +241,13 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Start a clip: its id, its 16 kHz mono samples and its number of frames T.
+    /// Start a clip: its id, its 16 kHz mono samples, its number of frames T and how they align with the audio.
     pub fn begin_clip(
         &mut self,
         id: &str,
         samples: &[f32],
         total_frames: usize,
+        alignment: Alignment,
     ) -> Result<(), SessionError> {
         let truth = match self.truth {
             Some(t) => Some(t.annotations.clip(id).ok_or_else(|| {
@@ -257,6 +262,8 @@ impl<'a> Session<'a> {
             id: id.to_string(),
             mel: clip_fbank(id, samples)?,
             total_frames,
+            duration_s: samples.len() as f64 / f64::from(SAMPLE_RATE),
+            alignment,
             truth,
             tally: LocalizationTally::default(),
             size: None,
@@ -274,9 +281,15 @@ impl<'a> Session<'a> {
         let clip = self.clip.as_mut().ok_or(SessionError::NoClip)?;
         let size = FrameSize::of(input.image);
         let t0 = Instant::now();
+        let position = FramePosition {
+            index: input.index,
+            total_frames: clip.total_frames,
+            time_s: input.time_s,
+            duration_s: clip.duration_s,
+        };
         let emb = self
             .encoder
-            .encode(clip.mel.view(), input.index, clip.total_frames, input.image)?;
+            .encode(clip.mel.view(), clip.alignment, position, input.image)?;
         let loc = self.localizer.localize(emb, size)?;
         self.inference_s += t0.elapsed().as_secs_f64();
         if clip.size.is_some_and(|s| s != size) {

@@ -25,9 +25,12 @@ pub struct Args {
     /// CAV-MAE datafile JSON (frames at video_path/frame_{k}/video_id.jpg); every clip is localized.
     #[arg(long)]
     datafile: Option<PathBuf>,
-    /// Video file, decoded with the `ffmpeg` executable.
+    /// Video file, decoded with the `ffmpeg` executable; frames are taken every 1 / --fps seconds over the whole video, each with the audio around its own time.
     #[arg(long)]
     video: Option<PathBuf>,
+    /// Frames per second sampled from --video (1.6 gives the 16 frames per 10 s of the datafile layout).
+    #[arg(long, default_value_t = 1.6, requires = "video")]
+    fps: f64,
     /// Output directory: localization.jsonl, <clip>_heatmaps.npy, overlays/*.png, <clip>.gif, index.html (and metrics.json with --annotations).
     #[arg(long)]
     out: PathBuf,
@@ -55,7 +58,7 @@ fn load_clips(args: &Args, total_frames: usize) -> anyhow::Result<Vec<Clip>> {
     }
     if let Some(path) = &args.video {
         let work = args.out.join("video-frames");
-        return Ok(vec![clip::clip_from_video(path, total_frames, &work)?]);
+        return Ok(vec![clip::clip_from_video(path, args.fps, &work)?]);
     }
     bail!("give --clip, --datafile or --video")
 }

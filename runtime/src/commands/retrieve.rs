@@ -6,6 +6,7 @@ use image::RgbImage;
 
 use cavsync_core::clip;
 use cavsync_core::preprocess::image::load_rgb;
+use cavsync_core::preprocess::segment::FramePosition;
 use cavsync_core::retrieval::{ClipEmbeddings, Strategy, evaluate};
 use cavsync_device::encode::{FrameEncoder, clip_fbank};
 
@@ -44,7 +45,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let mel = clip_fbank(&clip.id, &clip.audio)?;
         for frame in &clip.frames {
             image = load_rgb(&frame.path)?;
-            let emb = encoder.encode(mel.view(), frame.index, clip.total_frames, &image)?;
+            let position = FramePosition {
+                index: frame.index,
+                total_frames: clip.total_frames,
+                time_s: frame.time_s,
+                duration_s: clip.duration_s(),
+            };
+            let emb = encoder.encode(mel.view(), clip.alignment, position, &image)?;
             audio.extend_from_slice(&emb.audio.global);
             visual.extend_from_slice(&emb.visual.global);
             bar.inc(1);

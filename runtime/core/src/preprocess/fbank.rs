@@ -169,7 +169,8 @@ impl Fbank {
     /// Same, writing into a caller-provided buffer of num_frames*128 floats; returns frames. Does not allocate.
     ///
     /// Input shorter than one frame is an error; a longer buffer is fine (only the first
-    /// `frames * 128` floats are written).
+    /// `frames * 128` floats are written). This allocation-free form is what a live audio
+    /// loop calls; keep it allocation-free.
     pub fn compute_into(&mut self, samples: &[f32], out: &mut [f32]) -> Result<usize, FbankError> {
         let frames = Self::num_frames(samples.len());
         if frames == 0 {

@@ -136,6 +136,8 @@ impl ImagePreprocessor {
     }
 
     /// Run [`preprocess_rgb`] on `img`, writing the (3, 224, 224) tensor into `out` (length [`TENSOR_LEN`]).
+    ///
+    /// Reuses its buffers between frames of one size (what the frame encoder relies on).
     pub fn run_into(&mut self, img: &RgbImage, out: &mut [f32]) -> Result<(), ImageError> {
         if out.len() != TENSOR_LEN {
             return Err(ImageError::OutputLength {

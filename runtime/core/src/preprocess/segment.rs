@@ -8,6 +8,10 @@
 //!    the segment of video frame `frame_idx`, so the spectrogram length it sees is 1024;
 //! 3. the slice `fbank[start:end]` is normalised with `(fbank - norm_mean) / norm_std`, so
 //!    padded rows (zeros) become `(0 + 5.081) / 4.4849`, not zero.
+//!
+//! That rule only sees the first 10.24 s of a clip. For videos and clip folders of any length
+//! [`Alignment::Timed`] applies the same rule in time (see there), so every frame hears the
+//! audio around its own timestamp; datafile clips keep [`Alignment::Official`] exactly.
 
 use ndarray::{Array2, ArrayView2, s};
 
@@ -73,7 +77,15 @@ pub fn segment_bounds(
         (frame as u64).saturating_mul(spec_len as u64),
         total_frames as u64,
     );
-    let centre = usize::try_from(centre).unwrap_or(usize::MAX);
+    bounds_around(
+        usize::try_from(centre).unwrap_or(usize::MAX),
+        spec_len,
+        target_len,
+    )
+}
+
+/// The official placement of a `target_len` segment centred on row `centre` of a `spec_len`-row spectrogram, shifted inside it at the end.
+fn bounds_around(centre: usize, spec_len: usize, target_len: usize) -> (usize, usize) {
     let mut start = centre.saturating_sub(target_len / 2);
     let mut end = start.saturating_add(target_len);
     if end > spec_len {
@@ -81,6 +93,51 @@ pub fn segment_bounds(
         start = spec_len.saturating_sub(target_len);
     }
     (start, end)
+}
+
+/// How the frames of a clip take their audio segments from its log-mel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Alignment {
+    /// The official loader's rule: the log-mel fitted to [`CLIP_FRAMES`] rows (audio after
+    /// 10.24 s is dropped), frame k of T centred on row `round(k * CLIP_FRAMES / T)`.
+    #[default]
+    Official,
+    /// The same rule in time, for audio of any length: nothing is dropped, and the frame at
+    /// `t` seconds of a `D`-second clip is centred on row `round(t * S / D)` with `S = max(rows,
+    /// CLIP_FRAMES)`, shifted inside the audio at the ends. For a 10 s clip with frames every
+    /// `10 / T` s this is the official row; for a long video it follows each frame's own time.
+    Timed,
+}
+
+/// Where a frame lies in its clip, as the alignment rules need it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FramePosition {
+    /// Frame index k.
+    pub index: usize,
+    /// Frames T in the clip.
+    pub total_frames: usize,
+    /// Time of the frame, seconds.
+    pub time_s: f64,
+    /// Length of the clip's audio, seconds.
+    pub duration_s: f64,
+}
+
+impl Alignment {
+    /// Start and end row of the frame's segment, and the spectrogram length it lies in, for a clip log-mel of `rows` rows.
+    pub fn bounds(self, frame: FramePosition, rows: usize, target_len: usize) -> (usize, usize) {
+        match self {
+            Self::Official => segment_bounds(frame.index, frame.total_frames, CLIP_FRAMES, target_len),
+            Self::Timed => {
+                let spec_len = rows.max(CLIP_FRAMES);
+                let centre = if frame.duration_s > 0.0 {
+                    (frame.time_s.max(0.0) * spec_len as f64 / frame.duration_s).round_ties_even()
+                } else {
+                    0.0
+                };
+                bounds_around(centre as usize, spec_len, target_len)
+            }
+        }
+    }
 }
 
 /// Normalised `(target_len, bins)` audio segment aligned with video frame `frame` of `total_frames`, from a raw clip log-mel.
@@ -104,10 +161,6 @@ pub fn frame_segment(
 }
 
 /// [`frame_segment`] written into `out` (row-major, `target_len` x bins), reusing its capacity.
-///
-/// Row `r` of the segment is row `start + r` of the clip log-mel when that row lies below the
-/// segment's end and inside the clip, and a zero (padding) row otherwise; every value is then
-/// normalised, exactly as fitting, slicing and fitting again would give.
 pub fn frame_segment_into(
     clip_fbank: ArrayView2<f32>,
     frame: usize,
@@ -115,8 +168,22 @@ pub fn frame_segment_into(
     target_len: usize,
     out: &mut Vec<f32>,
 ) {
+    let bounds = segment_bounds(frame, total_frames, CLIP_FRAMES, target_len);
+    segment_rows_into(clip_fbank, bounds, target_len, out);
+}
+
+/// The normalised `target_len` x bins segment starting at row `start` of a raw clip log-mel, into `out`.
+///
+/// Row `r` of the segment is row `start + r` of the clip log-mel when that row lies below
+/// `end` and inside the clip, and a zero (padding) row otherwise; every value is then
+/// normalised, exactly as the official fitting, slicing and fitting again would give.
+pub fn segment_rows_into(
+    clip_fbank: ArrayView2<f32>,
+    (start, end): (usize, usize),
+    target_len: usize,
+    out: &mut Vec<f32>,
+) {
     let bins = clip_fbank.ncols();
-    let (start, end) = segment_bounds(frame, total_frames, CLIP_FRAMES, target_len);
     let end = end.min(clip_fbank.nrows().max(start));
     out.clear();
     for row in start..start + target_len {
@@ -232,5 +299,47 @@ mod tests {
         assert_eq!(x[0], 0.0);
         assert_eq!(x[1], 5.081 / 4.4849);
         assert_eq!(x[2], (-15.942385 - NORM_MEAN) / NORM_STD);
+    }
+
+    #[test]
+    fn timed_alignment_is_the_official_one_for_ten_second_clips() {
+        for t in [8, 16] {
+            for k in 0..t {
+                let frame = FramePosition {
+                    index: k,
+                    total_frames: t,
+                    time_s: k as f64 * 10.0 / t as f64,
+                    duration_s: 10.0,
+                };
+                for (rows, target) in [(998, 416), (998, 64), (1024, 1024)] {
+                    assert_eq!(
+                        Alignment::Timed.bounds(frame, rows, target),
+                        Alignment::Official.bounds(frame, rows, target),
+                        "k {k} of {t}, L {target}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn timed_alignment_follows_time_in_long_clips() {
+        // 30 s: 2998 rows; the frame at 25 s is centred near row 2500, not cut at 10.24 s.
+        let frame = FramePosition {
+            index: 40,
+            total_frames: 48,
+            time_s: 25.0,
+            duration_s: 30.0,
+        };
+        assert_eq!(Alignment::Timed.bounds(frame, 2998, 416), (2290, 2706));
+        assert_eq!(Alignment::Official.bounds(frame, 2998, 416), (608, 1024));
+        // At the end the segment is shifted inside the audio.
+        let last = FramePosition { time_s: 29.9, ..frame };
+        assert_eq!(Alignment::Timed.bounds(last, 2998, 416), (2582, 2998));
+        let fbank = Array2::from_shape_fn((2998, 2), |(r, _)| r as f32);
+        let mut out = Vec::new();
+        segment_rows_into(fbank.view(), (2582, 2998), 416, &mut out);
+        assert_eq!(out[0], normalize(2582.0));
+        assert_eq!(out[out.len() - 1], normalize(2997.0));
     }
 }
