@@ -230,6 +230,78 @@ impl LocalizationTally {
     }
 }
 
+/// The centre-prior baseline: a fixed Gaussian heatmap centred on the frame (standard deviation a quarter of each side), row-major `width` x `height`.
+///
+/// It ignores the audio and the image; a localization number it approaches is not a result.
+pub fn centre_prior(width: usize, height: usize) -> Vec<f32> {
+    let (cx, cy) = (width as f64 / 2.0, height as f64 / 2.0);
+    let (sx, sy) = (width as f64 / 4.0, height as f64 / 4.0);
+    let mut map = Vec::with_capacity(width * height);
+    for y in 0..height {
+        let dy = (y as f64 + 0.5 - cy) / sy;
+        for x in 0..width {
+            let dx = (x as f64 + 0.5 - cx) / sx;
+            map.push((-0.5 * (dx * dx + dy * dy)).exp() as f32);
+        }
+    }
+    map
+}
+
+/// How far the model is above the best baseline on each headline metric (model minus best baseline; <= 0 means a trivial answer does as well).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Margin {
+    /// Pointing-game accuracy.
+    pub pointing: f64,
+    /// Share of sounding frames with ciou >= 0.5.
+    pub ciou_at_half: f64,
+    /// Area under the ciou success curve.
+    pub auc: f64,
+}
+
+/// The trivial answers on the same frames as a model's metrics, and the model's margin over the best of them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Baselines {
+    /// A fixed centred Gaussian heatmap ([`centre_prior`]).
+    pub centre_prior: LocalizationSummary,
+    /// The model with each frame scored against audio that is not its own.
+    pub mismatched_audio: LocalizationSummary,
+    /// Model minus the best baseline, per metric.
+    pub margin: Margin,
+}
+
+impl Baselines {
+    /// The baselines of `model` and its margins over them.
+    pub fn new(
+        model: &LocalizationSummary,
+        centre_prior: LocalizationSummary,
+        mismatched_audio: LocalizationSummary,
+    ) -> Self {
+        let best = |f: fn(&LocalizationSummary) -> f64| {
+            f(model) - f(&centre_prior).max(f(&mismatched_audio))
+        };
+        let margin = Margin {
+            pointing: best(|s| s.pointing),
+            ciou_at_half: best(|s| s.ciou_at_half),
+            auc: best(|s| s.auc),
+        };
+        Self {
+            centre_prior,
+            mismatched_audio,
+            margin,
+        }
+    }
+
+    /// The metrics on which a baseline does at least as well as the model.
+    pub fn beaten(&self) -> Vec<&'static str> {
+        let m = &self.margin;
+        [("pointing", m.pointing), ("cIoU@0.5", m.ciou_at_half), ("AUC", m.auc)]
+            .into_iter()
+            .filter(|(_, v)| *v <= 0.0)
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
 /// An activity threshold chosen on labelled frames, and how it separates them.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Calibration {
@@ -399,5 +471,44 @@ mod tests {
             LocalizationTally::default().summary(),
             Err(MetricsError::Empty)
         );
+    }
+
+    #[test]
+    fn centre_prior_peaks_at_the_centre_and_covers_half_with_a_centred_blob() {
+        let (w, h) = (8, 6);
+        let map = centre_prior(w, h);
+        let best = map
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, &v)| if v > map[b] { i } else { b });
+        assert_eq!((best % w, best / w), (3, 2));
+        // A box around the centre: pointing hits it; a corner box is missed.
+        let centre = gt_map(&[[0.25, 0.25, 0.75, 0.75]], w, h);
+        assert!(pointing_hit(&map, &centre, w, h).unwrap());
+        let corner = gt_map(&[[0.0, 0.0, 0.25, 0.25]], w, h);
+        assert!(!pointing_hit(&map, &corner, w, h).unwrap());
+    }
+
+    #[test]
+    fn margins_are_over_the_best_baseline() {
+        let summary = |pointing: f64, ciou_at_half: f64, auc: f64| LocalizationSummary {
+            sounding_frames: 10,
+            pointing,
+            ciou_at_half,
+            mean_ciou: 0.0,
+            auc,
+            sounding_active_rate: 1.0,
+            silent_frames: 0,
+            silent_inactive_rate: 1.0,
+        };
+        let b = Baselines::new(
+            &summary(0.9, 0.5, 0.5),
+            summary(0.95, 0.2, 0.3),
+            summary(0.4, 0.3, 0.5),
+        );
+        assert!((b.margin.pointing + 0.05).abs() < 1e-12);
+        assert!((b.margin.ciou_at_half - 0.2).abs() < 1e-12);
+        assert_eq!(b.margin.auc, 0.0);
+        assert_eq!(b.beaten(), ["pointing", "AUC"]);
     }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::localize::{BoundingBox, FrameLocalization, Peak};
-use crate::metrics::LocalizationSummary;
+use crate::metrics::{Baselines, LocalizationSummary};
 
 /// One localized frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +126,36 @@ pub fn overall_line(s: &LocalizationSummary) -> String {
         100.0 * s.sounding_active_rate,
         s.silent_phrase()
     )
+}
+
+/// The baselines beside a model's metrics, as `localize` prints them, with the model's margin and a flag where a baseline does as well.
+pub fn baseline_line(b: &Baselines) -> String {
+    let part = |name: &str, s: &LocalizationSummary| {
+        format!(
+            "{name} pointing {:.1}%, cIoU@0.5 {:.1}%, AUC {:.3}",
+            100.0 * s.pointing,
+            100.0 * s.ciou_at_half,
+            s.auc
+        )
+    };
+    let m = &b.margin;
+    let mut line = format!(
+        "baselines on the same frames: {}; {}; model margin over the best: pointing {:+.1} points, cIoU@0.5 {:+.1} points, AUC {:+.3}",
+        part("centre prior", &b.centre_prior),
+        part("mismatched audio", &b.mismatched_audio),
+        100.0 * m.pointing,
+        100.0 * m.ciou_at_half,
+        m.auc
+    );
+    let beaten = b.beaten();
+    if !beaten.is_empty() {
+        let _ = write!(
+            line,
+            " -- NOT A RESULT: a trivial answer does as well on {}",
+            beaten.join(", ")
+        );
+    }
+    line
 }
 
 #[cfg(test)]

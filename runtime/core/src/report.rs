@@ -6,7 +6,7 @@ use std::path::Path;
 use image::RgbImage;
 use image::buffer::ConvertBuffer;
 
-use crate::metrics::LocalizationSummary;
+use crate::metrics::{Baselines, LocalizationSummary};
 use crate::record::FrameRecord;
 
 /// One frame's line in the report: its record and its overlay image.
@@ -29,6 +29,8 @@ pub struct ClipReport {
     pub rows: Vec<ReportRow>,
     /// Metrics over the clip's frames, when annotated.
     pub summary: Option<LocalizationSummary>,
+    /// The baselines on the same frames, when computed.
+    pub baselines: Option<Baselines>,
 }
 
 /// Writes frames as an endlessly looping animated GIF, `delay_ms` per frame, atomically.
@@ -68,11 +70,41 @@ fn summary_line(s: &LocalizationSummary) -> String {
     )
 }
 
+/// The baselines and the model's margin over them, as a paragraph; flagged in red where a baseline does as well.
+fn baseline_paragraph(b: &Baselines) -> String {
+    let part = |s: &LocalizationSummary| {
+        format!(
+            "pointing {:.1}% &middot; cIoU@0.5 {:.1}% &middot; AUC {:.3}",
+            100.0 * s.pointing,
+            100.0 * s.ciou_at_half,
+            s.auc
+        )
+    };
+    let m = &b.margin;
+    let beaten = b.beaten();
+    let flag = if beaten.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " <b class=\"no\">A trivial answer does as well on {}: not a result.</b>",
+            beaten.join(", ")
+        )
+    };
+    format!(
+        "<p>Baselines on the same frames: centre prior {}; mismatched audio {}. Model margin over the best: pointing {:+.1} points, cIoU@0.5 {:+.1} points, AUC {:+.3}.{flag}</p>",
+        part(&b.centre_prior),
+        part(&b.mismatched_audio),
+        100.0 * m.pointing,
+        100.0 * m.ciou_at_half,
+        m.auc
+    )
+}
+
 /// Writes a self-contained HTML page (images linked relatively) with every clip's GIF, per-frame table and metrics, atomically.
 pub fn write_html(
     title: &str,
     clips: &[ClipReport],
-    overall: Option<&LocalizationSummary>,
+    overall: Option<(&LocalizationSummary, Option<&Baselines>)>,
     path: &Path,
 ) -> std::io::Result<()> {
     let mut html = String::new();
@@ -84,18 +116,26 @@ pub fn write_html(
          .no{{color:#b00}} .yes{{color:#070}} img.thumb{{width:112px}}</style></head><body>\n<h1>{t}</h1>\n",
         t = escape(title)
     );
-    if let Some(s) = overall {
+    if let Some((s, baselines)) = overall {
         let _ = writeln!(
             html,
             "<p><b>Overall</b> ({} sounding frames): {}</p>",
             s.sounding_frames,
             summary_line(s)
         );
+        if let Some(b) = baselines {
+            html.push_str(&baseline_paragraph(b));
+            html.push('\n');
+        }
     }
     for clip in clips {
         let _ = writeln!(html, "<h2>{}</h2>", escape(&clip.id));
         if let Some(s) = &clip.summary {
             let _ = writeln!(html, "<p>{}</p>", summary_line(s));
+        }
+        if let Some(b) = &clip.baselines {
+            html.push_str(&baseline_paragraph(b));
+            html.push('\n');
         }
         html.push_str("<div class=\"clip\">");
         if let Some(gif) = &clip.gif {
@@ -185,6 +225,7 @@ mod tests {
             gif: Some("c.gif".into()),
             rows,
             summary: None,
+            baselines: None,
         }];
         write_html("demo", &clips, None, &page).unwrap();
         let text = std::fs::read_to_string(&page).unwrap();

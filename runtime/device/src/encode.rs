@@ -80,12 +80,12 @@ impl<'a> FrameEncoder<'a> {
         frame: FramePosition,
         rgb: &RgbImage,
     ) -> Result<&FrameEmbeddings, EncodeError> {
-        let target = self.bundle.manifest.audio_preprocessing.target_length;
-        let bounds = alignment.bounds(frame, clip_mel.nrows(), target);
-        segment_rows_into(clip_mel, bounds, target, &mut self.segment_buf);
-        self.bundle.embed_into(
-            Modality::Audio,
-            &self.segment_buf,
+        encode_audio(
+            self.bundle,
+            &mut self.segment_buf,
+            clip_mel,
+            alignment,
+            frame,
             &mut self.embeddings.audio,
         )?;
         self.images.run_into(rgb, &mut self.image_buf)?;
@@ -96,4 +96,31 @@ impl<'a> FrameEncoder<'a> {
         )?;
         Ok(&self.embeddings)
     }
+
+    /// Encode only the audio segment placed by `alignment` at `frame` in `clip_mel`, into `out`.
+    pub fn encode_audio_into(
+        &mut self,
+        clip_mel: ArrayView2<'_, f32>,
+        alignment: Alignment,
+        frame: FramePosition,
+        out: &mut Embedding,
+    ) -> Result<(), EncodeError> {
+        encode_audio(self.bundle, &mut self.segment_buf, clip_mel, alignment, frame, out)
+    }
+}
+
+/// Cuts the frame's segment into `segment` and encodes it into `out`.
+fn encode_audio(
+    bundle: &Bundle,
+    segment: &mut Vec<f32>,
+    clip_mel: ArrayView2<'_, f32>,
+    alignment: Alignment,
+    frame: FramePosition,
+    out: &mut Embedding,
+) -> Result<(), EncodeError> {
+    let target = bundle.manifest.audio_preprocessing.target_length;
+    let bounds = alignment.bounds(frame, clip_mel.nrows(), target);
+    segment_rows_into(clip_mel, bounds, target, segment);
+    bundle.embed_into(Modality::Audio, segment, out)?;
+    Ok(())
 }

@@ -1,7 +1,9 @@
 //! A localization session: clips' audio and frames in from any source, one typed [`FrameRecord`] per frame out to every sink.
 //!
 //! The session encodes each frame with its aligned audio segment, localizes the sound on it,
-//! scores it against ground truth when there is any, tallies the metrics per clip and overall,
+//! scores it against ground truth when there is any (beside two trivial answers on the same
+//! frames: a centred Gaussian and the model hearing another clip's audio), tallies the
+//! metrics per clip and overall,
 //! and hands each result to the sinks ([`crate::sink`]): JSON lines, heatmaps, the report,
 //! metrics, a terminal, or a network stream. Frames come from memory ([`Session::frame`]), so
 //! a file-based clip ([`Session::run_clip`]) and a live camera use the same path.
@@ -17,13 +19,15 @@ use cavsync_core::clip::Clip;
 use cavsync_core::localize::{
     FrameLocalization, FrameSize, Grid, LocalizeConfig, LocalizeError, Localizer, similarity_map,
 };
-use cavsync_core::metrics::{self, LocalizationSummary, LocalizationTally, MetricsError};
+use cavsync_core::metrics::{
+    self, Baselines, LocalizationSummary, LocalizationTally, MetricsError, centre_prior,
+};
 use cavsync_core::preprocess::audio::SAMPLE_RATE;
 use cavsync_core::preprocess::image::{ImageError, load_rgb};
 use cavsync_core::preprocess::segment::{Alignment, FramePosition};
 use cavsync_core::record::{FrameRecord, FrameTruth};
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, Embedding};
 use crate::encode::{EncodeError, FrameEmbeddings, FrameEncoder, clip_fbank};
 use crate::sink::{Sink, SinkError};
 
@@ -120,6 +124,8 @@ pub struct ClipResult {
     pub size: Option<FrameSize>,
     /// Metrics over the clip's sounding frames, when annotated and any sounded.
     pub summary: Option<LocalizationSummary>,
+    /// The baselines on the same frames, when they were computed.
+    pub baselines: Option<Baselines>,
 }
 
 /// What a sink sees at the end of a run.
@@ -135,6 +141,30 @@ pub struct RunSummary {
     pub threads: usize,
     /// Metrics over every sounding frame, when annotated and any sounded.
     pub summary: Option<LocalizationSummary>,
+    /// The baselines on the same frames, when they were computed.
+    pub baselines: Option<Baselines>,
+}
+
+/// A clip's audio as a session takes it: 16 kHz mono samples, frames T, and how frames align with it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClipAudio<'s> {
+    /// Mono samples at 16 kHz.
+    pub samples: &'s [f32],
+    /// Frames T of the clip.
+    pub total_frames: usize,
+    /// How the clip's frames take their segments.
+    pub alignment: Alignment,
+}
+
+impl<'s> ClipAudio<'s> {
+    /// The audio of a file-based clip.
+    pub fn of(clip: &'s Clip) -> Self {
+        Self {
+            samples: &clip.audio,
+            total_frames: clip.total_frames,
+            alignment: clip.alignment,
+        }
+    }
 }
 
 /// Turns frame embeddings into localization results with the bundle's calibrated threshold, reusing its buffers.
@@ -168,7 +198,17 @@ impl FrameLocalizer {
         emb: &FrameEmbeddings,
         size: FrameSize,
     ) -> Result<FrameLocalization, LocalizeError> {
-        similarity_map(&emb.audio.global, &emb.visual.tokens, &mut self.raw_map)?;
+        self.localize_pair(&emb.audio, &emb.visual, size)
+    }
+
+    /// Localize an audio embedding on a frame's visual embedding, the frame being of `size`.
+    pub fn localize_pair(
+        &mut self,
+        audio: &Embedding,
+        visual: &Embedding,
+        size: FrameSize,
+    ) -> Result<FrameLocalization, LocalizeError> {
+        similarity_map(&audio.global, &visual.tokens, &mut self.raw_map)?;
         self.localizer
             .run(&self.raw_map, self.grid, size, &mut self.heatmap)
     }
@@ -184,26 +224,71 @@ impl FrameLocalizer {
     }
 }
 
-/// The clip being localized.
-struct ClipState<'a> {
-    id: String,
+/// A clip's log-mel and where its frames lie in it.
+struct ClipMel {
     mel: Array2<f32>,
     total_frames: usize,
     duration_s: f64,
     alignment: Alignment,
+}
+
+impl ClipMel {
+    fn new(id: &str, audio: ClipAudio<'_>) -> Result<Self, EncodeError> {
+        Ok(Self {
+            mel: clip_fbank(id, audio.samples)?,
+            total_frames: audio.total_frames,
+            duration_s: audio.samples.len() as f64 / f64::from(SAMPLE_RATE),
+            alignment: audio.alignment,
+        })
+    }
+
+    /// Where frame `index` at `time_s` lies in this clip.
+    fn position(&self, index: usize, time_s: f64) -> FramePosition {
+        FramePosition {
+            index,
+            total_frames: self.total_frames,
+            time_s,
+            duration_s: self.duration_s,
+        }
+    }
+}
+
+/// The trivial answers scored beside the model: the audio they hear and their tallies.
+struct BaselineState {
+    mismatched: ClipMel,
+    centre: LocalizationTally,
+    mismatched_tally: LocalizationTally,
+}
+
+/// The clip being localized.
+struct ClipState<'a> {
+    id: String,
+    audio: ClipMel,
     truth: Option<&'a ClipAnnotation>,
     tally: LocalizationTally,
+    baselines: Option<BaselineState>,
     size: Option<FrameSize>,
     frames: usize,
+}
+
+/// A frame's ground truth as the metrics need it.
+struct FrameGroundTruth {
+    sounding: usize,
+    mask: Vec<bool>,
 }
 
 /// A localization run over clips, feeding its sinks.
 pub struct Session<'a> {
     encoder: FrameEncoder<'a>,
     localizer: FrameLocalizer,
+    baseline_localizer: FrameLocalizer,
+    baseline_audio: Embedding,
+    centre: Vec<f32>,
     truth: Option<GroundTruth<'a>>,
     clip: Option<ClipState<'a>>,
     overall: LocalizationTally,
+    overall_centre: LocalizationTally,
+    overall_mismatched: LocalizationTally,
     clips: usize,
     frames: usize,
     inference_s: f64,
@@ -215,18 +300,28 @@ impl<'a> Session<'a> {
         Ok(Self {
             encoder: FrameEncoder::new(bundle),
             localizer: FrameLocalizer::new(bundle)?,
+            baseline_localizer: FrameLocalizer::new(bundle)?,
+            baseline_audio: Embedding::default(),
+            centre: Vec::new(),
             truth,
             clip: None,
             overall: LocalizationTally::default(),
+            overall_centre: LocalizationTally::default(),
+            overall_mismatched: LocalizationTally::default(),
             clips: 0,
             frames: 0,
             inference_s: 0.0,
         })
     }
 
-    /// Localize every frame of a file-based clip (images decoded from their paths).
-    pub fn run_clip(&mut self, clip: &Clip, sinks: &mut [&mut dyn Sink]) -> Result<(), SessionError> {
-        self.begin_clip(&clip.id, &clip.audio, clip.total_frames, clip.alignment)?;
+    /// Localize every frame of a file-based clip (images decoded from their paths); with ground truth, `mismatched` is the other clip whose audio the baseline hears.
+    pub fn run_clip(
+        &mut self,
+        clip: &Clip,
+        mismatched: Option<&Clip>,
+        sinks: &mut [&mut dyn Sink],
+    ) -> Result<(), SessionError> {
+        self.begin_clip(&clip.id, ClipAudio::of(clip), mismatched.map(ClipAudio::of))?;
         for frame in &clip.frames {
             let image = load_rgb(&frame.path)?;
             let input = FrameInput {
@@ -241,13 +336,12 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Start a clip: its id, its 16 kHz mono samples, its number of frames T and how they align with the audio.
+    /// Start a clip: its id and audio; with ground truth, `mismatched` is audio from elsewhere for the mismatched-audio baseline.
     pub fn begin_clip(
         &mut self,
         id: &str,
-        samples: &[f32],
-        total_frames: usize,
-        alignment: Alignment,
+        audio: ClipAudio<'_>,
+        mismatched: Option<ClipAudio<'_>>,
     ) -> Result<(), SessionError> {
         let truth = match self.truth {
             Some(t) => Some(t.annotations.clip(id).ok_or_else(|| {
@@ -258,14 +352,20 @@ impl<'a> Session<'a> {
             })?),
             None => None,
         };
+        let baselines = match (truth, mismatched) {
+            (Some(_), Some(other)) => Some(BaselineState {
+                mismatched: ClipMel::new(id, other)?,
+                centre: LocalizationTally::default(),
+                mismatched_tally: LocalizationTally::default(),
+            }),
+            _ => None,
+        };
         self.clip = Some(ClipState {
             id: id.to_string(),
-            mel: clip_fbank(id, samples)?,
-            total_frames,
-            duration_s: samples.len() as f64 / f64::from(SAMPLE_RATE),
-            alignment,
+            audio: ClipMel::new(id, audio)?,
             truth,
             tally: LocalizationTally::default(),
+            baselines,
             size: None,
             frames: 0,
         });
@@ -280,32 +380,55 @@ impl<'a> Session<'a> {
     ) -> Result<(), SessionError> {
         let clip = self.clip.as_mut().ok_or(SessionError::NoClip)?;
         let size = FrameSize::of(input.image);
-        let t0 = Instant::now();
-        let position = FramePosition {
-            index: input.index,
-            total_frames: clip.total_frames,
-            time_s: input.time_s,
-            duration_s: clip.duration_s,
-        };
-        let emb = self
-            .encoder
-            .encode(clip.mel.view(), clip.alignment, position, input.image)?;
-        let loc = self.localizer.localize(emb, size)?;
-        self.inference_s += t0.elapsed().as_secs_f64();
         if clip.size.is_some_and(|s| s != size) {
             return Err(SessionError::FrameSize {
-                source_name: input
-                    .path
-                    .map_or_else(|| format!("clip {} frame {}", clip.id, input.index), |p| {
-                        p.display().to_string()
-                    }),
+                source_name: input.path.map_or_else(
+                    || format!("clip {} frame {}", clip.id, input.index),
+                    |p| p.display().to_string(),
+                ),
                 found: size,
             });
         }
         clip.size = Some(size);
+        if let Some(b) = &clip.baselines {
+            let m = &b.mismatched;
+            let position = m.position(input.index, input.time_s);
+            self.encoder.encode_audio_into(
+                m.mel.view(),
+                m.alignment,
+                position,
+                &mut self.baseline_audio,
+            )?;
+        }
+        let t0 = Instant::now();
+        let a = &clip.audio;
+        let position = a.position(input.index, input.time_s);
+        let emb = self
+            .encoder
+            .encode(a.mel.view(), a.alignment, position, input.image)?;
+        let loc = self.localizer.localize(emb, size)?;
+        self.inference_s += t0.elapsed().as_secs_f64();
         let mut record = FrameRecord::new(&clip.id, input.index, input.time_s, size, &loc);
         record.image = input.path.map(Path::to_path_buf);
-        record.truth = score_frame(clip, input.index, &loc, self.localizer.heatmap(), size)?;
+        if let Some(gt) = frame_ground_truth(clip, input.index, size)? {
+            let (ciou, hit) = score(&mut clip.tally, &gt, self.localizer.heatmap(), loc.active, size)?;
+            record.truth = Some(FrameTruth {
+                sounding: gt.sounding,
+                ciou,
+                pointing_hit: hit,
+            });
+            if let Some(b) = &mut clip.baselines {
+                if self.centre.len() != size.width * size.height {
+                    self.centre = centre_prior(size.width, size.height);
+                }
+                score(&mut b.centre, &gt, &self.centre, true, size)?;
+                let base = self
+                    .baseline_localizer
+                    .localize_pair(&self.baseline_audio, &emb.visual, size)?;
+                let heatmap = self.baseline_localizer.heatmap();
+                score(&mut b.mismatched_tally, &gt, heatmap, base.active, size)?;
+            }
+        }
         let out = FrameOutput {
             record: &record,
             image: input.image,
@@ -323,17 +446,27 @@ impl<'a> Session<'a> {
     /// Finish the current clip: its metrics, handed to the sinks.
     pub fn end_clip(&mut self, sinks: &mut [&mut dyn Sink]) -> Result<ClipResult, SessionError> {
         let clip = self.clip.take().ok_or(SessionError::NoClip)?;
-        let summary = match clip.truth {
-            Some(_) if !clip.tally.cious.is_empty() => Some(clip.tally.summary()?),
+        let summary = summarise(clip.truth.is_some(), &clip.tally)?;
+        let baselines = match (&summary, &clip.baselines) {
+            (Some(s), Some(b)) => Some(Baselines::new(
+                s,
+                b.centre.summary()?,
+                b.mismatched_tally.summary()?,
+            )),
             _ => None,
         };
         self.overall.merge(&clip.tally);
+        if let Some(b) = &clip.baselines {
+            self.overall_centre.merge(&b.centre);
+            self.overall_mismatched.merge(&b.mismatched_tally);
+        }
         self.clips += 1;
         let result = ClipResult {
             id: clip.id,
             frames: clip.frames,
             size: clip.size,
             summary,
+            baselines,
         };
         for sink in sinks.iter_mut() {
             sink.end_clip(&result)?;
@@ -343,8 +476,12 @@ impl<'a> Session<'a> {
 
     /// Finish the run: overall metrics and timing, handed to the sinks.
     pub fn finish(self, sinks: &mut [&mut dyn Sink]) -> Result<RunSummary, SessionError> {
-        let summary = match self.truth {
-            Some(_) if !self.overall.cious.is_empty() => Some(self.overall.summary()?),
+        let summary = summarise(self.truth.is_some(), &self.overall)?;
+        // Baselines overall only when every sounding frame had them.
+        let baselines = match &summary {
+            Some(s) if self.overall_centre.cious.len() == self.overall.cious.len() => Some(
+                Baselines::new(s, self.overall_centre.summary()?, self.overall_mismatched.summary()?),
+            ),
             _ => None,
         };
         let run = RunSummary {
@@ -353,6 +490,7 @@ impl<'a> Session<'a> {
             inference_s: self.inference_s,
             threads: self.encoder.bundle().options.threads,
             summary,
+            baselines,
         };
         for sink in sinks.iter_mut() {
             sink.finish(&run)?;
@@ -361,14 +499,24 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Scores a frame against the clip's ground truth (none without annotations) and tallies it.
-fn score_frame(
-    clip: &mut ClipState<'_>,
+/// The tally's summary when there was ground truth and a sounding frame.
+fn summarise(
+    annotated: bool,
+    tally: &LocalizationTally,
+) -> Result<Option<LocalizationSummary>, SessionError> {
+    if annotated && !tally.cious.is_empty() {
+        Ok(Some(tally.summary()?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// The ground truth of frame `index` of the clip (none without annotations).
+fn frame_ground_truth(
+    clip: &ClipState<'_>,
     index: usize,
-    loc: &FrameLocalization,
-    heatmap: &[f32],
     size: FrameSize,
-) -> Result<Option<FrameTruth>, SessionError> {
+) -> Result<Option<FrameGroundTruth>, SessionError> {
     let Some(truth) = clip.truth else {
         return Ok(None);
     };
@@ -379,23 +527,33 @@ fn score_frame(
             clip: clip.id.clone(),
             frame: index,
         })?;
-    if gt.sounding.is_empty() {
-        clip.tally.add_silent(loc.active);
-        return Ok(Some(FrameTruth {
-            sounding: 0,
-            ciou: None,
-            pointing_hit: None,
-        }));
-    }
     let boxes: Vec<[f32; 4]> = gt.sounding.iter().map(|o| o.bbox).collect();
-    let (w, h) = (size.width, size.height);
-    let mask = metrics::gt_map(&boxes, w, h);
-    let ciou = metrics::ciou(heatmap, &mask, w, h)?;
-    let hit = metrics::pointing_hit(heatmap, &mask, w, h)?;
-    clip.tally.add_sounding(ciou, hit, loc.active);
-    Ok(Some(FrameTruth {
+    let mask = if boxes.is_empty() {
+        Vec::new()
+    } else {
+        metrics::gt_map(&boxes, size.width, size.height)
+    };
+    Ok(Some(FrameGroundTruth {
         sounding: gt.sounding.len(),
-        ciou: Some(ciou),
-        pointing_hit: Some(hit),
+        mask,
     }))
+}
+
+/// Scores one heatmap against a frame's ground truth and adds it to `tally`: ciou and pointing hit on a sounding frame, none on a silent one.
+fn score(
+    tally: &mut LocalizationTally,
+    gt: &FrameGroundTruth,
+    heatmap: &[f32],
+    active: bool,
+    size: FrameSize,
+) -> Result<(Option<f64>, Option<bool>), SessionError> {
+    if gt.sounding == 0 {
+        tally.add_silent(active);
+        return Ok((None, None));
+    }
+    let (w, h) = (size.width, size.height);
+    let ciou = metrics::ciou(heatmap, &gt.mask, w, h)?;
+    let hit = metrics::pointing_hit(heatmap, &gt.mask, w, h)?;
+    tally.add_sounding(ciou, hit, active);
+    Ok((Some(ciou), Some(hit)))
 }

@@ -10,7 +10,7 @@ use ndarray::Array3;
 
 use cavsync_core::atomic::write_atomic;
 use cavsync_core::localize::{LocalizeError, render_overlay, save_png};
-use cavsync_core::metrics::LocalizationSummary;
+use cavsync_core::metrics::{Baselines, LocalizationSummary};
 use cavsync_core::npy::{self, NpyError};
 use cavsync_core::report::{self, ClipReport, ReportRow};
 
@@ -205,13 +205,15 @@ impl Sink for Report {
             gif,
             rows: std::mem::take(&mut self.rows),
             summary: clip.summary.clone(),
+            baselines: clip.baselines.clone(),
         });
         Ok(())
     }
 
     fn finish(&mut self, run: &RunSummary) -> Result<(), SinkError> {
         let path = self.dir.join("index.html");
-        report::write_html(&self.title, &self.clips, run.summary.as_ref(), &path)
+        let overall = run.summary.as_ref().map(|s| (s, run.baselines.as_ref()));
+        report::write_html(&self.title, &self.clips, overall, &path)
             .map_err(|source| SinkError::Write { path, source })
     }
 }
@@ -221,6 +223,8 @@ impl Sink for Report {
 struct ClipMetrics {
     clip: String,
     metrics: LocalizationSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baselines: Option<Baselines>,
 }
 
 /// `metrics.json`: the overall and per-clip metrics, written when the run had any sounding frame.
@@ -250,6 +254,7 @@ impl Sink for Metrics {
             self.clips.push(ClipMetrics {
                 clip: clip.id.clone(),
                 metrics: s.clone(),
+                baselines: clip.baselines.clone(),
             });
         }
         Ok(())
@@ -262,10 +267,13 @@ impl Sink for Metrics {
         #[derive(serde::Serialize)]
         struct File<'a> {
             overall: &'a LocalizationSummary,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            baselines: Option<&'a Baselines>,
             clips: &'a [ClipMetrics],
         }
         let text = serde_json::to_string_pretty(&File {
             overall,
+            baselines: run.baselines.as_ref(),
             clips: &self.clips,
         })?;
         write_text(&self.path, &text)

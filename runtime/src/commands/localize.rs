@@ -7,7 +7,7 @@ use indicatif::ProgressBar;
 
 use cavsync_core::annotations::Annotations;
 use cavsync_core::clip::{self, Clip};
-use cavsync_core::record::{clip_line, overall_line};
+use cavsync_core::record::{baseline_line, clip_line, overall_line};
 use cavsync_device::session::{ClipResult, FrameOutput, GroundTruth, RunSummary, Session};
 use cavsync_device::sink::{self, Heatmaps, JsonLines, Metrics, Report, Sink, SinkError};
 
@@ -40,7 +40,7 @@ pub struct Args {
     /// Print only the per-clip and overall summaries, not a line per frame.
     #[arg(long)]
     summary_only: bool,
-    /// Ground truth of the sounding objects (annotations.json written by `cavsync-export synth`): adds pointing game, cIoU and AUC per clip and overall (metrics.json).
+    /// Ground truth of the sounding objects (annotations.json written by `cavsync-export synth`): adds pointing game, cIoU and AUC per clip and overall (metrics.json), beside two baselines on the same frames: a centred Gaussian heatmap, and the model hearing the next clip's audio (a single clip hears its own audio rotated by half its length).
     #[arg(long)]
     annotations: Option<PathBuf>,
 }
@@ -63,6 +63,14 @@ fn load_clips(args: &Args, total_frames: usize) -> anyhow::Result<Vec<Clip>> {
     bail!("give --clip, --datafile or --video")
 }
 
+/// The clip with its audio rotated by half its length: the mismatched audio of a run with a single clip.
+fn half_rotated(clip: &Clip) -> Clip {
+    let mut other = clip.clone();
+    let half = other.audio.len() / 2;
+    other.audio.rotate_left(half);
+    other
+}
+
 /// The terminal: a progress bar, a line per frame (unless summary-only), per-clip and overall lines.
 struct Terminal {
     bar: ProgressBar,
@@ -81,7 +89,11 @@ impl Sink for Terminal {
 
     fn end_clip(&mut self, clip: &ClipResult) -> Result<(), SinkError> {
         if let Some(s) = &clip.summary {
-            let line = clip_line(&clip.id, s);
+            let mut line = clip_line(&clip.id, s);
+            if let Some(b) = &clip.baselines {
+                line.push_str("\n  ");
+                line.push_str(&baseline_line(b));
+            }
             self.bar.suspend(|| println!("{line}"));
         }
         Ok(())
@@ -98,6 +110,9 @@ impl Sink for Terminal {
         );
         if let Some(s) = &run.summary {
             println!("{}", overall_line(s));
+        }
+        if let Some(b) = &run.baselines {
+            println!("{}", baseline_line(b));
         }
         Ok(())
     }
@@ -136,8 +151,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &mut terminal,
     ];
     let mut session = Session::new(&bundle, truth)?;
-    for clip in &clips {
-        session.run_clip(clip, &mut sinks)?;
+    let rotated = (clips.len() == 1 && truth.is_some()).then(|| half_rotated(&clips[0]));
+    for (i, clip) in clips.iter().enumerate() {
+        let mismatched = match &rotated {
+            Some(r) => Some(r),
+            None if truth.is_some() => clips.get((i + 1) % clips.len()),
+            None => None,
+        };
+        session.run_clip(clip, mismatched, &mut sinks)?;
     }
     let run = session.finish(&mut sinks)?;
     let mut written = vec!["localization.jsonl", "*_heatmaps.npy"];
