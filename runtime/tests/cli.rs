@@ -146,6 +146,12 @@ fn main_command_writes_what_it_reports() {
         "{stdout}"
     );
     assert!(stdout.contains("over 16 sounding frames"), "{stdout}");
+    assert!(
+        stdout.contains("baselines on the same frames: centre prior pointing ")
+            && stdout.contains("; mismatched audio pointing ")
+            && stdout.contains("model margin over the best: pointing "),
+        "{stdout}"
+    );
     let frame_lines: Vec<&str> = stdout
         .lines()
         .filter(|l| l.starts_with("s2001_00000 frame "))
@@ -183,6 +189,10 @@ fn main_command_writes_what_it_reports() {
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).unwrap())
             .unwrap();
     assert_eq!(metrics["overall"]["sounding_frames"], 16);
+    for baseline in ["centre_prior", "mismatched_audio"] {
+        assert_eq!(metrics["baselines"][baseline]["sounding_frames"], 16);
+    }
+    assert!(metrics["baselines"]["margin"]["pointing"].is_number());
     let pointing = metrics["overall"]["pointing"].as_f64().unwrap();
     assert!(pointing >= 15.0 / 16.0, "pointing {pointing}");
     let html = std::fs::read_to_string(out_dir.join("index.html")).unwrap();
@@ -241,6 +251,7 @@ fn calibrate_reads_the_records_localize_writes() {
             sounding: 0,
             ciou: None,
             pointing_hit: None,
+            offscreen: 0,
         });
         lines.push_str(&serde_json::to_string(&silent).unwrap());
         lines.push('\n');

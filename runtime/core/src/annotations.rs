@@ -67,6 +67,25 @@ pub struct FrameAnnotation {
     pub sounding: Vec<ObjectAnnotation>,
     /// Visible objects that are silent in this frame.
     pub silent: Vec<ObjectAnnotation>,
+    /// Classes audible in this frame's audio segment with no object in view (off-screen sound).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offscreen: Vec<String>,
+}
+
+impl FrameAnnotation {
+    /// Whether two or more classes are visible and exactly one of them sounds: the frames where only the sound can tell which object to point at.
+    pub fn is_multi_class(&self) -> bool {
+        let Some(first) = self.sounding.first() else {
+            return false;
+        };
+        let one_sounding_class = self.sounding.iter().all(|o| o.class == first.class);
+        one_sounding_class && self.silent.iter().any(|o| o.class != first.class)
+    }
+
+    /// Whether the only sound of the frame comes from outside the picture.
+    pub fn is_offscreen_only(&self) -> bool {
+        self.sounding.is_empty() && !self.offscreen.is_empty()
+    }
 }
 
 /// One object in one frame.
@@ -116,6 +135,12 @@ impl Annotations {
                     return Err(format!(
                         "clips[{ci}] ({}).frames[{fi}].frame is {}; expected {fi}",
                         clip.video_id, frame.frame
+                    ));
+                }
+                if let Some(class) = frame.offscreen.iter().find(|c| !self.classes.contains(c)) {
+                    return Err(format!(
+                        "clips[{ci}] ({}).frames[{fi}].offscreen: unknown class {class:?}",
+                        clip.video_id
                     ));
                 }
                 for (oi, object) in frame.sounding.iter().chain(&frame.silent).enumerate() {

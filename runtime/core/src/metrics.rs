@@ -146,6 +146,14 @@ pub struct LocalizationTally {
     pub silent_frames: usize,
     /// Silent frames judged not `active` (the desired outcome).
     pub silent_inactive: usize,
+    /// Frames whose only sound is off-screen.
+    pub offscreen_frames: usize,
+    /// Off-screen frames judged not `active` (the desired outcome).
+    pub offscreen_inactive: usize,
+    /// Sounding frames with two or more visible classes of which exactly one sounds.
+    pub multi_class_frames: usize,
+    /// Pointing-game hits among those.
+    pub multi_class_hits: usize,
 }
 
 /// Summary of a [`LocalizationTally`].
@@ -167,9 +175,37 @@ pub struct LocalizationSummary {
     pub silent_frames: usize,
     /// Share of silent frames judged not active (1.0 when there are none).
     pub silent_inactive_rate: f64,
+    /// Frames whose only sound is off-screen.
+    pub offscreen_frames: usize,
+    /// Share of off-screen frames judged not active (none when there are none).
+    pub offscreen_inactive_rate: Option<f64>,
+    /// Sounding frames with two or more visible classes of which exactly one sounds.
+    pub multi_class_frames: usize,
+    /// Pointing-game accuracy on those frames (none when there are none).
+    pub multi_class_pointing: Option<f64>,
 }
 
 impl LocalizationSummary {
+    /// The frames that tell whether the sound was used: two-or-more-class frames' pointing and off-screen frames' activity, as a phrase (empty when there are none).
+    pub fn hard_frames_phrase(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(p) = self.multi_class_pointing {
+            parts.push(format!(
+                "pointing where 2+ classes are visible and one sounds {:.1}% (of {})",
+                100.0 * p,
+                self.multi_class_frames
+            ));
+        }
+        if let Some(r) = self.offscreen_inactive_rate {
+            parts.push(format!(
+                "off-screen-sound frames not active {:.1}% (of {})",
+                100.0 * r,
+                self.offscreen_frames
+            ));
+        }
+        parts.join("; ")
+    }
+
     /// How the silent frames came out, as a phrase: the not-active share, or that there were none.
     pub fn silent_phrase(&self) -> String {
         if self.silent_frames == 0 {
@@ -198,6 +234,18 @@ impl LocalizationTally {
         self.silent_inactive += usize::from(!active);
     }
 
+    /// Adds one frame whose only sound is off-screen and whether it came out active.
+    pub fn add_offscreen(&mut self, active: bool) {
+        self.offscreen_frames += 1;
+        self.offscreen_inactive += usize::from(!active);
+    }
+
+    /// Adds the pointing result of a sounding frame where two or more classes are visible and one sounds (besides [`Self::add_sounding`]).
+    pub fn add_multi_class(&mut self, hit: bool) {
+        self.multi_class_frames += 1;
+        self.multi_class_hits += usize::from(hit);
+    }
+
     /// Merges another tally into this one.
     pub fn merge(&mut self, other: &Self) {
         self.cious.extend_from_slice(&other.cious);
@@ -205,6 +253,10 @@ impl LocalizationTally {
         self.sounding_active += other.sounding_active;
         self.silent_frames += other.silent_frames;
         self.silent_inactive += other.silent_inactive;
+        self.offscreen_frames += other.offscreen_frames;
+        self.offscreen_inactive += other.offscreen_inactive;
+        self.multi_class_frames += other.multi_class_frames;
+        self.multi_class_hits += other.multi_class_hits;
     }
 
     /// The metrics; [`MetricsError::Empty`] when no sounding frame was added.
@@ -226,8 +278,17 @@ impl LocalizationTally {
             } else {
                 self.silent_inactive as f64 / self.silent_frames as f64
             },
+            offscreen_frames: self.offscreen_frames,
+            offscreen_inactive_rate: rate(self.offscreen_inactive, self.offscreen_frames),
+            multi_class_frames: self.multi_class_frames,
+            multi_class_pointing: rate(self.multi_class_hits, self.multi_class_frames),
         })
     }
+}
+
+/// `count / of`, or none when `of` is 0.
+fn rate(count: usize, of: usize) -> Option<f64> {
+    (of > 0).then(|| count as f64 / of as f64)
 }
 
 /// The centre-prior baseline: a fixed Gaussian heatmap centred on the frame (standard deviation a quarter of each side), row-major `width` x `height`.
@@ -500,6 +561,10 @@ mod tests {
             sounding_active_rate: 1.0,
             silent_frames: 0,
             silent_inactive_rate: 1.0,
+            offscreen_frames: 0,
+            offscreen_inactive_rate: None,
+            multi_class_frames: 0,
+            multi_class_pointing: None,
         };
         let b = Baselines::new(
             &summary(0.9, 0.5, 0.5),

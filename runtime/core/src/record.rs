@@ -49,6 +49,14 @@ pub struct FrameTruth {
     pub ciou: Option<f64>,
     /// Whether the heatmap's maximum lies on a sounding object (sounding frames only).
     pub pointing_hit: Option<bool>,
+    /// Classes heard from outside the picture.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offscreen: usize,
+}
+
+/// Whether a count is zero (left out of the JSON).
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl FrameRecord {
@@ -101,21 +109,32 @@ impl FrameRecord {
     }
 }
 
-/// A clip's metrics as `localize` prints them: pointing hits, cIoU@0.5, AUC and the silent frames.
+/// A clip's metrics as `localize` prints them: pointing hits, cIoU@0.5, AUC, the silent frames and the hard frames where there are any.
 pub fn clip_line(clip: &str, s: &LocalizationSummary) -> String {
     let hits = (s.pointing * s.sounding_frames as f64).round();
-    format!(
+    let mut line = format!(
         "{clip}: pointing {hits}/{}, cIoU@0.5 {:.2}, AUC {:.3}, {}",
         s.sounding_frames,
         s.ciou_at_half,
         s.auc,
         s.silent_phrase()
-    )
+    );
+    push_hard_frames(&mut line, s);
+    line
+}
+
+/// Appends the summary's hard-frames phrase, if any.
+fn push_hard_frames(line: &mut String, s: &LocalizationSummary) {
+    let hard = s.hard_frames_phrase();
+    if !hard.is_empty() {
+        line.push_str("; ");
+        line.push_str(&hard);
+    }
 }
 
 /// A run's metrics as `localize` prints them in its closing lines.
 pub fn overall_line(s: &LocalizationSummary) -> String {
-    format!(
+    let mut line = format!(
         "ground truth: pointing {:.1}%, cIoU@0.5 {:.1}%, mean cIoU {:.3}, AUC {:.3} over {} sounding frames; \
          sounding frames active {:.1}%; {}",
         100.0 * s.pointing,
@@ -125,7 +144,9 @@ pub fn overall_line(s: &LocalizationSummary) -> String {
         s.sounding_frames,
         100.0 * s.sounding_active_rate,
         s.silent_phrase()
-    )
+    );
+    push_hard_frames(&mut line, s);
+    line
 }
 
 /// The baselines beside a model's metrics, as `localize` prints them, with the model's margin and a flag where a baseline does as well.
@@ -188,13 +209,19 @@ mod tests {
             sounding: 0,
             ciou: None,
             pointing_hit: None,
+            offscreen: 0,
         };
         let sounding = FrameTruth {
             sounding: 2,
             ciou: Some(0.75),
             pointing_hit: Some(true),
+            offscreen: 0,
         };
-        for truth in [None, Some(silent), Some(sounding)] {
+        let offscreen = FrameTruth {
+            offscreen: 1,
+            ..silent
+        };
+        for truth in [None, Some(silent), Some(sounding), Some(offscreen)] {
             let r = record(truth);
             let text = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<FrameRecord>(&text).unwrap(), r);
@@ -214,12 +241,14 @@ mod tests {
             sounding: 1,
             ciou: Some(0.5),
             pointing_hit: Some(false),
+            offscreen: 0,
         };
         assert!(record(Some(t)).line().ends_with(" | 1 sounding: miss, cIoU 0.50"));
         let silent = FrameTruth {
             sounding: 0,
             ciou: None,
             pointing_hit: None,
+            offscreen: 0,
         };
         assert!(record(Some(silent)).line().ends_with(" | nothing sounding"));
     }

@@ -213,6 +213,7 @@ mod tests {
                 sounding: 1,
                 ciou: Some(0.75),
                 pointing_hit: Some(true),
+                offscreen: 0,
             }),
         };
         let rows = vec![ReportRow {

@@ -274,6 +274,8 @@ struct ClipState<'a> {
 /// A frame's ground truth as the metrics need it.
 struct FrameGroundTruth {
     sounding: usize,
+    offscreen: usize,
+    multi_class: bool,
     mask: Vec<bool>,
 }
 
@@ -416,6 +418,7 @@ impl<'a> Session<'a> {
                 sounding: gt.sounding,
                 ciou,
                 pointing_hit: hit,
+                offscreen: gt.offscreen,
             });
             if let Some(b) = &mut clip.baselines {
                 if self.centre.len() != size.width * size.height {
@@ -535,6 +538,8 @@ fn frame_ground_truth(
     };
     Ok(Some(FrameGroundTruth {
         sounding: gt.sounding.len(),
+        offscreen: gt.offscreen.len(),
+        multi_class: gt.is_multi_class(),
         mask,
     }))
 }
@@ -548,12 +553,19 @@ fn score(
     size: FrameSize,
 ) -> Result<(Option<f64>, Option<bool>), SessionError> {
     if gt.sounding == 0 {
-        tally.add_silent(active);
+        if gt.offscreen > 0 {
+            tally.add_offscreen(active);
+        } else {
+            tally.add_silent(active);
+        }
         return Ok((None, None));
     }
     let (w, h) = (size.width, size.height);
     let ciou = metrics::ciou(heatmap, &gt.mask, w, h)?;
     let hit = metrics::pointing_hit(heatmap, &gt.mask, w, h)?;
     tally.add_sounding(ciou, hit, active);
+    if gt.multi_class {
+        tally.add_multi_class(hit);
+    }
     Ok((Some(ciou), Some(hit)))
 }
