@@ -124,7 +124,7 @@ fn f16_bundle_error_is_bounded() {
         let tmp = tempfile::tempdir().unwrap();
         write(name, Precision::F16, tmp.path());
         let bundle = Bundle::open(tmp.path()).unwrap();
-        assert_eq!(bundle.manifest.model.precision, "f16");
+        assert_eq!(bundle.manifest.model.precision, Precision::F16);
         let got = run_bundle(&bundle, &dir);
         for (slot, modality) in [(0, "audio"), (1, "visual")] {
             let official_tokens = read_f32(&dir.join(format!("{modality}_tokens.npy"))).unwrap();

@@ -50,7 +50,7 @@ fn demo_bundle_localizes_the_demo_clip() {
     };
     let mut records = Records::default();
     let mut session = Session::new(&bundle, Some(truth)).unwrap();
-    session.run_clip(&clip, &mut [&mut records]).unwrap();
+    session.run_clip(&clip, None, &mut [&mut records]).unwrap();
     let run = session.finish(&mut [&mut records]).unwrap();
     let hits = records
         .0

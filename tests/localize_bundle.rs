@@ -18,7 +18,7 @@ use cavsync_device::encode::{FrameEncoder, clip_fbank};
 use cavsync_device::session::FrameLocalizer;
 use cavsync_formats::bundle::{BundleOptions, write_bundle};
 use cavsync_formats::checkpoint::{Checkpoint, RawTensor};
-use cavsync_core::model::{Layout, Precision};
+use cavsync_core::model::Precision;
 use cavsync_formats::layout::ModelConfig;
 use cavsync_formats::random::write_safetensors;
 use image::{Rgb, RgbImage};
@@ -26,20 +26,10 @@ use image::{Rgb, RgbImage};
 const D: usize = 4;
 
 fn hand_made_checkpoint(path: &Path) {
+    // The published shape at toy size, with a single joint block.
     let config = ModelConfig {
-        layout: Layout::Sync,
-        dim: D,
-        heads: 1,
-        mlp_hidden: 4 * D,
-        patch: 16,
-        depth_a: 1,
-        depth_v: 1,
         depth_u: 1,
-        registers: 1,
-        contrastive_depth: 0,
-        audio_length: 64,
-        image_size: 224,
-        decoder: None,
+        ..ModelConfig::sync(D, 1, 1, 64)
     };
     let mut tensors: BTreeMap<String, RawTensor> = config
         .expected_shapes()

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cavsync::npy::read_f32;
+use cavsync_core::npy::read_f32;
 
 fn exe() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cavsync-export"))
@@ -209,6 +209,37 @@ fn wrong_heads_missing_file_and_bad_media_are_clear_errors() {
     );
 }
 
+#[test]
+fn convert_refuses_int8_and_unknown_precisions_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle");
+    let res = run(exe()
+        .args([
+            "convert",
+            "--heads",
+            "4",
+            "--precision",
+            "int8",
+            "--checkpoint",
+        ])
+        .arg(fixture("checkpoint.pth"))
+        .arg("--out")
+        .arg(&out));
+    assert_clean_failure(&res, "int8 needs calibration");
+    assert!(!out.exists(), "nothing is written for int8");
+    let res = run(exe()
+        .args(["convert", "--precision", "int4", "--checkpoint"])
+        .arg(fixture("checkpoint.pth"))
+        .arg("--out")
+        .arg(&out));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(
+        stderr.contains("expected one of: f32, f16, int8"),
+        "{stderr}"
+    );
+}
+
 /// A training config small enough for a test: one block per stack, dim 64, 4 clips per batch.
 const TINY_TRAIN: &str = "[model]\ndim = 64\ndepth = 1\ndecoder_dim = 32\n\n[optim]\nsteps = 4\nbatch_size = 4\nwarmup_steps = 1\n\n[run]\nseed = 3\ncheckpoint_every = 2\n";
 
@@ -243,7 +274,7 @@ fn synth_writes_the_datafile_layout_and_ground_truth() {
             assert_eq!(image::image_dimensions(&frame).unwrap(), (224, 224));
         }
     }
-    let ann = cavsync::annotations::Annotations::read(&data.join("annotations.json")).unwrap();
+    let ann = cavsync_core::annotations::Annotations::read(&data.join("annotations.json")).unwrap();
     assert_eq!(ann.clips.len(), 6);
     assert!(ann.clips.iter().all(|c| c.frames.len() == 16));
     // Same seed, same bytes.
@@ -292,8 +323,8 @@ fn train_writes_official_checkpoints_and_resumes_exactly() {
     assert!(stdout.contains("stopped after step 2 of 4"), "{stdout}");
     train(&part, &["--resume"]);
 
-    let full_ck = cavsync_export::checkpoint::Checkpoint::load(&full).unwrap();
-    let part_ck = cavsync_export::checkpoint::Checkpoint::load(&part).unwrap();
+    let full_ck = cavsync_formats::checkpoint::Checkpoint::load(&full).unwrap();
+    let part_ck = cavsync_formats::checkpoint::Checkpoint::load(&part).unwrap();
     assert_eq!(
         full_ck.tensors, part_ck.tensors,
         "resumed run differs from the uninterrupted one"
@@ -311,8 +342,8 @@ fn train_writes_official_checkpoints_and_resumes_exactly() {
         out.status.success() && stdout.contains("CAV-MAE Sync"),
         "{stdout}"
     );
-    let init = cavsync_export::train::init_tensors(
-        &cavsync_export::train::TrainConfig::read(&config)
+    let init = cavsync_train::train::init_tensors(
+        &cavsync_train::train::TrainConfig::read(&config)
             .unwrap()
             .model_config(),
         3,

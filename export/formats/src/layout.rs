@@ -465,7 +465,7 @@ fn detect_decoder(ck: &Checkpoint) -> Option<DecoderConfig> {
 /// The encoder head count: `heads`, or dim / 64 (at least 1); it must divide `dim`.
 fn encoder_heads(ck: &Checkpoint, dim: usize, heads: Option<usize>) -> Result<usize, LayoutError> {
     let heads = heads.unwrap_or((dim / 64).max(1));
-    if heads == 0 || dim % heads != 0 {
+    if heads == 0 || !dim.is_multiple_of(heads) {
         return Err(LayoutError::Heads {
             path: ck.path.clone(),
             heads,
@@ -581,7 +581,10 @@ mod tests {
         let c = ModelConfig::sync(768, 11, 8, 416);
         assert_eq!((c.heads, c.mlp_hidden, c.patch), (12, 3072, 16));
         assert_eq!((c.depth_a, c.depth_v, c.depth_u), (11, 11, 1));
-        assert_eq!((c.image_size, c.audio_patches(), c.visual_patches()), (224, 208, 196));
+        assert_eq!(
+            (c.image_size, c.audio_patches(), c.visual_patches()),
+            (224, 208, 196)
+        );
         assert_eq!(c.layout, Layout::Sync);
         assert_eq!(ModelConfig::sync(4, 12, 0, 64).depth_u, 1);
         let d = DecoderConfig::new(512, 8);

@@ -41,7 +41,7 @@ pub enum OnnxError {
     Missing(String),
     /// The precision needs more than a checkpoint (int8 needs calibration data).
     #[error(
-        "precision {0} cannot be written from a checkpoint alone: int8 needs calibration data, which `convert` does not take (use f32 or f16; int8 bundles will come from a future `quantize` command)"
+        "precision {0} cannot be written from a checkpoint alone: int8 needs calibration data (convert writes f32 or f16; int8 bundles will come from a future `quantize` command)"
     )]
     Precision(Precision),
 }
@@ -332,9 +332,7 @@ impl<'a> Graph<'a> {
     fn cast_in(&mut self, x: &str) -> String {
         match self.float {
             Float::F32 => x.to_string(),
-            Float::F16 => {
-                self.node("Cast", &[x], vec![int_attr("to", DataType::Float16 as i64)])
-            }
+            Float::F16 => self.node("Cast", &[x], vec![int_attr("to", DataType::Float16 as i64)]),
         }
     }
 

@@ -70,7 +70,8 @@ pub fn write_safetensors(
         })
         .collect::<Result<HashMap<_, _>, _>>()?;
     let bytes = safetensors::serialize(views, None).map_err(|e| err(e.to_string()))?;
-    cavsync_core::atomic::write_atomic(path, |w| w.write_all(&bytes)).map_err(|e| err(e.to_string()))
+    cavsync_core::atomic::write_atomic(path, |w| w.write_all(&bytes))
+        .map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]

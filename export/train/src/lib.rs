@@ -1,13 +1,15 @@
-//! cavsync-export: loads CAV-MAE (Sync) PyTorch checkpoints and reproduces their encoders in burn.
+//! cavsync-train: the CAV-MAE (Sync) encoders and pretraining in burn, the only crate with burn.
+//!
+//! [`LoadedModel`] reads a checkpoint (through `cavsync_formats`), detects its layout and
+//! reproduces the official encoders exactly ([`model`]), which makes it the reference the
+//! exported bundles are checked against; [`pretrain`] is the official pretraining forward pass
+//! and losses, and [`train`] the training loop with checkpoints under the official key names.
 
-pub mod bundle;
-pub mod checkpoint;
-pub mod layout;
+/// The CAV-MAE (Sync) audio and visual encoders in burn.
 pub mod model;
-pub mod onnx;
+/// The CAV-MAE Sync pretraining forward pass and losses.
 pub mod pretrain;
-pub mod random;
-pub mod synth;
+/// Pretraining on the burn CPU backend: configuration, initialisation, data, optimiser, resume.
 pub mod train;
 
 use std::path::Path;
@@ -15,8 +17,8 @@ use std::path::Path;
 use burn::prelude::Device;
 use ndarray::{ArrayD, IxDyn};
 
-use checkpoint::{Checkpoint, CheckpointError, RawTensor};
-use layout::{LayoutError, ModelConfig};
+use cavsync_formats::checkpoint::{Checkpoint, CheckpointError, RawTensor};
+use cavsync_formats::layout::{LayoutError, ModelConfig};
 use model::{CavMae, ModelError};
 
 /// Errors raised while loading a model or running it.
@@ -84,10 +86,12 @@ impl LoadedModel {
     }
 }
 
+/// The elements of `a` in row-major order.
 fn contiguous(a: &ArrayD<f32>) -> Vec<f32> {
     a.iter().copied().collect()
 }
 
+/// Burn embeddings as ndarray arrays.
 fn output(out: model::Embeddings) -> Result<ModalityOutput, ExportError> {
     Ok(ModalityOutput {
         global: to_array(model::to_raw(out.global)?)?,
@@ -95,6 +99,7 @@ fn output(out: model::Embeddings) -> Result<ModalityOutput, ExportError> {
     })
 }
 
+/// A raw tensor as an ndarray array of its shape.
 fn to_array(raw: RawTensor) -> Result<ArrayD<f32>, ModelError> {
     ArrayD::from_shape_vec(IxDyn(&raw.shape), raw.data).map_err(|e| ModelError::Data(e.to_string()))
 }

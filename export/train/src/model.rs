@@ -8,11 +8,10 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation;
 
-use crate::checkpoint::{Checkpoint, RawTensor};
-use crate::layout::{DecoderConfig, ModelConfig};
-
-/// LayerNorm epsilon of the official model (torch default).
-pub const LAYER_NORM_EPS: f64 = 1e-5;
+use cavsync_core::model::Modality;
+use cavsync_core::preprocess::fbank::NUM_MEL_BINS;
+use cavsync_formats::checkpoint::{Checkpoint, RawTensor};
+use cavsync_formats::layout::{DecoderConfig, LAYER_NORM_EPS, ModelConfig};
 
 /// Errors raised while building the burn model from checkpoint tensors.
 #[derive(Debug, thiserror::Error)]
@@ -204,15 +203,6 @@ pub struct CavMae {
     pub decoder: Option<Decoder>,
 }
 
-/// Which modality an encoder pass is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Modality {
-    /// The audio encoder.
-    Audio,
-    /// The visual encoder.
-    Visual,
-}
-
 impl CavMae {
     /// Stops gradients to the fixed sin-cos position embeddings, which the official pretraining does not train (`requires_grad=tr_pos`, False).
     pub fn freeze_positions(mut self) -> Self {
@@ -367,17 +357,11 @@ impl CavMae {
         shape: &[usize],
         config: &ModelConfig,
     ) -> Result<(), ModelError> {
-        let ok = shape.len() == 3
-            && shape[1] == config.audio_length
-            && shape[2] == crate::layout::MEL_BINS;
+        let ok = shape.len() == 3 && shape[1] == config.audio_length && shape[2] == NUM_MEL_BINS;
         ok.then_some(()).ok_or_else(|| ModelError::InputShape {
             what: "audio",
             found: shape.to_vec(),
-            expected: format!(
-                "[batch, {}, {}]",
-                config.audio_length,
-                crate::layout::MEL_BINS
-            ),
+            expected: format!("[batch, {}, {NUM_MEL_BINS}]", config.audio_length),
         })
     }
 

@@ -4,7 +4,9 @@ use burn::prelude::*;
 use burn::tensor::activation;
 use rand::Rng;
 
-use crate::model::{Block, CavMae, Modality, NormSet};
+use cavsync_core::model::Modality;
+
+use crate::model::{Block, CavMae, Decoder, NormSet};
 
 /// Errors raised by the pretraining pass.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +220,7 @@ fn encode_visible(
     model.modality_blocks(visible, modality)
 }
 
+/// `blocks` in turn with their shared norms.
 fn run_blocks(blocks: &[Block], mut x: Tensor<3>) -> Tensor<3> {
     for blk in blocks {
         x = blk.forward(x, NormSet::Shared);
@@ -225,27 +228,9 @@ fn run_blocks(blocks: &[Block], mut x: Tensor<3>) -> Tensor<3> {
     x
 }
 
-/// One pretraining step's forward pass: `audio` (batch, L, 128) normalised segments, `images` (batch, 3, H, W).
-pub fn forward(
-    model: &CavMae,
-    audio: Tensor<3>,
-    images: Tensor<4>,
-    mask_a: &Masking,
-    mask_v: &Masking,
-    objective: &Objective,
-) -> Result<PretrainOutput, PretrainError> {
-    let decoder = model.decoder.as_ref().ok_or(PretrainError::NoDecoder)?;
-    if model.blocks_u.is_empty() {
-        return Err(PretrainError::NoJointBlock);
-    }
-    let device = audio.device();
-    let has_cls = model.cls_token_a.is_some();
-    let p = model.patch_embed_a.weight.val().dims()[2];
-    // (B, L, 128) -> (B, 1, 128, L), as the official forward_encoder and forward_mae_loss.
-    let audio_img = audio.unsqueeze_dim::<4>(1).swap_dims(2, 3);
-
-    let a = encode_visible(model, audio_img.clone(), mask_a, Modality::Audio);
-    let v = encode_visible(model, images.clone(), mask_v, Modality::Visual);
+/// The joint pass of the pretraining objective: both modalities' tokens without their global
+/// tokens, concatenated, through every joint block with the shared norms, then the final norm.
+fn joint_stream(model: &CavMae, a: &Tensor<3>, v: &Tensor<3>, has_cls: bool) -> Tensor<3> {
     let skip = usize::from(has_cls);
     let (na, nv) = (a.dims()[1], v.dims()[1]);
     let mut x = Tensor::cat(
@@ -258,40 +243,67 @@ pub fn forward(
     for blk in &model.blocks_u {
         x = blk.forward(x, NormSet::Shared);
     }
-    let x = model.norm.forward(x);
+    model.norm.forward(x)
+}
+
+/// The embeddings InfoNCE compares, (batch, dim) each.
+struct ContrastiveEmbeddings {
+    /// Audio global embeddings (global token, or mean token without one).
+    audio: Tensor<2>,
+    /// Visual global embeddings.
+    visual: Tensor<2>,
+    /// Mean final patch tokens (audio, visual), for `global_local`.
+    local: Option<(Tensor<2>, Tensor<2>)>,
+}
+
+/// Mean over tokens of (batch, tokens, dim), as (batch, dim).
+fn mean_tokens(x: Tensor<3>) -> Tensor<2> {
+    let [b, _, d] = x.dims();
+    x.mean_dim(1).reshape([b, d])
+}
+
+/// The joint block and contrastive heads per modality, then the global (and, with
+/// `global_local`, mean-patch) embeddings after the final modality norms.
+fn contrastive_embeddings(
+    model: &CavMae,
+    a: Tensor<3>,
+    v: Tensor<3>,
+    has_cls: bool,
+    global_local: bool,
+) -> ContrastiveEmbeddings {
     let ca = model.joint_and_head(a, Modality::Audio);
     let cv = model.joint_and_head(v, Modality::Visual);
     let [b, _, d] = ca.dims();
-    let n = ca.dims()[1];
-    let (global_a, global_v, local) = if has_cls {
-        let local = objective.global_local.then(|| {
-            (
-                model
-                    .norm_a
-                    .forward(ca.clone().narrow(1, 1, n - 1))
-                    .mean_dim(1)
-                    .reshape([b, d]),
-                model
-                    .norm_v
-                    .forward(cv.clone().narrow(1, 1, cv.dims()[1] - 1))
-                    .mean_dim(1)
-                    .reshape([b, d]),
-            )
-        });
+    if !has_cls {
+        return ContrastiveEmbeddings {
+            audio: mean_tokens(model.norm_a.forward(ca)),
+            visual: mean_tokens(model.norm_v.forward(cv)),
+            local: None,
+        };
+    }
+    let local = global_local.then(|| {
+        let (na, nv) = (ca.dims()[1], cv.dims()[1]);
         (
-            model.norm_a.forward(ca.narrow(1, 0, 1)).reshape([b, d]),
-            model.norm_v.forward(cv.narrow(1, 0, 1)).reshape([b, d]),
-            local,
+            mean_tokens(model.norm_a.forward(ca.clone().narrow(1, 1, na - 1))),
+            mean_tokens(model.norm_v.forward(cv.clone().narrow(1, 1, nv - 1))),
         )
-    } else {
-        (
-            model.norm_a.forward(ca).mean_dim(1).reshape([b, d]),
-            model.norm_v.forward(cv).mean_dim(1).reshape([b, d]),
-            None,
-        )
-    };
+    });
+    ContrastiveEmbeddings {
+        audio: model.norm_a.forward(ca.narrow(1, 0, 1)).reshape([b, d]),
+        visual: model.norm_v.forward(cv.narrow(1, 0, 1)).reshape([b, d]),
+        local,
+    }
+}
 
-    // Decoder: restore the full token order with mask tokens, add positions and modality.
+/// The MAE decoder on the joint stream `x`: restore the full token order with mask tokens, add
+/// positions and modality, run the blocks and norm; the (audio, visual) patch predictions.
+fn decode(
+    decoder: &Decoder,
+    x: Tensor<3>,
+    mask_a: &Masking,
+    mask_v: &Masking,
+) -> (Tensor<3>, Tensor<3>) {
+    let device = x.device();
     let x = decoder.embed.forward(x);
     let [b, _, e] = x.dims();
     let (ka, kv) = (mask_a.kept(), mask_v.kept());
@@ -316,6 +328,46 @@ pub fn forward(
     let pred_v = decoder
         .pred_v
         .forward(y.narrow(1, mask_a.patches, mask_v.patches));
+    (pred_a, pred_v)
+}
+
+/// InfoNCE and accuracy on the global embeddings, averaged with the mean-patch ones when present.
+fn contrastive_loss(e: ContrastiveEmbeddings, objective: &Objective) -> (Tensor<1>, Tensor<1>) {
+    let (t, both) = (objective.temperature, objective.bidirectional);
+    let (nce, accuracy) = info_nce(e.audio, e.visual, t, both);
+    match e.local {
+        Some((local_a, local_v)) => {
+            let (n2, a2) = info_nce(local_a, local_v, t, both);
+            ((nce + n2) / 2.0, (accuracy + a2) / 2.0)
+        }
+        None => (nce, accuracy),
+    }
+}
+
+/// One pretraining step's forward pass: `audio` (batch, L, 128) normalised segments, `images` (batch, 3, H, W).
+pub fn forward(
+    model: &CavMae,
+    audio: Tensor<3>,
+    images: Tensor<4>,
+    mask_a: &Masking,
+    mask_v: &Masking,
+    objective: &Objective,
+) -> Result<PretrainOutput, PretrainError> {
+    let decoder = model.decoder.as_ref().ok_or(PretrainError::NoDecoder)?;
+    if model.blocks_u.is_empty() {
+        return Err(PretrainError::NoJointBlock);
+    }
+    let device = audio.device();
+    let has_cls = model.cls_token_a.is_some();
+    let p = model.patch_embed_a.weight.val().dims()[2];
+    // (B, L, 128) -> (B, 1, 128, L), as the official forward_encoder and forward_mae_loss.
+    let audio_img = audio.unsqueeze_dim::<4>(1).swap_dims(2, 3);
+
+    let a = encode_visible(model, audio_img.clone(), mask_a, Modality::Audio);
+    let v = encode_visible(model, images.clone(), mask_v, Modality::Visual);
+    let x = joint_stream(model, &a, &v, has_cls);
+    let embeddings = contrastive_embeddings(model, a, v, has_cls, objective.global_local);
+    let (pred_a, pred_v) = decode(decoder, x, mask_a, mask_v);
 
     let mae_a = mae_loss(
         pred_a,
@@ -329,22 +381,7 @@ pub fn forward(
         mask_v.mask(&device),
         objective.norm_pix_loss,
     );
-    let (mut nce, mut accuracy) = info_nce(
-        global_a,
-        global_v,
-        objective.temperature,
-        objective.bidirectional,
-    );
-    if let Some((local_a, local_v)) = local {
-        let (n2, a2) = info_nce(
-            local_a,
-            local_v,
-            objective.temperature,
-            objective.bidirectional,
-        );
-        nce = (nce + n2) / 2.0;
-        accuracy = (accuracy + a2) / 2.0;
-    }
+    let (nce, accuracy) = contrastive_loss(embeddings, objective);
     let loss = (mae_a.clone() + mae_v.clone()) * objective.mae_weight
         + nce.clone() * objective.contrastive_weight;
     Ok(PretrainOutput {

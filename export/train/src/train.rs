@@ -10,16 +10,17 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use cavsync::clip::{self, DatafileEntry};
-use cavsync::preprocess::fbank::{ShortInput, clip_log_mel};
-use cavsync::preprocess::image::preprocess_image_file;
-use cavsync::preprocess::segment::frame_segment;
+use cavsync_core::atomic::write_atomic;
+use cavsync_core::clip::{self, DatafileEntry};
+use cavsync_core::preprocess::fbank::{FbankError, NUM_MEL_BINS, ShortInput, clip_log_mel};
+use cavsync_core::preprocess::image::{ImageError, preprocess_image_file};
+use cavsync_core::preprocess::segment::frame_segment;
+use cavsync_formats::checkpoint::{Checkpoint, CheckpointError, CheckpointFormat, RawTensor};
+use cavsync_formats::layout::{DecoderConfig, LayoutError, ModelConfig};
+use cavsync_formats::random::{WriteError, write_safetensors};
 
-use crate::checkpoint::{Checkpoint, CheckpointFormat, RawTensor};
-use crate::layout::{DecoderConfig, Layout, MEL_BINS, ModelConfig};
 use crate::model::{CavMae, ModelError};
 use crate::pretrain::{self, Masking, Objective, PretrainError};
-use crate::random::{WriteError, write_safetensors};
 
 /// Errors raised while training.
 #[derive(Debug, thiserror::Error)]
@@ -47,14 +48,14 @@ pub enum TrainError {
     Clip(#[from] clip::ClipError),
     /// A frame image could not be loaded.
     #[error(transparent)]
-    Image(#[from] cavsync::preprocess::image::ImageError),
+    Image(#[from] ImageError),
     /// A clip's fbank could not be computed.
     #[error("clip {clip}: {source}")]
     Fbank {
         /// The clip.
         clip: String,
         /// The fbank error.
-        source: cavsync::preprocess::fbank::FbankError,
+        source: FbankError,
     },
     /// The model could not be built or read back.
     #[error(transparent)]
@@ -67,10 +68,10 @@ pub enum TrainError {
     Write(#[from] WriteError),
     /// A checkpoint to resume from could not be loaded.
     #[error(transparent)]
-    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    Checkpoint(#[from] CheckpointError),
     /// A resumed checkpoint does not have the configured layout.
     #[error(transparent)]
-    Layout(#[from] crate::layout::LayoutError),
+    Layout(#[from] LayoutError),
     /// The loss became NaN or infinite.
     #[error("loss is {value} at step {step}; lower optim.lr or check the data")]
     Diverged {
@@ -281,24 +282,13 @@ impl TrainConfig {
     pub fn model_config(&self) -> ModelConfig {
         let m = &self.model;
         ModelConfig {
-            layout: Layout::Sync,
-            dim: m.dim,
-            heads: m.dim / 64,
             mlp_hidden: m.dim * m.mlp_ratio,
-            patch: 16,
-            depth_a: m.depth,
-            depth_v: m.depth,
             depth_u: m.joint_depth,
-            registers: m.registers,
-            contrastive_depth: 0,
-            audio_length: m.audio_length,
-            image_size: cavsync::preprocess::image::IMAGE_SIZE as usize,
             decoder: Some(DecoderConfig {
-                dim: m.decoder_dim,
-                depth: m.decoder_depth,
                 mlp_hidden: m.decoder_dim * m.mlp_ratio,
-                heads: m.decoder_dim / 32,
+                ..DecoderConfig::new(m.decoder_dim, m.decoder_depth)
             }),
+            ..ModelConfig::sync(m.dim, m.depth, m.registers, m.audio_length)
         }
     }
 
@@ -701,7 +691,7 @@ impl Trainer {
             );
             let (audio, images) = data.batch(&mut rng, b, l)?;
             let audio =
-                Tensor::<3>::from_data(TensorData::new(audio, [b, l, MEL_BINS]), &self.device);
+                Tensor::<3>::from_data(TensorData::new(audio, [b, l, NUM_MEL_BINS]), &self.device);
             let images =
                 Tensor::<4>::from_data(TensorData::new(images, [b, 3, size, size]), &self.device);
             let mask_a = Masking::random(
@@ -762,11 +752,11 @@ impl Trainer {
         write_safetensors(&tensors, &self.files.checkpoint)?;
         let toml = toml::to_string_pretty(&self.config)
             .map_err(|e| io_err(&self.files.config, "serialise the config", e))?;
-        cavsync::atomic::write_atomic(&self.files.config, |w| w.write_all(toml.as_bytes()))
+        write_atomic(&self.files.config, |w| w.write_all(toml.as_bytes()))
             .map_err(|e| io_err(&self.files.config, "write the config", e))?;
         let json = serde_json::to_string_pretty(&self.state)
             .map_err(|e| io_err(&self.files.state, "serialise the state", e))?;
-        cavsync::atomic::write_atomic(&self.files.state, |w| w.write_all(json.as_bytes()))
+        write_atomic(&self.files.state, |w| w.write_all(json.as_bytes()))
             .map_err(|e| io_err(&self.files.state, "write the state", e))?;
         let bytes = self.optimizer.into_bytes().map_err(|e| {
             io_err(
@@ -775,7 +765,7 @@ impl Trainer {
                 format!("{e:?}"),
             )
         })?;
-        cavsync::atomic::write_atomic(&self.files.optimizer, |w| w.write_all(&bytes))
+        write_atomic(&self.files.optimizer, |w| w.write_all(&bytes))
             .map_err(|e| io_err(&self.files.optimizer, "write the optimiser state", e))?;
         Ok(())
     }

@@ -70,6 +70,35 @@ fn summary_line(s: &LocalizationSummary) -> String {
     )
 }
 
+/// One frame's row of a clip's table.
+fn table_row(row: &ReportRow) -> String {
+    let r = &row.record;
+    let truth = r.truth.as_ref();
+    let yes_no = |v: bool| {
+        if v {
+            "<span class=\"yes\">yes</span>"
+        } else {
+            "<span class=\"no\">no</span>"
+        }
+    };
+    format!(
+        "<tr><td>{}</td><td>{:.2}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+        r.frame,
+        r.time_s,
+        r.score,
+        if r.active { "yes" } else { "no" },
+        truth.map_or("-".to_string(), |t| t.sounding.to_string()),
+        truth
+            .and_then(|t| t.ciou)
+            .map_or("-".to_string(), |c| format!("{c:.3}")),
+        truth.and_then(|t| t.pointing_hit).map_or("-", yes_no),
+        row.overlay.as_ref().map_or(String::new(), |o| format!(
+            "<a href=\"{0}\"><img class=\"thumb\" src=\"{0}\"></a>",
+            escape(o)
+        )),
+    )
+}
+
 /// The baselines and the model's margin over them, as a paragraph; flagged in red where a baseline does as well.
 fn baseline_paragraph(b: &Baselines) -> String {
     let part = |s: &LocalizationSummary| {
@@ -150,32 +179,7 @@ pub fn write_html(
             "<table><tr><th>frame</th><th>t (s)</th><th>score</th><th>active</th><th>sounding</th><th>cIoU</th><th>pointing</th><th>overlay</th></tr>\n",
         );
         for row in &clip.rows {
-            let r = &row.record;
-            let truth = r.truth.as_ref();
-            let yes_no = |v: bool| {
-                if v {
-                    "<span class=\"yes\">yes</span>"
-                } else {
-                    "<span class=\"no\">no</span>"
-                }
-            };
-            let _ = writeln!(
-                html,
-                "<tr><td>{}</td><td>{:.2}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                r.frame,
-                r.time_s,
-                r.score,
-                if r.active { "yes" } else { "no" },
-                truth.map_or("-".to_string(), |t| t.sounding.to_string()),
-                truth
-                    .and_then(|t| t.ciou)
-                    .map_or("-".to_string(), |c| format!("{c:.3}")),
-                truth.and_then(|t| t.pointing_hit).map_or("-", yes_no),
-                row.overlay.as_ref().map_or(String::new(), |o| format!(
-                    "<a href=\"{0}\"><img class=\"thumb\" src=\"{0}\"></a>",
-                    escape(o)
-                )),
-            );
+            html.push_str(&table_row(row));
         }
         html.push_str("</table></div>\n");
     }
