@@ -21,10 +21,10 @@ step() { echo; echo "\$ $*"; "$@"; }
 
 # Data: training clips (30% with training photographs), calibration clips, and two held-out
 # test sets (seeds never used for training): procedural textures, and held-out photographs.
-[ -f "$WORK/train/datafile.json" ] || step $EXPORT synth --out "$WORK/train" --clips 1600 --seed 1 --backgrounds assets/backgrounds/train --photo-share 0.3
-[ -f "$WORK/calib/datafile.json" ] || step $EXPORT synth --out "$WORK/calib" --clips 40 --seed 3 --backgrounds assets/backgrounds/train --photo-share 0.3
-[ -f "$WORK/test-textures/datafile.json" ] || step $EXPORT synth --out "$WORK/test-textures" --clips 100 --seed 1001
-[ -f "$WORK/test-photos/datafile.json" ] || step $EXPORT synth --out "$WORK/test-photos" --clips 100 --seed 1002 --backgrounds assets/backgrounds/heldout
+[ -f "$WORK/train/datafile.json" ] || step $EXPORT synth --world legacy --out "$WORK/train" --clips 1600 --seed 1 --backgrounds assets/backgrounds/train --photo-share 0.3
+[ -f "$WORK/calib/datafile.json" ] || step $EXPORT synth --world legacy --out "$WORK/calib" --clips 40 --seed 3 --backgrounds assets/backgrounds/train --photo-share 0.3
+[ -f "$WORK/test-textures/datafile.json" ] || step $EXPORT synth --world legacy --out "$WORK/test-textures" --clips 100 --seed 1001
+[ -f "$WORK/test-photos/datafile.json" ] || step $EXPORT synth --world legacy --out "$WORK/test-photos" --clips 100 --seed 1002 --backgrounds assets/backgrounds/heldout
 
 CKPT="$WORK/run/demo.safetensors"
 if [ -f "$CKPT.state.json" ]; then
@@ -53,7 +53,7 @@ done
 
 # The demo clip the README's first command localizes (held-out photograph background).
 rm -rf models/demo/clip
-step $EXPORT synth --out models/demo/clip --clips 1 --seed 2001 --backgrounds assets/backgrounds/heldout
+step $EXPORT synth --world legacy --out models/demo/clip --clips 1 --seed 2001 --backgrounds assets/backgrounds/heldout
 step $RUNTIME localize --bundle models/demo/bundle --datafile models/demo/clip/datafile.json \
   --annotations models/demo/clip/annotations.json --out "$WORK/demo-clip-results" --no-overlays --summary-only
 

@@ -1,8 +1,17 @@
-//! Synthetic audio-visual clips with ground truth: a small world in which objects of several classes sound, each class with its own sound, and a sounding object visibly pulses.
+//! Synthetic audio-visual clips with ground truth: a small world in which objects of several classes sound, each class with its own sound.
+//!
+//! Two worlds. The default, [`World::Hard`], is one where only the sound tells which object
+//! sounds: 2 to 4 objects of distinct classes covering 3% to 25% of the frame each, placed
+//! anywhere; every object moves, pulses and brightens, a sounding one with its own loudness
+//! and a silent one with a decoy envelope drawn from the same schedule statistics, so no frame
+//! alone says which object sounds; the link is the class (timbre, rhythm, pitch with size) and
+//! the timing. Some clips also have a source out of view, whose slots are annotated as
+//! off-screen. [`World::Legacy`] is the first world, kept so that the demo model's record can
+//! be reproduced, and described below.
 //!
 //! A clip is 10 s of 16 kHz audio and 16 frames (frame k at k * 10 / 16 s), written in the
 //! CAV-MAE datafile layout (`audio/ID.wav`, `frames/frame_{k}/ID.jpg`, `datafile.json`) plus
-//! `annotations.json` ([`cavsync::annotations`]). Each frame's time slot (the 0.64 s the
+//! `annotations.json` ([`cavsync_core::annotations`]). Each frame's time slot (the 0.64 s the
 //! official loader centres its audio segment on, see [`SLOT_SAMPLES`]) has a set of sounding
 //! objects: zero, one or two. A sounding object glows with its loudness (brighter colours, a
 //! bright rim, a larger outline that bobs); a silent one, including a distractor that never
@@ -18,21 +27,25 @@ use image::{RgbImage, imageops};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use cavsync::annotations::{self, Annotations, ClipAnnotation, FrameAnnotation, ObjectAnnotation};
+use cavsync_core::annotations::{
+    self, Annotations, ClipAnnotation, FrameAnnotation, ObjectAnnotation,
+};
 
-/// Sample rate of the written audio.
-pub const SAMPLE_RATE: u32 = 16_000;
+/// Sample rate of the written audio (the model's).
+pub const SAMPLE_RATE: u32 = cavsync_core::preprocess::audio::SAMPLE_RATE;
 /// Clip length in seconds.
 pub const DURATION_S: f32 = 10.0;
 /// Frames per clip.
 pub const FRAMES: usize = 16;
 /// Frame side in pixels (frames are square, the model's input size).
-pub const FRAME_SIZE: u32 = 224;
+pub const FRAME_SIZE: u32 = cavsync_core::preprocess::image::IMAGE_SIZE;
 /// JPEG quality of the written frames.
 const JPEG_QUALITY: u8 = 90;
 /// Samples per frame slot: the official loader centres frame k's audio segment on fbank row
 /// round(k * 1024 / 16) = 64 k, i.e. at 0.64 k s, so slot k is the 0.64 s around that time.
-pub const SLOT_SAMPLES: usize = cavsync::preprocess::segment::CLIP_FRAMES * 160 / FRAMES;
+pub const SLOT_SAMPLES: usize = cavsync_core::preprocess::segment::CLIP_FRAMES
+    * cavsync_core::preprocess::fbank::FRAME_SHIFT
+    / FRAMES;
 /// Fade at slot boundaries, in samples (10 ms).
 const FADE: usize = 160;
 
@@ -155,9 +168,33 @@ pub fn class_names() -> Vec<String> {
     CLASSES.iter().map(|c| c.name.to_string()).collect()
 }
 
+/// Which synthetic world to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum World {
+    /// Small objects anywhere, animated decoys and off-screen sound: localization needs the audio.
+    #[default]
+    Hard,
+    /// The first world: large sources near the centre, dimmed silent objects.
+    Legacy,
+}
+
+impl std::str::FromStr for World {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hard" => Ok(Self::Hard),
+            "legacy" => Ok(Self::Legacy),
+            other => Err(format!("`{other}` is not a world (expected hard or legacy)")),
+        }
+    }
+}
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct SynthConfig {
+    /// Which world.
+    pub world: World,
     /// Number of clips.
     pub clips: usize,
     /// Seed; clip i depends only on (seed, i).
@@ -209,15 +246,21 @@ struct Object {
     h: f32,
     /// Loudness per slot (0 = silent).
     loudness: [f32; FRAMES],
+    /// How strongly the object glows, grows and bobs per slot: its loudness, or a decoy envelope.
+    animation: [f32; FRAMES],
     /// Bobbing phase.
     phase: f32,
+    /// Pitch factor of its sound: bigger objects sound lower.
+    pitch: f32,
+    /// Whether it is drawn (an off-screen source is heard only).
+    visible: bool,
 }
 
 impl Object {
     /// The drawn box (x0, y0, x1, y1) in frame `k`, clipped to the frame.
     fn rect(&self, k: usize) -> [f32; 4] {
         let t = k as f32 / (FRAMES - 1) as f32;
-        let a = self.loudness[k];
+        let a = self.animation[k];
         let scale = 1.0 + 0.12 * a;
         let bob = if a > 0.0 {
             5.0 * (self.phase + k as f32 * 1.7).sin() * a
@@ -233,11 +276,6 @@ impl Object {
             (cx + hw).clamp(0.0, s),
             (cy + hh).clamp(0.0, s),
         ]
-    }
-
-    /// Pitch factor: bigger objects sound lower (reference size 140 px).
-    fn pitch(&self) -> f32 {
-        140.0 / (self.w * self.h).sqrt()
     }
 }
 
@@ -262,7 +300,10 @@ pub fn generate_clip(config: &SynthConfig, index: usize) -> SynthClip {
             .wrapping_add(index as u64),
     );
     let id = format!("s{}_{index:05}", config.seed);
-    let objects = make_objects(&mut rng);
+    let objects = match config.world {
+        World::Legacy => make_objects(&mut rng),
+        World::Hard => hard_objects(&mut rng),
+    };
     let use_photo = !config.backgrounds.is_empty() && rng.random::<f32>() < config.photo_share;
     let background = if use_photo {
         let photo = &config.backgrounds[rng.random_range(0..config.backgrounds.len())];
@@ -277,8 +318,14 @@ pub fn generate_clip(config: &SynthConfig, index: usize) -> SynthClip {
     let s = FRAME_SIZE as f32;
     let frames_gt = (0..FRAMES)
         .map(|k| {
-            let (mut sounding, mut silent) = (Vec::new(), Vec::new());
+            let (mut sounding, mut silent, mut offscreen) = (Vec::new(), Vec::new(), Vec::new());
             for o in &objects {
+                if !o.visible {
+                    if o.loudness[k] > 0.0 {
+                        offscreen.push(CLASSES[o.class].name.to_string());
+                    }
+                    continue;
+                }
                 let r = o.rect(k);
                 let ann = ObjectAnnotation {
                     class: CLASSES[o.class].name.to_string(),
@@ -294,6 +341,7 @@ pub fn generate_clip(config: &SynthConfig, index: usize) -> SynthClip {
                 frame: k,
                 sounding,
                 silent,
+                offscreen,
             }
         })
         .collect();
@@ -360,10 +408,25 @@ fn make_objects(rng: &mut StdRng) -> Vec<Object> {
             w,
             h,
             loudness: [0.0; FRAMES],
+            animation: [0.0; FRAMES],
             phase: rng.random_range(0.0..2.0 * PI),
+            pitch: 140.0 / (w * h).sqrt(),
+            visible: true,
         });
     }
-    // Sounding sets per slot: a persistent random walk over {none, A, B, A+B}.
+    let loudness = schedule(rng, sources);
+    for (o, l) in objects.iter_mut().zip(loudness) {
+        o.loudness = l;
+        o.animation = l;
+    }
+    // Draw order: bigger first, so smaller objects stay visible.
+    objects.sort_by(|a, b| (b.w * b.h).total_cmp(&(a.w * a.h)));
+    objects
+}
+
+/// Loudness per slot of `sources` (1 or 2) sources: a persistent random walk over the sounding sets {none, A, B, A+B}.
+fn schedule(rng: &mut StdRng, sources: usize) -> Vec<[f32; FRAMES]> {
+    let mut loudness = vec![[0.0; FRAMES]; sources];
     let mut state: u8 = rng.random_range(1..4);
     for k in 0..FRAMES {
         if k > 0 && rng.random::<f32>() > 0.7 {
@@ -380,15 +443,96 @@ fn make_objects(rng: &mut StdRng) -> Vec<Object> {
             (_, 2) => i == 1,
             _ => true,
         };
-        for (i, o) in objects.iter_mut().enumerate().take(sources) {
+        for (i, l) in loudness.iter_mut().enumerate() {
             if on(i) {
-                o.loudness[k] = rng.random_range(0.5..1.0);
+                l[k] = rng.random_range(0.5..1.0);
             }
         }
     }
-    // Draw order: bigger first, so smaller objects stay visible.
+    loudness
+}
+
+/// Share of hard-world clips with a source out of view.
+const OFFSCREEN_SHARE: f32 = 0.3;
+/// Chance that an off-screen source sounds in a slot where no visible one does.
+const OFFSCREEN_ON: f32 = 0.7;
+
+/// A hard-world scene: 2-4 visible objects of distinct classes (1-2 sources, the rest decoys animated like sources), maybe an off-screen source.
+fn hard_objects(rng: &mut StdRng) -> Vec<Object> {
+    let count = rng.random_range(2..=4usize);
+    let sources = if count > 2 && rng.random::<f32>() < 0.4 { 2 } else { 1 };
+    let mut classes: Vec<usize> = (0..CLASSES.len()).collect();
+    for i in 0..classes.len() {
+        let j = rng.random_range(i..classes.len());
+        classes.swap(i, j);
+    }
+    let mut objects: Vec<Object> = Vec::with_capacity(count + 1);
+    for &class in classes.iter().take(count) {
+        let o = place(rng, class, &objects);
+        objects.push(o);
+    }
+    for (o, l) in objects.iter_mut().zip(schedule(rng, sources)) {
+        o.loudness = l;
+        o.animation = l;
+    }
+    for o in objects.iter_mut().skip(sources) {
+        // A decoy: the envelope of a source of a scene like this one, not heard.
+        let envelopes = schedule(rng, sources);
+        o.animation = envelopes[rng.random_range(0..sources)];
+    }
+    if rng.random::<f32>() < OFFSCREEN_SHARE {
+        let mut hidden = place(rng, classes[count], &[]);
+        hidden.visible = false;
+        for k in 0..FRAMES {
+            let quiet = objects.iter().all(|o| o.loudness[k] == 0.0);
+            if quiet && rng.random::<f32>() < OFFSCREEN_ON {
+                hidden.loudness[k] = rng.random_range(0.5..1.0);
+            }
+        }
+        objects.push(hidden);
+    }
     objects.sort_by(|a, b| (b.w * b.h).total_cmp(&(a.w * a.h)));
     objects
+}
+
+/// A hard-world object of `class`: 3% to 25% of the frame (log-uniform), anywhere with at least 70% of each side inside it, overlapping earlier objects little.
+fn place(rng: &mut StdRng, class: usize, others: &[Object]) -> Object {
+    let s = FRAME_SIZE as f32;
+    let area = (0.03f32.ln() + rng.random::<f32>() * (0.25f32 / 0.03).ln()).exp();
+    let aspect: f32 = rng.random_range(0.75..1.33);
+    let (w, h) = (s * (area * aspect).sqrt(), s * (area / aspect).sqrt());
+    // Centres anywhere the box keeps at least 70% of each side in the frame.
+    let (mx, my) = (0.2 * w, 0.2 * h);
+    let mut at = (s / 2.0, s / 2.0);
+    for _ in 0..30 {
+        at = (rng.random_range(mx..s - mx), rng.random_range(my..s - my));
+        let overlap = |o: &Object| {
+            let ix = (w + o.w) / 2.0 - (at.0 - o.x).abs();
+            let iy = (h + o.h) / 2.0 - (at.1 - o.y).abs();
+            ix.max(0.0) * iy.max(0.0) / (w * h).min(o.w * o.h)
+        };
+        if others.iter().all(|o| overlap(o) < 0.2) {
+            break;
+        }
+    }
+    // Drift of up to 20 px that keeps the centre in that range.
+    let mut drift = |c: f32, m: f32| rng.random_range((m - c).max(-20.0)..=(s - m - c).min(20.0));
+    let dx = drift(at.0, mx);
+    let dy = drift(at.1, my);
+    Object {
+        class,
+        x: at.0,
+        y: at.1,
+        dx,
+        dy,
+        w,
+        h,
+        loudness: [0.0; FRAMES],
+        animation: [0.0; FRAMES],
+        phase: rng.random_range(0.0..2.0 * PI),
+        pitch: 75.0 / (w * h).sqrt(),
+        visible: true,
+    }
 }
 
 fn lerp(a: f32, b: f32, t: f32) -> f32 {
@@ -485,7 +629,7 @@ fn lit(color: [u8; 3], loud: f32) -> [u8; 3] {
 /// The background with every object drawn in frame `k`.
 fn render_frame(background: &RgbImage, objects: &[Object], k: usize) -> RgbImage {
     let mut img = background.clone();
-    for o in objects {
+    for o in objects.iter().filter(|o| o.visible) {
         let class = &CLASSES[o.class];
         let [x0, y0, x1, y1] = o.rect(k);
         let (w, h) = (x1 - x0, y1 - y0);
@@ -493,7 +637,7 @@ fn render_frame(background: &RgbImage, objects: &[Object], k: usize) -> RgbImage
             continue;
         }
         let radius = 0.15 * w.min(h);
-        let loud = o.loudness[k];
+        let loud = o.animation[k];
         let rim = if loud > 0.0 { 3.0 + 6.0 * loud } else { 0.0 };
         let light = lit(class.color, loud);
         let dark = lit(class.color.map(|c| (f32::from(c) * 0.45) as u8), loud);
@@ -617,7 +761,7 @@ fn render_audio(objects: &[Object], rng: &mut StdRng) -> Vec<f32> {
         if o.loudness.iter().all(|&a| a == 0.0) {
             continue;
         }
-        let signal = voice_signal(CLASSES[o.class].voice, o.pitch(), n, rng);
+        let signal = voice_signal(CLASSES[o.class].voice, o.pitch, n, rng);
         let level = 0.3;
         for ((m, s), g) in mix.iter_mut().zip(&signal).zip(gate(&o.loudness, n)) {
             *m += level * s * g;
@@ -676,14 +820,14 @@ fn write_clip(clip: &SynthClip, out: &Path) -> Result<(), SynthError> {
             .finalize()
             .map_err(|e| io_err(&wav, "encode the audio", e))?;
     }
-    cavsync::atomic::write_atomic(&wav, |w| w.write_all(bytes.get_ref()))
+    cavsync_core::atomic::write_atomic(&wav, |w| w.write_all(bytes.get_ref()))
         .map_err(|e| io_err(&wav, "write the audio", e))?;
     for (k, frame) in clip.frames.iter().enumerate() {
         let path = out
             .join("frames")
             .join(format!("frame_{k}"))
             .join(format!("{}.jpg", clip.id));
-        cavsync::atomic::write_atomic(&path, |w| {
+        cavsync_core::atomic::write_atomic(&path, |w| {
             image::codecs::jpeg::JpegEncoder::new_with_quality(w, JPEG_QUALITY)
                 .encode_image(frame)
                 .map_err(std::io::Error::other)
@@ -740,12 +884,12 @@ pub fn write_dataset(
     let datafile = out.join("datafile.json");
     let text = serde_json::to_string_pretty(&serde_json::json!({ "data": entries }))
         .map_err(|e| io_err(&datafile, "serialise the datafile", e))?;
-    cavsync::atomic::write_atomic(&datafile, |w| w.write_all(text.as_bytes()))
+    cavsync_core::atomic::write_atomic(&datafile, |w| w.write_all(text.as_bytes()))
         .map_err(|e| io_err(&datafile, "write the datafile", e))?;
     let ann_path = out.join("annotations.json");
     let text = serde_json::to_string(&annotations)
         .map_err(|e| io_err(&ann_path, "serialise the annotations", e))?;
-    cavsync::atomic::write_atomic(&ann_path, |w| w.write_all(text.as_bytes()))
+    cavsync_core::atomic::write_atomic(&ann_path, |w| w.write_all(text.as_bytes()))
         .map_err(|e| io_err(&ann_path, "write the annotations", e))?;
     Ok(annotations)
 }
@@ -756,6 +900,7 @@ mod tests {
 
     fn config(seed: u64) -> SynthConfig {
         SynthConfig {
+            world: World::Legacy,
             clips: 4,
             seed,
             backgrounds: Vec::new(),
@@ -818,5 +963,74 @@ mod tests {
             rms(loud),
             rms(silent)
         );
+    }
+
+    fn hard(seed: u64) -> SynthConfig {
+        SynthConfig {
+            world: World::Hard,
+            ..config(seed)
+        }
+    }
+
+    #[test]
+    fn hard_world_scenes_are_small_anywhere_and_mixed() {
+        let (mut sounding_frames, mut centre_hits, mut offscreen) = (0, 0, 0);
+        let prior = cavsync_core::metrics::centre_prior(224, 224);
+        for i in 0..200 {
+            let clip = generate_clip(&hard(11), i);
+            assert_eq!(clip.audio.len(), 160_000);
+            for f in &clip.annotation.frames {
+                let visible = f.sounding.len() + f.silent.len();
+                assert!((2..=4).contains(&visible), "{visible} objects");
+                let mut classes: Vec<&str> =
+                    f.sounding.iter().chain(&f.silent).map(|o| o.class.as_str()).collect();
+                classes.sort_unstable();
+                classes.dedup();
+                assert_eq!(classes.len(), visible, "classes are distinct");
+                for o in f.sounding.iter().chain(&f.silent) {
+                    let [x1, y1, x2, y2] = o.bbox;
+                    let area = (x2 - x1) * (y2 - y1);
+                    assert!((0.01..0.32).contains(&area), "area {area}");
+                }
+                if !f.sounding.is_empty() {
+                    let boxes: Vec<[f32; 4]> = f.sounding.iter().map(|o| o.bbox).collect();
+                    let mask = cavsync_core::metrics::gt_map(&boxes, 224, 224);
+                    let hit = cavsync_core::metrics::pointing_hit(&prior, &mask, 224, 224);
+                    sounding_frames += 1;
+                    centre_hits += usize::from(hit.unwrap());
+                }
+                for class in &f.offscreen {
+                    assert!(f.sounding.is_empty());
+                    assert!(!classes.contains(&class.as_str()), "{class} is in view");
+                    offscreen += 1;
+                }
+            }
+        }
+        // The centre is not favoured: a centred prior points at a sounding object in few frames.
+        let share = centre_hits as f64 / sounding_frames as f64;
+        assert!(share < 0.35, "centre prior hits {share:.3} of sounding frames");
+        assert!(offscreen > 20, "{offscreen} off-screen frames");
+    }
+
+    #[test]
+    fn hard_world_decoys_animate_like_sources() {
+        let (mut source_on, mut sources, mut decoy_on, mut decoys) = (0, 0, 0, 0);
+        for i in 0..200 {
+            let mut rng = StdRng::seed_from_u64(i);
+            for o in hard_objects(&mut rng).iter().filter(|o| o.visible) {
+                let on = o.animation.iter().filter(|&&a| a > 0.0).count();
+                if o.loudness.iter().any(|&l| l > 0.0) {
+                    assert_eq!(o.animation, o.loudness, "a source shows its own loudness");
+                    (source_on, sources) = (source_on + on, sources + FRAMES);
+                } else {
+                    (decoy_on, decoys) = (decoy_on + on, decoys + FRAMES);
+                }
+            }
+        }
+        let (s, d) = (
+            source_on as f64 / sources as f64,
+            decoy_on as f64 / decoys as f64,
+        );
+        assert!((s - d).abs() < 0.1, "sources animated {s:.2}, decoys {d:.2}");
     }
 }
