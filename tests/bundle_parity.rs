@@ -7,12 +7,12 @@ use std::path::Path;
 use common::{checkpoint, fixture_dir, heads};
 
 use cavsync_core::model::Precision;
-use cavsync_device::bundle::Bundle;
 use cavsync_core::npy::read_f32;
-use cavsync_train::LoadedModel;
+use cavsync_device::bundle::Bundle;
 use cavsync_formats::bundle::{BundleOptions, write_bundle};
 use cavsync_formats::checkpoint::Checkpoint;
 use cavsync_formats::layout::ModelConfig;
+use cavsync_train::LoadedModel;
 use ndarray::{ArrayD, Axis};
 
 /// Bound for f32 bundles against burn and against the official outputs.

@@ -60,10 +60,7 @@ fn demo_bundle_localizes_the_demo_clip() {
     let s = run.summary.unwrap();
     println!("demo clip: {s:?}");
     assert_eq!(s.sounding_frames, 16);
-    assert!(
-        hits.abs_diff(RECORDED_HITS) <= 1,
-        "{hits} hits"
-    );
+    assert!(hits.abs_diff(RECORDED_HITS) <= 1, "{hits} hits");
     assert_eq!(records.0.len(), 16);
     assert!(
         (s.mean_ciou - RECORDED_MEAN_CIOU).abs() < 0.005,

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use cavsync_core::clip::clip_from_dir;
 use cavsync_core::localize::{FrameSize, render_overlay};
+use cavsync_core::model::Precision;
 use cavsync_core::preprocess::image::load_rgb;
 use cavsync_core::preprocess::segment::FramePosition;
 use cavsync_device::bundle::Bundle;
@@ -18,7 +19,6 @@ use cavsync_device::encode::{FrameEncoder, clip_fbank};
 use cavsync_device::session::FrameLocalizer;
 use cavsync_formats::bundle::{BundleOptions, write_bundle};
 use cavsync_formats::checkpoint::{Checkpoint, RawTensor};
-use cavsync_core::model::Precision;
 use cavsync_formats::layout::ModelConfig;
 use cavsync_formats::random::write_safetensors;
 use image::{Rgb, RgbImage};

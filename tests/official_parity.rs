@@ -4,9 +4,9 @@ mod common;
 
 use common::{checkpoint, fixture_dir, heads};
 
+use cavsync_core::model::Layout;
 use cavsync_core::npy::read_f32;
 use cavsync_train::LoadedModel;
-use cavsync_core::model::Layout;
 use ndarray::ArrayD;
 
 /// Tolerance on every output element (the acceptance bound).

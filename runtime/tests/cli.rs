@@ -232,17 +232,33 @@ fn calibrate_reads_the_records_localize_writes() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(records.len(), 16);
-    assert!(records.iter().all(|r| r.truth.is_some_and(|t| t.sounding > 0)));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.truth.is_some_and(|t| t.sounding > 0))
+    );
 
     // Only sounding frames: no threshold can be chosen, and the error says why.
-    let run = |path: &Path| cavsync().args(["calibrate", "--results"]).arg(path).output().unwrap();
+    let run = |path: &Path| {
+        cavsync()
+            .args(["calibrate", "--results"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
     let out = run(&jsonl);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("needs both sounding and silent frames"), "{stderr}");
+    assert!(
+        stderr.contains("needs both sounding and silent frames"),
+        "{stderr}"
+    );
 
     // Add silent frames scored below every sounding one: the threshold separates them.
-    let min_score = records.iter().map(|r| r.score).fold(f32::INFINITY, f32::min);
+    let min_score = records
+        .iter()
+        .map(|r| r.score)
+        .fold(f32::INFINITY, f32::min);
     let mut lines = text.clone();
     for r in &records[..4] {
         let mut silent = r.clone();
@@ -260,9 +276,15 @@ fn calibrate_reads_the_records_localize_writes() {
     std::fs::write(&mixed, lines).unwrap();
     let out = run(&mixed);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        stdout.contains("sounding frames active 100.0% (of 16), silent frames not active 100.0% (of 4)"),
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "sounding frames active 100.0% (of 16), silent frames not active 100.0% (of 4)"
+        ),
         "{stdout}"
     );
 
@@ -274,5 +296,8 @@ fn calibrate_reads_the_records_localize_writes() {
     let out = run(&plain);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("plain.jsonl:1:") && stderr.contains("--annotations"), "{stderr}");
+    assert!(
+        stderr.contains("plain.jsonl:1:") && stderr.contains("--annotations"),
+        "{stderr}"
+    );
 }

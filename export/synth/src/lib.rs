@@ -185,7 +185,9 @@ impl std::str::FromStr for World {
         match s {
             "hard" => Ok(Self::Hard),
             "legacy" => Ok(Self::Legacy),
-            other => Err(format!("`{other}` is not a world (expected hard or legacy)")),
+            other => Err(format!(
+                "`{other}` is not a world (expected hard or legacy)"
+            )),
         }
     }
 }
@@ -460,7 +462,11 @@ const OFFSCREEN_ON: f32 = 0.7;
 /// A hard-world scene: 2-4 visible objects of distinct classes (1-2 sources, the rest decoys animated like sources), maybe an off-screen source.
 fn hard_objects(rng: &mut StdRng) -> Vec<Object> {
     let count = rng.random_range(2..=4usize);
-    let sources = if count > 2 && rng.random::<f32>() < 0.4 { 2 } else { 1 };
+    let sources = if count > 2 && rng.random::<f32>() < 0.4 {
+        2
+    } else {
+        1
+    };
     let mut classes: Vec<usize> = (0..CLASSES.len()).collect();
     for i in 0..classes.len() {
         let j = rng.random_range(i..classes.len());
@@ -982,8 +988,12 @@ mod tests {
             for f in &clip.annotation.frames {
                 let visible = f.sounding.len() + f.silent.len();
                 assert!((2..=4).contains(&visible), "{visible} objects");
-                let mut classes: Vec<&str> =
-                    f.sounding.iter().chain(&f.silent).map(|o| o.class.as_str()).collect();
+                let mut classes: Vec<&str> = f
+                    .sounding
+                    .iter()
+                    .chain(&f.silent)
+                    .map(|o| o.class.as_str())
+                    .collect();
                 classes.sort_unstable();
                 classes.dedup();
                 assert_eq!(classes.len(), visible, "classes are distinct");
@@ -1008,7 +1018,10 @@ mod tests {
         }
         // The centre is not favoured: a centred prior points at a sounding object in few frames.
         let share = centre_hits as f64 / sounding_frames as f64;
-        assert!(share < 0.35, "centre prior hits {share:.3} of sounding frames");
+        assert!(
+            share < 0.35,
+            "centre prior hits {share:.3} of sounding frames"
+        );
         assert!(offscreen > 20, "{offscreen} off-screen frames");
     }
 
@@ -1031,6 +1044,9 @@ mod tests {
             source_on as f64 / sources as f64,
             decoy_on as f64 / decoys as f64,
         );
-        assert!((s - d).abs() < 0.1, "sources animated {s:.2}, decoys {d:.2}");
+        assert!(
+            (s - d).abs() < 0.1,
+            "sources animated {s:.2}, decoys {d:.2}"
+        );
     }
 }

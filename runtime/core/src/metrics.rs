@@ -355,11 +355,15 @@ impl Baselines {
     /// The metrics on which a baseline does at least as well as the model.
     pub fn beaten(&self) -> Vec<&'static str> {
         let m = &self.margin;
-        [("pointing", m.pointing), ("cIoU@0.5", m.ciou_at_half), ("AUC", m.auc)]
-            .into_iter()
-            .filter(|(_, v)| *v <= 0.0)
-            .map(|(name, _)| name)
-            .collect()
+        [
+            ("pointing", m.pointing),
+            ("cIoU@0.5", m.ciou_at_half),
+            ("AUC", m.auc),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v <= 0.0)
+        .map(|(name, _)| name)
+        .collect()
     }
 }
 

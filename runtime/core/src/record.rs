@@ -243,7 +243,11 @@ mod tests {
             pointing_hit: Some(false),
             offscreen: 0,
         };
-        assert!(record(Some(t)).line().ends_with(" | 1 sounding: miss, cIoU 0.50"));
+        assert!(
+            record(Some(t))
+                .line()
+                .ends_with(" | 1 sounding: miss, cIoU 0.50")
+        );
         let silent = FrameTruth {
             sounding: 0,
             ciou: None,

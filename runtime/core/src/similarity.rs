@@ -5,7 +5,10 @@ pub const COSINE_EPS: f64 = 1e-8;
 
 /// Dot product of two equally long vectors, accumulated in f64.
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum()
 }
 
 /// Euclidean norm of a vector, accumulated in f64.

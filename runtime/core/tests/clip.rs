@@ -403,7 +403,9 @@ fn clip_from_video_errors_name_the_video() {
     let root = tempfile::tempdir().unwrap();
     let work = root.path().join("work");
     let missing = root.path().join("absent.mp4");
-    let message = clip_from_video(&missing, 2.0, &work).unwrap_err().to_string();
+    let message = clip_from_video(&missing, 2.0, &work)
+        .unwrap_err()
+        .to_string();
     assert!(message.contains("absent.mp4"), "{message}");
     if !ffmpeg_available() {
         return;

@@ -191,7 +191,9 @@ fn load_plan(
         message,
     };
     let tract_err = |e: TractError| model_err(format!("{e:#}"));
-    let model = tract_onnx::onnx().model_for_path(&path).map_err(tract_err)?;
+    let model = tract_onnx::onnx()
+        .model_for_path(&path)
+        .map_err(tract_err)?;
     let inputs = outlet_names(&model, model.input_outlets().map_err(tract_err)?);
     if inputs != [info.input.clone()] {
         return Err(model_err(format!(

@@ -105,7 +105,14 @@ impl<'a> FrameEncoder<'a> {
         frame: FramePosition,
         out: &mut Embedding,
     ) -> Result<(), EncodeError> {
-        encode_audio(self.bundle, &mut self.segment_buf, clip_mel, alignment, frame, out)
+        encode_audio(
+            self.bundle,
+            &mut self.segment_buf,
+            clip_mel,
+            alignment,
+            frame,
+            out,
+        )
     }
 }
 

@@ -346,12 +346,16 @@ impl<'a> Session<'a> {
         mismatched: Option<ClipAudio<'_>>,
     ) -> Result<(), SessionError> {
         let truth = match self.truth {
-            Some(t) => Some(t.annotations.clip(id).ok_or_else(|| {
-                SessionError::UnannotatedClip {
-                    annotations: t.path.to_path_buf(),
-                    clip: id.to_string(),
-                }
-            })?),
+            Some(t) => {
+                Some(
+                    t.annotations
+                        .clip(id)
+                        .ok_or_else(|| SessionError::UnannotatedClip {
+                            annotations: t.path.to_path_buf(),
+                            clip: id.to_string(),
+                        })?,
+                )
+            }
             None => None,
         };
         let baselines = match (truth, mismatched) {
@@ -413,7 +417,13 @@ impl<'a> Session<'a> {
         let mut record = FrameRecord::new(&clip.id, input.index, input.time_s, size, &loc);
         record.image = input.path.map(Path::to_path_buf);
         if let Some(gt) = frame_ground_truth(clip, input.index, size)? {
-            let (ciou, hit) = score(&mut clip.tally, &gt, self.localizer.heatmap(), loc.active, size)?;
+            let (ciou, hit) = score(
+                &mut clip.tally,
+                &gt,
+                self.localizer.heatmap(),
+                loc.active,
+                size,
+            )?;
             record.truth = Some(FrameTruth {
                 sounding: gt.sounding,
                 ciou,
@@ -425,9 +435,11 @@ impl<'a> Session<'a> {
                     self.centre = centre_prior(size.width, size.height);
                 }
                 score(&mut b.centre, &gt, &self.centre, true, size)?;
-                let base = self
-                    .baseline_localizer
-                    .localize_pair(&self.baseline_audio, &emb.visual, size)?;
+                let base = self.baseline_localizer.localize_pair(
+                    &self.baseline_audio,
+                    &emb.visual,
+                    size,
+                )?;
                 let heatmap = self.baseline_localizer.heatmap();
                 score(&mut b.mismatched_tally, &gt, heatmap, base.active, size)?;
             }
@@ -482,9 +494,13 @@ impl<'a> Session<'a> {
         let summary = summarise(self.truth.is_some(), &self.overall)?;
         // Baselines overall only when every sounding frame had them.
         let baselines = match &summary {
-            Some(s) if self.overall_centre.cious.len() == self.overall.cious.len() => Some(
-                Baselines::new(s, self.overall_centre.summary()?, self.overall_mismatched.summary()?),
-            ),
+            Some(s) if self.overall_centre.cious.len() == self.overall.cious.len() => {
+                Some(Baselines::new(
+                    s,
+                    self.overall_centre.summary()?,
+                    self.overall_mismatched.summary()?,
+                ))
+            }
             _ => None,
         };
         let run = RunSummary {

@@ -53,7 +53,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     )?;
     let batches = [
         (Modality::Audio, audio_batch, inputs.source(true)),
-        (Modality::Visual, inputs.image_batch()?, inputs.source(false)),
+        (
+            Modality::Visual,
+            inputs.image_batch()?,
+            inputs.source(false),
+        ),
     ];
     let dim = bundle.dim();
     let mut outputs = Vec::new();

@@ -126,7 +126,9 @@ impl Alignment {
     /// Start and end row of the frame's segment, and the spectrogram length it lies in, for a clip log-mel of `rows` rows.
     pub fn bounds(self, frame: FramePosition, rows: usize, target_len: usize) -> (usize, usize) {
         match self {
-            Self::Official => segment_bounds(frame.index, frame.total_frames, CLIP_FRAMES, target_len),
+            Self::Official => {
+                segment_bounds(frame.index, frame.total_frames, CLIP_FRAMES, target_len)
+            }
             Self::Timed => {
                 let spec_len = rows.max(CLIP_FRAMES);
                 let centre = if frame.duration_s > 0.0 {
@@ -334,7 +336,10 @@ mod tests {
         assert_eq!(Alignment::Timed.bounds(frame, 2998, 416), (2290, 2706));
         assert_eq!(Alignment::Official.bounds(frame, 2998, 416), (608, 1024));
         // At the end the segment is shifted inside the audio.
-        let last = FramePosition { time_s: 29.9, ..frame };
+        let last = FramePosition {
+            time_s: 29.9,
+            ..frame
+        };
         assert_eq!(Alignment::Timed.bounds(last, 2998, 416), (2582, 2998));
         let fbank = Array2::from_shape_fn((2998, 2), |(r, _)| r as f32);
         let mut out = Vec::new();
