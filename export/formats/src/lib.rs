@@ -6,7 +6,8 @@
 //! fast paths ([`onnx`]) into a bundle whose manifest the runtime verifies ([`bundle`]).
 //! Random-weight checkpoints with the same key names serve benchmarks and tests ([`random`]).
 //! The vocabulary (precision, layout, modality) and the manifest schema come from
-//! `cavsync_core`, so the exporter and the runtime cannot disagree about them.
+//! `cavsync_core`, so the exporter and the runtime cannot disagree about them. Writing ONNX
+//! needs only the protobuf schema ([`pb`]), not an inference engine.
 
 /// Writing a model bundle: both encoder graphs as ONNX plus the manifest the runtime reads.
 pub mod bundle;
@@ -16,5 +17,7 @@ pub mod checkpoint;
 pub mod layout;
 /// Writing one encoder of a checkpoint as an ONNX graph.
 pub mod onnx;
+/// The ONNX protobuf messages the writer emits.
+pub mod pb;
 /// Random-weight checkpoints with the official key names.
 pub mod random;

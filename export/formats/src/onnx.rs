@@ -7,12 +7,12 @@
 //! reproduces the official `forward_feat`, including its joint-block loop that keeps only the
 //! last joint block's output.
 
-use prost::Message;
-use tract_onnx::pb::{
+use crate::pb::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
     TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType,
     tensor_proto::DataType, tensor_shape_proto, type_proto,
 };
+use prost::Message;
 
 use cavsync_core::model::{Modality, Precision};
 use cavsync_core::preprocess::fbank::NUM_MEL_BINS;

@@ -1,0 +1,80 @@
+//! The graph writer's own protobuf messages (`cavsync_formats::pb`) on the wire, read back with
+//! tract's generated ONNX schema: every field the writer sets arrives under its official number.
+
+use cavsync_core::model::{Modality, Precision};
+use cavsync_formats::checkpoint::Checkpoint;
+use cavsync_formats::layout::ModelConfig;
+use cavsync_formats::onnx::{encoder_model, to_bytes};
+use cavsync_formats::random::{random_tensors, write_safetensors};
+use prost::Message;
+use tract_onnx::pb;
+
+#[test]
+fn written_graphs_decode_with_the_official_schema() {
+    let config = ModelConfig {
+        depth_u: 1,
+        ..ModelConfig::sync(32, 1, 2, 64)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("random.safetensors");
+    write_safetensors(&random_tensors(&config, 7), &path).unwrap();
+    let ck = Checkpoint::load(&path).unwrap();
+    for modality in Modality::ALL {
+        for precision in [Precision::F32, Precision::F16] {
+            let ours = encoder_model(&ck, &config, modality, precision).unwrap();
+            let theirs = pb::ModelProto::decode(to_bytes(&ours).as_slice()).unwrap();
+            assert_eq!(theirs.ir_version, ours.ir_version);
+            assert_eq!(theirs.producer_name, "cavsync-export");
+            assert_eq!(theirs.opset_import.len(), 1);
+            assert_eq!(theirs.opset_import[0].version, ours.opset_import[0].version);
+            let (g, ours) = (theirs.graph.unwrap(), ours.graph.unwrap());
+            assert_eq!(g.name, ours.name);
+            assert_eq!(g.node.len(), ours.node.len());
+            for (a, b) in g.node.iter().zip(&ours.node) {
+                assert_eq!(
+                    (&a.op_type, &a.input, &a.output),
+                    (&b.op_type, &b.input, &b.output)
+                );
+                for (x, y) in a.attribute.iter().zip(&b.attribute) {
+                    assert_eq!((&x.name, x.r#type, x.i, x.f), (&y.name, y.r#type, y.i, y.f));
+                    assert_eq!(x.ints, y.ints);
+                }
+            }
+            assert_eq!(g.initializer.len(), ours.initializer.len());
+            for (a, b) in g.initializer.iter().zip(&ours.initializer) {
+                assert_eq!(
+                    (&a.name, &a.dims, a.data_type),
+                    (&b.name, &b.dims, b.data_type)
+                );
+                assert_eq!(a.raw_data, b.raw_data);
+            }
+            let shape = |v: &pb::ValueInfoProto| -> Vec<i64> {
+                let Some(pb::type_proto::Value::TensorType(t)) =
+                    v.r#type.as_ref().unwrap().value.as_ref()
+                else {
+                    panic!("{}: not a tensor type", v.name)
+                };
+                t.shape
+                    .as_ref()
+                    .unwrap()
+                    .dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)) => n,
+                        _ => panic!("{}: symbolic dimension", v.name),
+                    })
+                    .collect()
+            };
+            let names: Vec<(&str, Vec<i64>)> = g
+                .output
+                .iter()
+                .map(|v| (v.name.as_str(), shape(v)))
+                .collect();
+            assert_eq!(
+                names,
+                [("global", vec![1, 32]), ("tokens", names[1].1.clone())]
+            );
+            assert_eq!(g.input.len(), 1);
+        }
+    }
+}
