@@ -1,24 +1,14 @@
 //! The shipped demo: `models/demo/bundle` on `models/demo/clip` through the runtime library, as the README's first command runs it, reproduces what `models/demo/RECORD.md` reports.
 
+mod records;
+
+use records::Records;
 use std::path::Path;
 
 use cavsync_core::annotations::Annotations;
 use cavsync_core::clip;
-use cavsync_core::record::FrameRecord;
 use cavsync_device::bundle::Bundle;
-use cavsync_device::session::{FrameOutput, GroundTruth, Session};
-use cavsync_device::sink::{Sink, SinkError};
-
-/// Keeps every record a session hands it.
-#[derive(Default)]
-struct Records(Vec<FrameRecord>);
-
-impl Sink for Records {
-    fn frame(&mut self, frame: &FrameOutput<'_>) -> Result<(), SinkError> {
-        self.0.push(frame.record.clone());
-        Ok(())
-    }
-}
+use cavsync_device::session::{GroundTruth, Session};
 
 /// Pointing-game hits on the demo clip's 16 sounding frames, and its mean cIoU, as recorded
 /// (`record.log`: "pointing 100.0% ... mean cIoU 0.638"); one hit of slack for a near-tie

@@ -4,6 +4,9 @@
 //!
 //! Needs the `ffmpeg` executable (CI installs it); without it the test says so and passes.
 
+mod records;
+
+use records::Records;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,24 +14,13 @@ use cavsync_core::annotations::{Annotations, ClipAnnotation};
 use cavsync_core::clip::{self, Clip};
 use cavsync_core::record::FrameRecord;
 use cavsync_device::bundle::Bundle;
-use cavsync_device::session::{FrameOutput, GroundTruth, Session};
-use cavsync_device::sink::{Sink, SinkError};
+use cavsync_device::session::{GroundTruth, Session};
 use cavsync_synth::{FRAMES, SynthConfig, World, write_dataset};
 
 /// Joined videos; 8 x 16 frames of third clips are compared.
 const TRIPLETS: usize = 8;
 /// Frames per second of the datafile layout (16 per 10 s).
 const FPS: f64 = 1.6;
-
-#[derive(Default)]
-struct Records(Vec<FrameRecord>);
-
-impl Sink for Records {
-    fn frame(&mut self, frame: &FrameOutput<'_>) -> Result<(), SinkError> {
-        self.0.push(frame.record.clone());
-        Ok(())
-    }
-}
 
 fn ffmpeg(args: &[&str], inputs: &[&Path], out: &Path) {
     let mut cmd = Command::new("ffmpeg");

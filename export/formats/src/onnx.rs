@@ -110,7 +110,6 @@ fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
         .iter()
         .map(|&d| tensor_shape_proto::Dimension {
             value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
-            ..Default::default()
         })
         .collect();
     ValueInfoProto {
@@ -120,9 +119,7 @@ fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
                 elem_type: DataType::Float as i32,
                 shape: Some(TensorShapeProto { dim }),
             })),
-            ..Default::default()
         }),
-        ..Default::default()
     }
 }
 
@@ -169,7 +166,6 @@ impl<'a> Graph<'a> {
             dims: shape.iter().map(|&d| d as i64).collect(),
             data_type: data_type as i32,
             raw_data,
-            ..Default::default()
         });
         name
     }
@@ -181,7 +177,6 @@ impl<'a> Graph<'a> {
             dims: vec![values.len() as i64],
             data_type: DataType::Int64 as i32,
             raw_data: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ..Default::default()
         });
         name
     }
@@ -194,7 +189,6 @@ impl<'a> Graph<'a> {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: vec![out.clone()],
             attribute: attrs,
-            ..Default::default()
         });
         out
     }
@@ -344,7 +338,6 @@ impl<'a> Graph<'a> {
             input: vec![x.to_string()],
             output: vec![name.to_string()],
             attribute: vec![int_attr("to", to)],
-            ..Default::default()
         });
     }
 }
@@ -544,7 +537,6 @@ impl Graph<'_> {
                 value_info(GLOBAL_OUTPUT, &[1, d]),
                 value_info(TOKENS_OUTPUT, &[1, n, d]),
             ],
-            ..Default::default()
         };
         ModelProto {
             ir_version: IR_VERSION,
@@ -555,7 +547,6 @@ impl Graph<'_> {
             producer_name: "cavsync-export".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             graph: Some(graph),
-            ..Default::default()
         }
     }
 }

@@ -11,6 +11,14 @@ use image::{Rgb, RgbImage};
 
 const GRID: usize = 14;
 
+fn grid(rows: usize, cols: usize) -> Grid {
+    Grid { rows, cols }
+}
+
+fn size(width: usize, height: usize) -> FrameSize {
+    FrameSize { width, height }
+}
+
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/localize")
 }
@@ -78,18 +86,7 @@ fn run(config: LocalizeConfig, map: &[f32], w: usize, h: usize) -> (FrameLocaliz
     let mut heatmap = Vec::new();
     let loc = Localizer::new(config)
         .unwrap()
-        .run(
-            map,
-            Grid {
-                rows: GRID,
-                cols: GRID,
-            },
-            FrameSize {
-                width: w,
-                height: h,
-            },
-            &mut heatmap,
-        )
+        .run(map, grid(GRID, GRID), size(w, h), &mut heatmap)
         .unwrap();
     (loc, heatmap)
 }
@@ -135,16 +132,7 @@ fn upsample_2x2_to_4x4_matches_hand_values_and_torch() {
     // torch: src = (dst + 0.5) / 2 - 0.5, clamped at 0: weights 1, .75/.25, .25/.75, 1.
     let map = [0.0, 1.0, 2.0, 4.0];
     let mut out = [0.0; 16];
-    upsample_bilinear(
-        &map,
-        Grid { rows: 2, cols: 2 },
-        &mut out,
-        FrameSize {
-            width: 4,
-            height: 4,
-        },
-    )
-    .unwrap();
+    upsample_bilinear(&map, grid(2, 2), &mut out, size(4, 4)).unwrap();
     #[rustfmt::skip]
     let hand = [
         0.0, 0.25, 0.75, 1.0,
@@ -165,16 +153,7 @@ fn upsample_matches_torch_for_non_integer_scales_and_downscaling() {
         let (input, gh, gw, expected, shape) = reference(name);
         assert_eq!(shape, [h, w], "{name}");
         let mut out = vec![0.0; h * w];
-        upsample_bilinear(
-            &input,
-            Grid { rows: gh, cols: gw },
-            &mut out,
-            FrameSize {
-                width: w,
-                height: h,
-            },
-        )
-        .unwrap();
+        upsample_bilinear(&input, grid(gh, gw), &mut out, size(w, h)).unwrap();
         assert_close(&out, &expected, 1e-5);
     }
 }
@@ -185,16 +164,7 @@ fn upsample_14x14_to_224_matches_torch_at_corners_and_centre() {
     assert_eq!((gh, gw), (14, 14));
     assert_eq!(shape, [5, 16, 16]);
     let mut out = vec![0.0; 224 * 224];
-    upsample_bilinear(
-        &input,
-        Grid { rows: gh, cols: gw },
-        &mut out,
-        FrameSize {
-            width: 224,
-            height: 224,
-        },
-    )
-    .unwrap();
+    upsample_bilinear(&input, grid(gh, gw), &mut out, size(224, 224)).unwrap();
     let origins = [(0, 0), (0, 208), (208, 0), (208, 208), (104, 104)];
     for (b, &(r0, c0)) in origins.iter().enumerate() {
         let actual: Vec<f32> = (0..16)
@@ -208,56 +178,22 @@ fn upsample_14x14_to_224_matches_torch_at_corners_and_centre() {
 #[test]
 fn upsample_rejects_bad_shapes() {
     let mut out = [0.0; 16];
-    let err = upsample_bilinear(
-        &[0.0; 3],
-        Grid { rows: 2, cols: 2 },
-        &mut out,
-        FrameSize {
-            width: 4,
-            height: 4,
-        },
-    )
-    .unwrap_err();
+    let err = upsample_bilinear(&[0.0; 3], grid(2, 2), &mut out, size(4, 4)).unwrap_err();
     assert!(
         err.to_string().contains("expected 4 values, found 3"),
         "{err}"
     );
-    let err = upsample_bilinear(
-        &[0.0; 4],
-        Grid { rows: 2, cols: 2 },
-        &mut out,
-        FrameSize {
-            width: 5,
-            height: 4,
-        },
-    )
-    .unwrap_err();
+    let err = upsample_bilinear(&[0.0; 4], grid(2, 2), &mut out, size(5, 4)).unwrap_err();
     assert!(
         err.to_string().contains("expected 20 values, found 16"),
         "{err}"
     );
     assert!(matches!(
-        upsample_bilinear(
-            &[],
-            Grid { rows: 0, cols: 2 },
-            &mut out,
-            FrameSize {
-                width: 4,
-                height: 4
-            }
-        ),
+        upsample_bilinear(&[], grid(0, 2), &mut out, size(4, 4)),
         Err(LocalizeError::Empty { .. })
     ));
     assert!(matches!(
-        upsample_bilinear(
-            &[0.0; 4],
-            Grid { rows: 2, cols: 2 },
-            &mut [],
-            FrameSize {
-                width: 4,
-                height: 0
-            }
-        ),
+        upsample_bilinear(&[0.0; 4], grid(2, 2), &mut [], size(4, 0)),
         Err(LocalizeError::Empty { .. })
     ));
 }
@@ -319,19 +255,7 @@ fn square_224_frame_heatmap_equals_upsample_then_normalize() {
     let (input, ..) = reference("up_14x14_224");
     let (_, heatmap) = run(LocalizeConfig::default(), &input, 224, 224);
     let mut expected = vec![0.0; 224 * 224];
-    upsample_bilinear(
-        &input,
-        Grid {
-            rows: GRID,
-            cols: GRID,
-        },
-        &mut expected,
-        FrameSize {
-            width: 224,
-            height: 224,
-        },
-    )
-    .unwrap();
+    upsample_bilinear(&input, grid(GRID, GRID), &mut expected, size(224, 224)).unwrap();
     min_max_normalize(&mut expected);
     assert_close(&heatmap, &expected, 1e-5);
 }
@@ -436,18 +360,7 @@ fn run_rejects_bad_inputs_with_clear_messages() {
     let mut localizer = Localizer::new(LocalizeConfig::default()).unwrap();
     let mut heatmap = Vec::new();
     let err = localizer
-        .run(
-            &[0.0; 10],
-            Grid {
-                rows: GRID,
-                cols: GRID,
-            },
-            FrameSize {
-                width: 320,
-                height: 240,
-            },
-            &mut heatmap,
-        )
+        .run(&[0.0; 10], grid(GRID, GRID), size(320, 240), &mut heatmap)
         .unwrap_err();
     assert!(
         err.to_string().contains("expected 196 values, found 10"),
@@ -456,36 +369,14 @@ fn run_rejects_bad_inputs_with_clear_messages() {
     let mut map = vec![0.0; GRID * GRID];
     map[17] = f32::NAN;
     let err = localizer
-        .run(
-            &map,
-            Grid {
-                rows: GRID,
-                cols: GRID,
-            },
-            FrameSize {
-                width: 320,
-                height: 240,
-            },
-            &mut heatmap,
-        )
+        .run(&map, grid(GRID, GRID), size(320, 240), &mut heatmap)
         .unwrap_err();
     assert!(
         matches!(err, LocalizeError::NonFinite { index: 17, .. }),
         "{err}"
     );
     let err = localizer
-        .run(
-            &[0.0; 196],
-            Grid {
-                rows: GRID,
-                cols: GRID,
-            },
-            FrameSize {
-                width: 0,
-                height: 240,
-            },
-            &mut heatmap,
-        )
+        .run(&[0.0; 196], grid(GRID, GRID), size(0, 240), &mut heatmap)
         .unwrap_err();
     assert!(matches!(err, LocalizeError::Empty { .. }), "{err}");
     let err = Localizer::new(LocalizeConfig {
@@ -504,51 +395,18 @@ fn localizer_reuses_the_heatmap_buffer_across_frames_and_sizes() {
     let a = grid_with(&[(3, 10)], 0.0, 1.0);
     let b = grid_with(&[(10, 3)], 0.0, 1.0);
     let first = localizer
-        .run(
-            &a,
-            Grid {
-                rows: GRID,
-                cols: GRID,
-            },
-            FrameSize {
-                width: 320,
-                height: 240,
-            },
-            &mut heatmap,
-        )
+        .run(&a, grid(GRID, GRID), size(320, 240), &mut heatmap)
         .unwrap();
     let capacity = heatmap.capacity();
     let second = localizer
-        .run(
-            &b,
-            Grid {
-                rows: GRID,
-                cols: GRID,
-            },
-            FrameSize {
-                width: 320,
-                height: 240,
-            },
-            &mut heatmap,
-        )
+        .run(&b, grid(GRID, GRID), size(320, 240), &mut heatmap)
         .unwrap();
     assert_eq!(heatmap.capacity(), capacity);
     assert_ne!(first.peaks, second.peaks);
     assert!(inside(&second.peaks[0], patch_area(320, 240, 10, 3)));
     // A smaller frame afterwards reuses the same buffer and gives the fresh answer.
     let small = localizer
-        .run(
-            &a,
-            Grid {
-                rows: GRID,
-                cols: GRID,
-            },
-            FrameSize {
-                width: 224,
-                height: 224,
-            },
-            &mut heatmap,
-        )
+        .run(&a, grid(GRID, GRID), size(224, 224), &mut heatmap)
         .unwrap();
     assert_eq!(heatmap.len(), 224 * 224);
     assert_eq!(small, run(LocalizeConfig::default(), &a, 224, 224).0);
