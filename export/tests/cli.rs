@@ -355,6 +355,44 @@ fn train_writes_official_checkpoints_and_resumes_exactly() {
         full_ck.tensors["blocks_v.0.attn.qkv.weight"],
         init["blocks_v.0.attn.qkv.weight"]
     );
+
+    // A warm start: [run] init continues from a checkpoint's weights with a fresh schedule.
+    let warm_config = dir.path().join("warm.toml");
+    let warm_text = TINY_TRAIN.replace("steps = 4", "steps = 2").replace(
+        "checkpoint_every = 2\n",
+        &format!(
+            "checkpoint_every = 2\ninit = {:?}\n",
+            full.display().to_string()
+        ),
+    );
+    std::fs::write(&warm_config, &warm_text).unwrap();
+    let warm = dir.path().join("warm/model.safetensors");
+    train(&warm, &["--config", warm_config.to_str().unwrap()]);
+    let warm_ck = cavsync_formats::checkpoint::Checkpoint::load(&warm).unwrap();
+    let key = "blocks_v.0.attn.qkv.weight";
+    let distance = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let from_init = distance(&warm_ck.tensors[key].data, &init[key].data);
+    let from_full = distance(&warm_ck.tensors[key].data, &full_ck.tensors[key].data);
+    assert!(
+        0.0 < from_full && from_full < from_init,
+        "warm start moved {from_full} from its init checkpoint, {from_init} from a fresh init"
+    );
+    // A checkpoint of another shape is refused, naming it.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, warm_text.replace("dim = 64", "dim = 128")).unwrap();
+    let mut cmd = exe();
+    cmd.args(["train", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("bad/model.safetensors"))
+        .arg("--config")
+        .arg(&bad);
+    assert_clean_failure(&run(&mut cmd), "full/model.safetensors");
 }
 
 #[test]

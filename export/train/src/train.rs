@@ -175,6 +175,9 @@ pub struct RunSection {
     pub seed: u64,
     /// Write a checkpoint every this many steps (and at the end).
     pub checkpoint_every: usize,
+    /// Start from this checkpoint's weights (same model config) instead of the official initialisation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 impl Default for RunSection {
@@ -182,6 +185,7 @@ impl Default for RunSection {
         Self {
             seed: 0,
             checkpoint_every: 100,
+            init: None,
         }
     }
 }
@@ -573,14 +577,33 @@ fn scalar(t: Tensor<1>) -> f64 {
     f64::from(t.into_scalar::<f32>())
 }
 
+/// Loads a checkpoint whose layout must be the run's model.
+fn matching_checkpoint(path: &Path, config: &TrainConfig) -> Result<Checkpoint, TrainError> {
+    let ck = Checkpoint::load(path)?;
+    let detected = ModelConfig::detect(&ck, Some(config.model.dim / 64))?;
+    let model_config = config.model_config();
+    if detected != model_config {
+        return Err(TrainError::Config {
+            path: path.display().to_string(),
+            detail: format!(
+                "checkpoint layout {detected:?} differs from the run's config {model_config:?}"
+            ),
+        });
+    }
+    Ok(ck)
+}
+
 impl Trainer {
-    /// Starts a run from the official initialisation (seeded by `config.run.seed`).
+    /// Starts a run from the official initialisation (seeded by `config.run.seed`), or from the weights of `config.run.init`.
     pub fn new(config: TrainConfig, checkpoint: &Path) -> Result<Self, TrainError> {
         let model_config = config.model_config();
-        let ck = Checkpoint {
-            path: PathBuf::from("<initial weights>"),
-            format: CheckpointFormat::Safetensors,
-            tensors: init_tensors(&model_config, config.run.seed),
+        let ck = match &config.run.init {
+            Some(path) => matching_checkpoint(path, &config)?,
+            None => Checkpoint {
+                path: PathBuf::from("<initial weights>"),
+                format: CheckpointFormat::Safetensors,
+                tensors: init_tensors(&model_config, config.run.seed),
+            },
         };
         Self::build(
             config,
@@ -602,17 +625,8 @@ impl Trainer {
             path: files.state.display().to_string(),
             detail: e.to_string(),
         })?;
-        let ck = Checkpoint::load(checkpoint)?;
-        let detected = ModelConfig::detect(&ck, Some(config.model.dim / 64))?;
+        let ck = matching_checkpoint(checkpoint, &config)?;
         let model_config = config.model_config();
-        if detected != model_config {
-            return Err(TrainError::Config {
-                path: checkpoint.display().to_string(),
-                detail: format!(
-                    "checkpoint layout {detected:?} differs from the run's config {model_config:?}"
-                ),
-            });
-        }
         let optimizer = files.optimizer.clone();
         Self::build(
             config,
