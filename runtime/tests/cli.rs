@@ -257,12 +257,12 @@ fn calibrate_reads_the_records_localize_writes() {
     // Add silent frames scored below every sounding one: the threshold separates them.
     let min_score = records
         .iter()
-        .map(|r| r.score)
+        .map(|r| r.localization.score)
         .fold(f32::INFINITY, f32::min);
     let mut lines = text.clone();
     for r in &records[..4] {
         let mut silent = r.clone();
-        silent.score = min_score - 0.5;
+        silent.localization.score = min_score - 0.5;
         silent.truth = Some(cavsync_core::record::FrameTruth {
             sounding: 0,
             ciou: None,

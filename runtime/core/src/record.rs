@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::localize::{BoundingBox, FrameLocalization, Peak};
+use crate::localize::FrameLocalization;
 use crate::metrics::{Baselines, LocalizationSummary};
 
 /// One localized frame.
@@ -27,14 +27,9 @@ pub struct FrameRecord {
     pub width: usize,
     /// Frame height in pixels.
     pub height: usize,
-    /// Largest raw cosine of the similarity map.
-    pub score: f32,
-    /// Whether a visible sounding source was judged present.
-    pub active: bool,
-    /// Peaks of the heatmap in frame pixels, strongest first.
-    pub peaks: Vec<Peak>,
-    /// Regions of the heatmap in frame pixels, largest mass first.
-    pub boxes: Vec<BoundingBox>,
+    /// Score, activity, peaks and boxes in frame pixels.
+    #[serde(flatten)]
+    pub localization: FrameLocalization,
     /// Scores against the ground truth, when the run had annotations.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub truth: Option<FrameTruth>,
@@ -66,7 +61,7 @@ impl FrameRecord {
         frame: usize,
         time_s: f64,
         size: crate::localize::FrameSize,
-        loc: &FrameLocalization,
+        localization: FrameLocalization,
     ) -> Self {
         Self {
             clip: clip.to_string(),
@@ -75,22 +70,20 @@ impl FrameRecord {
             image: None,
             width: size.width,
             height: size.height,
-            score: loc.score,
-            active: loc.active,
-            peaks: loc.peaks.clone(),
-            boxes: loc.boxes.clone(),
+            localization,
             truth: None,
         }
     }
 
     /// The record as `localize` prints it: time, score, activity, strongest peak and, with ground truth, the hit and cIoU.
     pub fn line(&self) -> String {
-        let activity = if self.active { "active  " } else { "inactive" };
+        let loc = &self.localization;
+        let activity = if loc.active { "active  " } else { "inactive" };
         let mut line = format!(
             "{} frame {:02} t={:5.2}s score {:.3} {activity}",
-            self.clip, self.frame, self.time_s, self.score
+            self.clip, self.frame, self.time_s, loc.score
         );
-        match self.peaks.first() {
+        match loc.peaks.first() {
             Some(p) => {
                 let _ = write!(line, " peak ({:.1}, {:.1})", p.x, p.y);
             }
@@ -191,14 +184,16 @@ mod tests {
             image: Some(PathBuf::from("frames/frame_3/c.jpg")),
             width: 320,
             height: 240,
-            score: 0.25,
-            active: true,
-            peaks: vec![Peak {
-                x: 10.5,
-                y: 20.5,
-                value: 1.0,
-            }],
-            boxes: vec![],
+            localization: FrameLocalization {
+                score: 0.25,
+                active: true,
+                peaks: vec![crate::localize::Peak {
+                    x: 10.5,
+                    y: 20.5,
+                    value: 1.0,
+                }],
+                boxes: vec![],
+            },
             truth,
         }
     }

@@ -85,8 +85,8 @@ fn table_row(row: &ReportRow) -> String {
         "<tr><td>{}</td><td>{:.2}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
         r.frame,
         r.time_s,
-        r.score,
-        if r.active { "yes" } else { "no" },
+        r.localization.score,
+        if r.localization.active { "yes" } else { "no" },
         truth.map_or("-".to_string(), |t| t.sounding.to_string()),
         truth
             .and_then(|t| t.ciou)
@@ -209,10 +209,12 @@ mod tests {
             image: None,
             width: 8,
             height: 8,
-            score: 0.5,
-            active: true,
-            peaks: vec![],
-            boxes: vec![],
+            localization: crate::localize::FrameLocalization {
+                score: 0.5,
+                active: true,
+                peaks: vec![],
+                boxes: vec![],
+            },
             truth: Some(crate::record::FrameTruth {
                 sounding: 1,
                 ciou: Some(0.75),

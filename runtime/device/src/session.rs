@@ -109,8 +109,6 @@ pub struct FrameOutput<'f> {
     pub image: &'f RgbImage,
     /// The normalised heatmap at frame resolution (row-major, height x width).
     pub heatmap: &'f [f32],
-    /// Peaks, boxes, score and activity.
-    pub localization: &'f FrameLocalization,
 }
 
 /// What a sink sees at the end of a clip.
@@ -211,11 +209,6 @@ impl FrameLocalizer {
         similarity_map(&audio.global, &visual.tokens, &mut self.raw_map)?;
         self.localizer
             .run(&self.raw_map, self.grid, size, &mut self.heatmap)
-    }
-
-    /// The raw cosine map of the last frame on the patch grid (row-major).
-    pub fn raw_map(&self) -> &[f32] {
-        &self.raw_map
     }
 
     /// The normalised heatmap of the last frame at frame resolution (row-major).
@@ -414,14 +407,14 @@ impl<'a> Session<'a> {
             .encode(a.mel.view(), a.alignment, position, input.image)?;
         let loc = self.localizer.localize(emb, size)?;
         self.inference_s += t0.elapsed().as_secs_f64();
-        let mut record = FrameRecord::new(&clip.id, input.index, input.time_s, size, &loc);
+        let mut record = FrameRecord::new(&clip.id, input.index, input.time_s, size, loc);
         record.image = input.path.map(Path::to_path_buf);
         if let Some(gt) = frame_ground_truth(clip, input.index, size)? {
             let (ciou, hit) = score(
                 &mut clip.tally,
                 &gt,
                 self.localizer.heatmap(),
-                loc.active,
+                record.localization.active,
                 size,
             )?;
             record.truth = Some(FrameTruth {
@@ -448,7 +441,6 @@ impl<'a> Session<'a> {
             record: &record,
             image: input.image,
             heatmap: self.localizer.heatmap(),
-            localization: &loc,
         };
         for sink in sinks.iter_mut() {
             sink.frame(&out)?;

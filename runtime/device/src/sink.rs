@@ -176,7 +176,7 @@ impl Sink for Report {
         let record = frame.record;
         let mut overlay = None;
         if self.overlays {
-            let image = render_overlay(frame.image, frame.heatmap, frame.localization)?;
+            let image = render_overlay(frame.image, frame.heatmap, &record.localization)?;
             let name = format!("{}_frame{:02}.png", record.clip, record.frame);
             save_png(&image, &self.dir.join("overlays").join(&name))?;
             self.frames.push(image);

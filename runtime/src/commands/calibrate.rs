@@ -36,7 +36,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     i + 1
                 );
             };
-            samples.push((record.score, truth.sounding > 0));
+            samples.push((record.localization.score, truth.sounding > 0));
         }
     }
     let c = metrics::calibrate_threshold(&samples).with_context(|| {

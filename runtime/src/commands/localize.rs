@@ -139,10 +139,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut report = Report::new(args.out.clone(), title, !args.no_overlays)?;
     let mut metrics = Metrics::new(args.out.join("metrics.json"));
     let mut terminal = Terminal {
-        bar: cavsync_cli::progress_bar(frames, "{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}"),
+        bar: super::frame_progress(frames, "localizing"),
         frame_lines: !args.summary_only,
     };
-    terminal.bar.set_message("localizing");
     let mut sinks: [&mut dyn Sink; 5] = [
         &mut json,
         &mut heatmaps,

@@ -11,6 +11,14 @@ pub mod retrieve;
 use std::path::PathBuf;
 
 use cavsync_device::bundle::{Bundle, PlanOptions};
+use indicatif::ProgressBar;
+
+/// A progress bar over `len` frames labelled `what`.
+pub fn frame_progress(len: usize, what: &'static str) -> ProgressBar {
+    let bar = cavsync_cli::progress_bar(len, "{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}");
+    bar.set_message(what);
+    bar
+}
 
 /// The bundle every inference command runs, and how.
 #[derive(clap::Args, Debug)]

@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use image::RgbImage;
-
 use cavsync_core::clip;
 use cavsync_core::preprocess::image::load_rgb;
 use cavsync_core::preprocess::segment::FramePosition;
@@ -31,20 +29,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let total = bundle.manifest.audio_preprocessing.total_frames;
     let entries = clip::read_datafile(&args.datafile)?;
     let dim = bundle.dim();
-    let bar = cavsync_cli::progress_bar(
-        entries.len() * total,
-        "{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-    );
-    bar.set_message("embedding");
+    let bar = super::frame_progress(entries.len() * total, "embedding");
     let mut encoder = FrameEncoder::new(&bundle);
     let mut audio = Vec::with_capacity(entries.len() * total * dim);
     let mut visual = Vec::with_capacity(entries.len() * total * dim);
-    let mut image: RgbImage;
     for entry in &entries {
         let clip = clip::clip_from_datafile_entry(entry, total)?;
         let mel = clip_fbank(&clip.id, &clip.audio)?;
         for frame in &clip.frames {
-            image = load_rgb(&frame.path)?;
+            let image = load_rgb(&frame.path)?;
             let position = FramePosition {
                 index: frame.index,
                 total_frames: clip.total_frames,
