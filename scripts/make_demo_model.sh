@@ -5,7 +5,7 @@
 #
 #   bash scripts/make_demo_model.sh            # WORK=/tmp/cavsync-demo by default
 #
-# Not part of CI: it trains for about an hour on a 2-core machine.
+# Not part of CI: it trains for about 90 minutes on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/cavsync-demo}
@@ -19,13 +19,15 @@ exec > >(tee "$LOG") 2>&1
 echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD) on $(nproc) cores"
 step() { echo; echo "\$ $*"; "$@"; }
 
-# Data: training clips (30% with training photographs), calibration clips, and two held-out
-# test sets (seeds never used for training): procedural textures, and held-out photographs.
-[ -f "$WORK/train/datafile.json" ] || step $EXPORT synth --world legacy --out "$WORK/train" --clips 1600 --seed 1 --backgrounds assets/backgrounds/train --photo-share 0.3
-[ -f "$WORK/calib/datafile.json" ] || step $EXPORT synth --world legacy --out "$WORK/calib" --clips 40 --seed 3 --backgrounds assets/backgrounds/train --photo-share 0.3
-[ -f "$WORK/test-textures/datafile.json" ] || step $EXPORT synth --world legacy --out "$WORK/test-textures" --clips 100 --seed 1001
-[ -f "$WORK/test-photos/datafile.json" ] || step $EXPORT synth --world legacy --out "$WORK/test-photos" --clips 100 --seed 1002 --backgrounds assets/backgrounds/heldout
+# Data (the hard world, synth's default): training clips (30% with training photographs),
+# calibration clips, and two held-out test sets (seeds never used for training): procedural
+# textures, and held-out photographs.
+[ -f "$WORK/train/datafile.json" ] || step $EXPORT synth --out "$WORK/train" --clips 2000 --seed 1 --backgrounds assets/backgrounds/train --photo-share 0.3
+[ -f "$WORK/calib/datafile.json" ] || step $EXPORT synth --out "$WORK/calib" --clips 60 --seed 3 --backgrounds assets/backgrounds/train --photo-share 0.3
+[ -f "$WORK/test-textures/datafile.json" ] || step $EXPORT synth --out "$WORK/test-textures" --clips 100 --seed 1001
+[ -f "$WORK/test-photos/datafile.json" ] || step $EXPORT synth --out "$WORK/test-photos" --clips 100 --seed 1002 --backgrounds assets/backgrounds/heldout
 
+# The run starts from the legacy-world demo checkpoint (models/demo/legacy/, `[run] init`).
 CKPT="$WORK/run/demo.safetensors"
 if [ -f "$CKPT.state.json" ]; then
   step $EXPORT train --data "$WORK/train" --out "$CKPT" --resume
@@ -53,7 +55,7 @@ done
 
 # The demo clip the README's first command localizes (held-out photograph background).
 rm -rf models/demo/clip
-step $EXPORT synth --world legacy --out models/demo/clip --clips 1 --seed 2001 --backgrounds assets/backgrounds/heldout
+step $EXPORT synth --out models/demo/clip --clips 1 --seed 2001 --backgrounds assets/backgrounds/heldout
 step $RUNTIME localize --bundle models/demo/bundle --datafile models/demo/clip/datafile.json \
   --annotations models/demo/clip/annotations.json --out "$WORK/demo-clip-results" --no-overlays --summary-only
 

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use common::{checkpoint, fixture_dir, heads};
 
+use cavsync_core::manifest::LocalizationInfo;
 use cavsync_core::model::Precision;
 use cavsync_core::npy::read_f32;
 use cavsync_device::bundle::Bundle;
@@ -62,8 +63,11 @@ fn write(name: &str, precision: Precision, out: &Path) {
     let options = BundleOptions {
         precision,
         total_frames: 16,
-        active_threshold: 0.0,
-        calibration: "test".into(),
+        localization: LocalizationInfo {
+            active_threshold: 0.0,
+            calibration: "test".into(),
+            activity: None,
+        },
     };
     write_bundle(&ck, &config, &options, out).unwrap();
 }

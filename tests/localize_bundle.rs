@@ -11,6 +11,7 @@ use std::path::Path;
 
 use cavsync_core::clip::clip_from_dir;
 use cavsync_core::localize::{FrameSize, render_overlay};
+use cavsync_core::manifest::LocalizationInfo;
 use cavsync_core::model::Precision;
 use cavsync_core::preprocess::image::load_rgb;
 use cavsync_core::preprocess::segment::FramePosition;
@@ -83,8 +84,11 @@ fn peak_and_box_follow_a_moving_red_square() {
     let options = BundleOptions {
         precision: Precision::F32,
         total_frames: 4,
-        active_threshold: 0.5,
-        calibration: "hand-made test model".into(),
+        localization: LocalizationInfo {
+            active_threshold: 0.5,
+            calibration: "hand-made test model".into(),
+            activity: None,
+        },
     };
     write_bundle(&ck, &config, &options, &bundle_dir).unwrap();
     let bundle = Bundle::open(&bundle_dir).unwrap();

@@ -41,10 +41,8 @@ pub struct BundleOptions {
     pub precision: Precision,
     /// Video frames per clip T.
     pub total_frames: usize,
-    /// Raw-cosine threshold above which a frame counts as sounding.
-    pub active_threshold: f32,
-    /// How `active_threshold` was obtained.
-    pub calibration: String,
+    /// When a frame counts as sounding (threshold or calibrated head) and how that was obtained.
+    pub localization: LocalizationInfo,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleWriteError + '_ {
@@ -152,10 +150,7 @@ fn write_into(
             options.total_frames,
         ),
         image_preprocessing: ImagePreprocessing::official(),
-        localization: LocalizationInfo {
-            active_threshold: options.active_threshold,
-            calibration: options.calibration.clone(),
-        },
+        localization: options.localization.clone(),
         provenance: Provenance {
             checkpoint: ck
                 .path
@@ -200,8 +195,11 @@ mod tests {
         BundleOptions {
             precision,
             total_frames: 4,
-            active_threshold: 0.25,
-            calibration: "test".into(),
+            localization: LocalizationInfo {
+                active_threshold: 0.25,
+                calibration: "test".into(),
+                activity: None,
+            },
         }
     }
 

@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 
+use cavsync_core::manifest::LocalizationInfo;
 use cavsync_core::model::Precision;
 use cavsync_formats::bundle::{BundleOptions, write_bundle};
 use cavsync_formats::checkpoint::Checkpoint;
@@ -28,11 +29,48 @@ pub struct ConvertArgs {
     #[arg(long, default_value_t = 16)]
     frames: usize,
     /// Raw cosine similarity (audio global vs best visual patch) at or above which a frame is reported as sounding.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with = "localization")]
     active_threshold: f32,
     /// How --active-threshold was obtained, recorded in the manifest.
-    #[arg(long, default_value = "uncalibrated default")]
+    #[arg(
+        long,
+        default_value = "uncalibrated default",
+        conflicts_with = "localization"
+    )]
     calibration: String,
+    /// Activity calibration written by `cavsync calibrate --out` (threshold, head over score, contrast and audio level, and how they were obtained), recorded in the manifest.
+    #[arg(long, value_name = "TOML")]
+    localization: Option<PathBuf>,
+}
+
+/// The manifest's localization section: from --localization, or from --active-threshold and --calibration.
+fn localization(args: &ConvertArgs) -> anyhow::Result<LocalizationInfo> {
+    let Some(path) = &args.localization else {
+        return Ok(LocalizationInfo {
+            active_threshold: args.active_threshold,
+            calibration: args.calibration.clone(),
+            activity: None,
+        });
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the activity calibration", path.display()))?;
+    let info: LocalizationInfo = toml::from_str(&text).with_context(|| {
+        format!(
+            "{}: not an activity calibration (expected active_threshold, calibration and an optional [activity] with weights and bias, as `cavsync calibrate --out` writes)",
+            path.display()
+        )
+    })?;
+    if let Some(head) = &info.activity
+        && !(head.weights.iter().all(|w| w.is_finite()) && head.bias.is_finite())
+    {
+        bail!(
+            "{}: activity: expected finite weights and bias, found {:?} and {}",
+            path.display(),
+            head.weights,
+            head.bias
+        );
+    }
+    Ok(info)
 }
 
 /// Write the bundle and print a one-line summary of it.
@@ -42,14 +80,14 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
     }
     // Refuse int8 before the (possibly large) checkpoint is read.
     onnx::check_precision(args.precision)?;
+    let localization = localization(args)?;
     let ck = Checkpoint::load(&args.model.checkpoint)?;
     let config = ModelConfig::detect(&ck, args.model.heads)?;
     tracing::info!(layout = %config.layout.description(), dim = config.dim, "writing bundle");
     let options = BundleOptions {
         precision: args.precision,
         total_frames: args.frames,
-        active_threshold: args.active_threshold,
-        calibration: args.calibration.clone(),
+        localization,
     };
     let manifest = write_bundle(&ck, &config, &options, &args.out)?;
     println!(

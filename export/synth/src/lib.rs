@@ -84,19 +84,21 @@ enum Pattern {
     Checker,
     Dots,
     Diagonal,
+    Grid,
+    Triangles,
 }
 
 /// Sound of a class.
 #[derive(Debug, Clone, Copy)]
 enum Voice {
-    /// Struck inharmonic partials with exponential decay, `rate` strikes per second.
-    Bell { f0: f32, rate: f32 },
-    /// Low-passed noise bursts with a low thump.
-    Drum { f0: f32, rate: f32 },
-    /// Sine with vibrato.
-    Flute { f0: f32 },
-    /// Sawtooth buzz plus rumble, amplitude-modulated.
-    Engine { f0: f32 },
+    /// Struck inharmonic partials decaying at `decay` per second, `rate` strikes per second.
+    Bell { f0: f32, rate: f32, decay: f32 },
+    /// Noise bursts (low-passed with coefficient `bright`) with a thump at `f0`.
+    Drum { f0: f32, rate: f32, bright: f32 },
+    /// Sine with vibrato at `vibrato` Hz.
+    Flute { f0: f32, vibrato: f32 },
+    /// Sawtooth buzz plus rumble, amplitude-modulated at `am` Hz.
+    Engine { f0: f32, am: f32 },
     /// Rising chirps.
     Bird { f0: f32, rate: f32 },
     /// Gated square wave.
@@ -112,7 +114,8 @@ struct Class {
     voice: Voice,
 }
 
-const CLASSES: [Class; 6] = [
+/// Every class; the legacy world uses the first [`LEGACY_CLASSES`].
+const CLASSES: [Class; 12] = [
     Class {
         name: "bell",
         color: [235, 200, 40],
@@ -120,6 +123,7 @@ const CLASSES: [Class; 6] = [
         voice: Voice::Bell {
             f0: 660.0,
             rate: 4.0,
+            decay: 9.0,
         },
     },
     Class {
@@ -129,19 +133,23 @@ const CLASSES: [Class; 6] = [
         voice: Voice::Drum {
             f0: 80.0,
             rate: 3.0,
+            bright: 0.12,
         },
     },
     Class {
         name: "flute",
         color: [40, 90, 220],
         pattern: Pattern::VerticalStripes,
-        voice: Voice::Flute { f0: 520.0 },
+        voice: Voice::Flute {
+            f0: 520.0,
+            vibrato: 5.0,
+        },
     },
     Class {
         name: "engine",
         color: [150, 150, 160],
         pattern: Pattern::Checker,
-        voice: Voice::Engine { f0: 90.0 },
+        voice: Voice::Engine { f0: 90.0, am: 12.0 },
     },
     Class {
         name: "bird",
@@ -161,7 +169,63 @@ const CLASSES: [Class; 6] = [
             rate: 8.0,
         },
     },
+    Class {
+        name: "gong",
+        color: [245, 130, 30],
+        pattern: Pattern::Grid,
+        voice: Voice::Bell {
+            f0: 150.0,
+            rate: 0.8,
+            decay: 1.5,
+        },
+    },
+    Class {
+        name: "snare",
+        color: [40, 200, 210],
+        pattern: Pattern::Triangles,
+        voice: Voice::Drum {
+            f0: 220.0,
+            rate: 7.0,
+            bright: 0.7,
+        },
+    },
+    Class {
+        name: "whistle",
+        color: [250, 150, 190],
+        pattern: Pattern::HorizontalStripes,
+        voice: Voice::Flute {
+            f0: 1500.0,
+            vibrato: 11.0,
+        },
+    },
+    Class {
+        name: "motor",
+        color: [110, 60, 30],
+        pattern: Pattern::Dots,
+        voice: Voice::Engine { f0: 38.0, am: 2.5 },
+    },
+    Class {
+        name: "cricket",
+        color: [170, 230, 40],
+        pattern: Pattern::Rings,
+        voice: Voice::Bird {
+            f0: 4200.0,
+            rate: 15.0,
+        },
+    },
+    Class {
+        name: "alarm",
+        color: [120, 40, 180],
+        pattern: Pattern::Checker,
+        voice: Voice::Buzzer {
+            f0: 950.0,
+            rate: 2.0,
+        },
+    },
 ];
+
+/// Classes of the legacy world (its scenes draw from the first six).
+const LEGACY_CLASSES: usize = 6;
 
 /// Names of the classes, in class-id order.
 pub fn class_names() -> Vec<String> {
@@ -364,7 +428,7 @@ pub fn generate_clip(config: &SynthConfig, index: usize) -> SynthClip {
 fn make_objects(rng: &mut StdRng) -> Vec<Object> {
     let sources = if rng.random::<f32>() < 0.6 { 1 } else { 2 };
     let distractors = usize::from(rng.random::<f32>() < 0.5);
-    let mut classes: Vec<usize> = (0..CLASSES.len()).collect();
+    let mut classes: Vec<usize> = (0..LEGACY_CLASSES).collect();
     for i in 0..classes.len() {
         let j = rng.random_range(i..classes.len());
         classes.swap(i, j);
@@ -618,6 +682,8 @@ fn pattern_dark(p: Pattern, u: f32, v: f32) -> bool {
             fu * fu + fv * fv < 0.09
         }
         Pattern::Diagonal => band((u + v) * 5.0),
+        Pattern::Grid => (u * 5.0).fract() < 0.3 || (v * 5.0).fract() < 0.3,
+        Pattern::Triangles => (u * 3.0).fract() > (v * 3.0).fract(),
     }
 }
 
@@ -682,29 +748,30 @@ fn voice_signal(voice: Voice, pitch: f32, n: usize, rng: &mut StdRng) -> Vec<f32
         let t = i as f32 / sr;
         let white: f32 = rng.random_range(-1.0..1.0);
         *y = match voice {
-            Voice::Bell { f0, rate } => {
+            Voice::Bell { f0, rate, decay } => {
                 let tau = (t * rate).fract() / rate;
                 let f = f0 * pitch;
-                let env = (-tau * 9.0).exp();
+                let env = (-tau * decay).exp();
                 env * ((2.0 * PI * f * t).sin()
                     + 0.6 * (2.0 * PI * 2.76 * f * t).sin()
                     + 0.35 * (2.0 * PI * 5.4 * f * t).sin())
                     / 1.95
             }
-            Voice::Drum { f0, rate } => {
+            Voice::Drum { f0, rate, bright } => {
                 let tau = (t * rate).fract() / rate;
-                lp += 0.12 * (white - lp);
+                lp += bright * (white - lp);
                 let env = (-tau * 18.0).exp();
                 env * (1.6 * lp + 0.7 * (2.0 * PI * f0 * pitch * tau).sin())
             }
-            Voice::Flute { f0 } => {
-                phase += 2.0 * PI * f0 * pitch * (1.0 + 0.012 * (2.0 * PI * 5.0 * t).sin()) / sr;
+            Voice::Flute { f0, vibrato } => {
+                phase +=
+                    2.0 * PI * f0 * pitch * (1.0 + 0.012 * (2.0 * PI * vibrato * t).sin()) / sr;
                 0.9 * phase.sin() + 0.15 * (2.0 * phase).sin() + 0.03 * white
             }
-            Voice::Engine { f0 } => {
+            Voice::Engine { f0, am } => {
                 lp += 0.05 * (white - lp);
                 let saw = 2.0 * (t * f0 * pitch).fract() - 1.0;
-                (0.45 * saw + 2.0 * lp) * (0.7 + 0.3 * (2.0 * PI * 12.0 * t).sin())
+                (0.45 * saw + 2.0 * lp) * (0.7 + 0.3 * (2.0 * PI * am * t).sin())
             }
             Voice::Bird { f0, rate } => {
                 let tau = (t * rate).fract() / rate;

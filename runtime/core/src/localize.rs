@@ -299,12 +299,52 @@ pub struct BoundingBox {
 pub struct FrameLocalization {
     /// Largest raw cosine of the patch grid.
     pub score: f32,
-    /// Whether `score` reaches [`LocalizeConfig::active_threshold`], i.e. a sounding source is judged visible.
+    /// Largest minus mean raw cosine of the patch grid: how much one place stands out.
+    pub contrast: f32,
+    /// Mean of the frame's normalised audio segment (the audio encoder's input): how loud it is.
+    pub audio_level: f32,
+    /// Whether a sounding source is judged visible: the bundle's [`ActivityHead`] when it has one, else `score` >= [`LocalizeConfig::active_threshold`].
     pub active: bool,
     /// Local maxima of the normalised heatmap, strongest first.
     pub peaks: Vec<Peak>,
     /// Regions of the normalised heatmap at or above the region threshold, largest mass first.
     pub boxes: Vec<BoundingBox>,
+}
+
+/// What a frame's activity is judged from: the similarity map and the audio it was made with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActivityFeatures {
+    /// Largest raw cosine of the map.
+    pub score: f32,
+    /// Largest minus mean raw cosine of the map.
+    pub contrast: f32,
+    /// Mean of the normalised audio segment.
+    pub audio_level: f32,
+}
+
+impl ActivityFeatures {
+    /// The features in the order of [`ActivityHead::weights`].
+    pub fn to_array(self) -> [f32; 3] {
+        [self.score, self.contrast, self.audio_level]
+    }
+}
+
+/// A calibrated linear rule for activity: active when `weights . [score, contrast, audio_level] + bias >= 0`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityHead {
+    /// Weights of score, contrast and audio level.
+    pub weights: [f32; 3],
+    /// Bias (the decision threshold folded in).
+    pub bias: f32,
+}
+
+impl ActivityHead {
+    /// The head's decision value for `features` (active when >= 0).
+    pub fn logit(&self, features: ActivityFeatures) -> f32 {
+        let f = features.to_array();
+        self.weights.iter().zip(f).map(|(w, x)| w * x).sum::<f32>() + self.bias
+    }
 }
 
 /// Thresholds and limits of [`Localizer`]; missing fields take their defaults when deserialised.
@@ -317,6 +357,8 @@ pub struct LocalizeConfig {
     /// be calibrated on held-out clips; a model bundle's manifest carries the calibrated value.
     /// Any number except NaN (negative infinity makes every frame active).
     pub active_threshold: f32,
+    /// A calibrated activity rule over score, contrast and audio level; replaces `active_threshold` when present.
+    pub activity: Option<ActivityHead>,
     /// Fraction of the normalised map, in (0, 1], at or above which a pixel belongs to a region (default 0.5).
     pub region_threshold: f32,
     /// Most peaks, and most boxes, reported per frame (default 3).
@@ -329,6 +371,7 @@ impl Default for LocalizeConfig {
     fn default() -> Self {
         Self {
             active_threshold: 0.0,
+            activity: None,
             region_threshold: 0.5,
             max_peaks: 3,
             min_peak_separation: 0.1,
@@ -344,6 +387,19 @@ impl LocalizeConfig {
                 field: "active_threshold",
                 value: self.active_threshold,
                 expected: "a number, not NaN",
+            });
+        }
+        if let Some(head) = &self.activity
+            && let Some(&value) = head
+                .weights
+                .iter()
+                .chain([&head.bias])
+                .find(|v| !v.is_finite())
+        {
+            return Err(LocalizeError::Config {
+                field: "activity",
+                value,
+                expected: "finite weights and bias",
             });
         }
         if !(self.region_threshold > 0.0 && self.region_threshold <= 1.0) {
@@ -470,7 +526,9 @@ impl Localizer {
 
     /// Localizes one frame from its raw cosine map on `grid`, writing the normalised frame-size heatmap (row-major, height x width) into `heatmap_out`.
     ///
-    /// score = max raw cosine; active = score >= active_threshold; peaks = pixels of the
+    /// `audio_level` is the mean of the normalised audio segment the map was made with.
+    /// score = max raw cosine; contrast = score - mean raw cosine; active = the activity
+    /// head's logit >= 0 when the config has one, else score >= active_threshold; peaks = pixels of the
     /// heatmap that are >= their 8 neighbours and >= region_threshold, strongest first (ties
     /// in raster order), dropping any closer than min_peak_separation x the frame diagonal to
     /// a stronger one, at most max_peaks; boxes = bounding boxes of the 8-connected regions
@@ -480,6 +538,7 @@ impl Localizer {
     pub fn run(
         &mut self,
         raw_map: &[f32],
+        audio_level: f32,
         grid: Grid,
         frame: FrameSize,
         heatmap_out: &mut Vec<f32>,
@@ -496,14 +555,33 @@ impl Localizer {
                 value,
             });
         }
+        if !audio_level.is_finite() {
+            return Err(LocalizeError::NonFinite {
+                what: "audio level",
+                index: 0,
+                value: audio_level,
+            });
+        }
         let score = raw_map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let active = score >= self.config.active_threshold;
+        let mean = raw_map.iter().map(|&v| f64::from(v)).sum::<f64>() / raw_map.len() as f64;
+        let contrast = score - mean as f32;
+        let features = ActivityFeatures {
+            score,
+            contrast,
+            audio_level,
+        };
+        let active = match &self.config.activity {
+            Some(head) => head.logit(features) >= 0.0,
+            None => score >= self.config.active_threshold,
+        };
 
         self.render_heatmap(raw_map, grid, frame, heatmap_out);
         let peaks = self.find_peaks(heatmap_out, frame_w, frame_h);
         let boxes = self.find_boxes(heatmap_out, frame_w, frame_h);
         Ok(FrameLocalization {
             score,
+            contrast,
+            audio_level,
             active,
             peaks,
             boxes,

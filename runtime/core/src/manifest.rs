@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::localize::ActivityHead;
 use crate::model::{Layout, Modality, Precision};
 use crate::preprocess::{audio, fbank, image, segment};
 
@@ -204,10 +205,13 @@ pub struct ImagePreprocessing {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalizationInfo {
-    /// Raw cosine (audio global vs best visual patch) at or above which a frame is `active`.
+    /// Raw cosine (audio global vs best visual patch) at or above which a frame is `active` when there is no `activity` head.
     pub active_threshold: f32,
-    /// How the threshold was obtained.
+    /// How the threshold (and the head) were obtained.
     pub calibration: String,
+    /// Calibrated activity rule over score, contrast and audio level (`cavsync calibrate`); replaces the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<ActivityHead>,
 }
 
 /// Where the bundle came from.
@@ -338,6 +342,18 @@ impl Manifest {
                     "this runtime implements {:?}",
                     ImagePreprocessing::official()
                 ),
+            ));
+        }
+        if let Some(head) = &self.localization.activity
+            && let Some(v) = head
+                .weights
+                .iter()
+                .chain([&head.bias])
+                .find(|v| !v.is_finite())
+        {
+            return Err(field(
+                "localization.activity",
+                format!("{v} (expected finite weights and bias)"),
             ));
         }
         if self.audio_preprocessing.total_frames == 0 {

@@ -12,6 +12,8 @@
 //! EZ-VSL evaluates 224 x 224 maps; the functions here take any size, so frames that are not
 //! 224 x 224 are evaluated at their own resolution.
 
+use crate::localize::{ActivityFeatures, ActivityHead};
+
 /// Errors raised by the metric functions.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MetricsError {
@@ -419,6 +421,145 @@ pub fn calibrate_threshold(samples: &[(f32, bool)]) -> Result<Calibration, Metri
     Ok(best)
 }
 
+/// An activity head fitted on labelled frames, and how it separates them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActivityCalibration {
+    /// The fitted head, its bias placed at the best balanced accuracy.
+    pub head: ActivityHead,
+    /// Share of sounding frames the head calls active.
+    pub sounding_active_rate: f64,
+    /// Share of silent frames the head calls not active.
+    pub silent_inactive_rate: f64,
+}
+
+/// Ridge on the standardised weights (not the bias), so separable data still gives finite weights.
+const ACTIVITY_RIDGE: f64 = 1e-3;
+
+/// Fits an [`ActivityHead`] to `(features, sounding)` samples: the direction of a class-balanced logistic regression on standardised features (Newton's method with a small ridge), and the bias at the threshold of best balanced accuracy along it.
+pub fn fit_activity_head(
+    samples: &[(ActivityFeatures, bool)],
+) -> Result<ActivityCalibration, MetricsError> {
+    let positives = samples.iter().filter(|s| s.1).count();
+    let negatives = samples.len() - positives;
+    if positives == 0 || negatives == 0 {
+        return Err(MetricsError::Empty);
+    }
+    let raw: Vec<[f64; 3]> = samples
+        .iter()
+        .map(|(f, _)| f.to_array().map(f64::from))
+        .collect();
+    let n = raw.len() as f64;
+    let mut mean = [0.0f64; 3];
+    let mut sd = [0.0f64; 3];
+    for j in 0..3 {
+        mean[j] = raw.iter().map(|x| x[j]).sum::<f64>() / n;
+        let var = raw.iter().map(|x| (x[j] - mean[j]).powi(2)).sum::<f64>() / n;
+        // A constant feature carries no information: keep its weight at zero.
+        sd[j] = if var > 0.0 { var.sqrt() } else { 1.0 };
+    }
+    let x: Vec<[f64; 4]> = raw
+        .iter()
+        .map(|r| {
+            [
+                (r[0] - mean[0]) / sd[0],
+                (r[1] - mean[1]) / sd[1],
+                (r[2] - mean[2]) / sd[2],
+                1.0,
+            ]
+        })
+        .collect();
+    // Each class weighs one half in total.
+    let weight = |y: bool| {
+        if y {
+            0.5 / positives as f64
+        } else {
+            0.5 / negatives as f64
+        }
+    };
+    let mut beta = [0.0f64; 4];
+    for _ in 0..100 {
+        let mut grad = [0.0f64; 4];
+        let mut hess = [[0.0f64; 4]; 4];
+        for (xi, (_, y)) in x.iter().zip(samples) {
+            let z: f64 = xi.iter().zip(&beta).map(|(a, b)| a * b).sum();
+            let p = 1.0 / (1.0 + (-z).exp());
+            let w = weight(*y);
+            let r = w * (p - f64::from(u8::from(*y)));
+            let c = w * p * (1.0 - p);
+            for a in 0..4 {
+                grad[a] += r * xi[a];
+                for b in 0..4 {
+                    hess[a][b] += c * xi[a] * xi[b];
+                }
+            }
+        }
+        for a in 0..4 {
+            let ridge = if a < 3 { ACTIVITY_RIDGE } else { 1e-12 };
+            grad[a] += ridge * beta[a];
+            hess[a][a] += ridge;
+        }
+        let step = solve4(hess, grad);
+        for (b, s) in beta.iter_mut().zip(step) {
+            *b -= s;
+        }
+        if step.iter().all(|s| s.abs() < 1e-12) {
+            break;
+        }
+    }
+    // Back to raw units (w_j = beta_j / sd_j); the intercept is replaced by the threshold on
+    // w . x of best balanced accuracy, which is what the head is judged by.
+    let unbiased = ActivityHead {
+        weights: [0, 1, 2].map(|j| (beta[j] / sd[j]) as f32),
+        bias: 0.0,
+    };
+    let logits: Vec<(f32, bool)> = samples
+        .iter()
+        .map(|(f, y)| (unbiased.logit(*f), *y))
+        .collect();
+    let head = ActivityHead {
+        bias: -calibrate_threshold(&logits)?.threshold,
+        ..unbiased
+    };
+    let active = |y: bool| {
+        samples
+            .iter()
+            .filter(|s| s.1 == y && head.logit(s.0) >= 0.0)
+            .count()
+    };
+    Ok(ActivityCalibration {
+        head,
+        sounding_active_rate: active(true) as f64 / positives as f64,
+        silent_inactive_rate: 1.0 - active(false) as f64 / negatives as f64,
+    })
+}
+
+/// Solves the 4 x 4 system `a x = b` by Gaussian elimination with partial pivoting (a singular system gives zeros).
+fn solve4(mut a: [[f64; 4]; 4], mut b: [f64; 4]) -> [f64; 4] {
+    for col in 0..4 {
+        let pivot = (col..4)
+            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+            .unwrap_or(col);
+        if a[pivot][col].abs() < 1e-300 {
+            return [0.0; 4];
+        }
+        a.swap(col, pivot);
+        b.swap(col, pivot);
+        for row in col + 1..4 {
+            let f = a[row][col] / a[col][col];
+            for k in col..4 {
+                a[row][k] -= f * a[col][k];
+            }
+            b[row] -= f * b[col];
+        }
+    }
+    let mut x = [0.0; 4];
+    for row in (0..4).rev() {
+        let rest: f64 = (row + 1..4).map(|k| a[row][k] * x[k]).sum();
+        x[row] = (b[row] - rest) / a[row][row];
+    }
+    x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,6 +627,66 @@ mod tests {
         let map = [0.2, 1.0, 1.0, 0.0];
         assert!(pointing_hit(&map, &[false, true, false, false], 2, 2).unwrap());
         assert!(!pointing_hit(&map, &[false, false, true, false], 2, 2).unwrap());
+    }
+
+    /// Frames of three kinds: sounding (loud, matching), off-screen (loud, no match), silent (quiet, some random match).
+    fn three_kinds() -> Vec<(ActivityFeatures, bool)> {
+        let mut samples = Vec::new();
+        for i in 0..60 {
+            let jitter = (i as f32 * 0.618).fract() * 0.1;
+            let f = |score: f32, contrast: f32, audio_level: f32| ActivityFeatures {
+                score: score + jitter,
+                contrast: contrast + jitter,
+                audio_level: audio_level - 10.0 * jitter,
+            };
+            samples.push((f(0.5, 0.3, -4.0), true));
+            samples.push((f(0.2, 0.1, -4.0), false));
+            samples.push((f(0.5, 0.3, -12.0), false));
+        }
+        samples
+    }
+
+    #[test]
+    fn activity_head_separates_what_no_single_feature_does() {
+        let samples = three_kinds();
+        // Score alone cannot tell a loud match from a quiet random one.
+        let scores: Vec<(f32, bool)> = samples.iter().map(|s| (s.0.score, s.1)).collect();
+        let by_score = calibrate_threshold(&scores).unwrap();
+        assert!(by_score.sounding_active_rate + by_score.silent_inactive_rate < 1.9);
+        let c = fit_activity_head(&samples).unwrap();
+        assert_eq!(c.sounding_active_rate, 1.0, "{c:?}");
+        assert_eq!(c.silent_inactive_rate, 1.0, "{c:?}");
+        // The rates are what the head itself gives.
+        let active = samples.iter().filter(|s| c.head.logit(s.0) >= 0.0).count();
+        assert_eq!(active, 60);
+        // Louder audio and a higher match both push towards active.
+        assert!(c.head.weights[0] > 0.0 || c.head.weights[1] > 0.0, "{c:?}");
+        assert!(c.head.weights[2] > 0.0, "{c:?}");
+    }
+
+    #[test]
+    fn activity_head_needs_both_classes_and_ignores_constant_features() {
+        let samples = three_kinds();
+        let only_negative: Vec<_> = samples.iter().filter(|s| !s.1).copied().collect();
+        assert_eq!(fit_activity_head(&only_negative), Err(MetricsError::Empty));
+        // A constant audio level: the head works from the map alone, with finite weights.
+        let flat: Vec<_> = samples
+            .iter()
+            .filter(|s| s.0.audio_level > -8.0)
+            .map(|(f, y)| {
+                let mut f = *f;
+                f.audio_level = -5.0;
+                (f, *y)
+            })
+            .collect();
+        let c = fit_activity_head(&flat).unwrap();
+        assert_eq!(c.head.weights[2], 0.0, "{c:?}");
+        assert!(c.head.weights.iter().all(|w| w.is_finite()) && c.head.bias.is_finite());
+        assert_eq!(
+            c.sounding_active_rate + c.silent_inactive_rate,
+            2.0,
+            "{c:?}"
+        );
     }
 
     #[test]

@@ -186,6 +186,8 @@ mod tests {
             height: 240,
             localization: FrameLocalization {
                 score: 0.25,
+                contrast: 0.125,
+                audio_level: -6.5,
                 active: true,
                 peaks: vec![crate::localize::Peak {
                     x: 10.5,

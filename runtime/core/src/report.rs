@@ -211,6 +211,8 @@ mod tests {
             height: 8,
             localization: crate::localize::FrameLocalization {
                 score: 0.5,
+                contrast: 0.25,
+                audio_level: -7.0,
                 active: true,
                 peaks: vec![],
                 boxes: vec![],

@@ -4,12 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use cavsync_core::localize::{
-    FrameLocalization, FrameSize, Grid, LocalizeConfig, LocalizeError, Localizer, Peak,
-    min_max_normalize, render_overlay, save_png, similarity_map, upsample_bilinear,
+    ActivityFeatures, ActivityHead, FrameLocalization, FrameSize, Grid, LocalizeConfig,
+    LocalizeError, Localizer, Peak, min_max_normalize, render_overlay, save_png, similarity_map,
+    upsample_bilinear,
 };
 use image::{Rgb, RgbImage};
 
 const GRID: usize = 14;
+/// Audio level handed with maps whose activity does not depend on it.
+const LEVEL: f32 = -6.0;
 
 fn grid(rows: usize, cols: usize) -> Grid {
     Grid { rows, cols }
@@ -86,7 +89,7 @@ fn run(config: LocalizeConfig, map: &[f32], w: usize, h: usize) -> (FrameLocaliz
     let mut heatmap = Vec::new();
     let loc = Localizer::new(config)
         .unwrap()
-        .run(map, grid(GRID, GRID), size(w, h), &mut heatmap)
+        .run(map, LEVEL, grid(GRID, GRID), size(w, h), &mut heatmap)
         .unwrap();
     (loc, heatmap)
 }
@@ -356,11 +359,76 @@ fn active_flag_follows_the_threshold_on_the_raw_score() {
 }
 
 #[test]
+fn activity_head_replaces_the_threshold_and_sees_contrast_and_level() {
+    // Peak 0.3 over a floor of 0.05: contrast = 0.3 - mean.
+    let map = grid_with(&[(4, 4)], 0.05, 0.3);
+    let mean = (0.3 + 0.05 * (GRID * GRID - 1) as f32) / (GRID * GRID) as f32;
+    let head = ActivityHead {
+        weights: [0.0, 0.0, 1.0],
+        bias: 8.0,
+    };
+    for (level, active) in [(-7.5, true), (-8.0, true), (-8.5, false)] {
+        let config = LocalizeConfig {
+            // The threshold alone would make every frame inactive.
+            active_threshold: 10.0,
+            activity: Some(head),
+            ..LocalizeConfig::default()
+        };
+        let mut localizer = Localizer::new(config).unwrap();
+        let loc = localizer
+            .run(
+                &map,
+                level,
+                grid(GRID, GRID),
+                size(224, 224),
+                &mut Vec::new(),
+            )
+            .unwrap();
+        assert_eq!(loc.active, active, "level {level}");
+        assert_eq!(loc.audio_level, level);
+        assert!((loc.contrast - (0.3 - mean)).abs() < 1e-6, "{loc:?}");
+        let features = ActivityFeatures {
+            score: loc.score,
+            contrast: loc.contrast,
+            audio_level: level,
+        };
+        assert_eq!(head.logit(features) >= 0.0, active);
+    }
+    let err = Localizer::new(LocalizeConfig {
+        activity: Some(ActivityHead {
+            weights: [1.0, f32::INFINITY, 0.0],
+            bias: 0.0,
+        }),
+        ..LocalizeConfig::default()
+    })
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("activity = inf"), "{err}");
+    let err = Localizer::new(LocalizeConfig::default())
+        .unwrap()
+        .run(
+            &map,
+            f32::NAN,
+            grid(GRID, GRID),
+            size(224, 224),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("audio level"), "{err}");
+}
+
+#[test]
 fn run_rejects_bad_inputs_with_clear_messages() {
     let mut localizer = Localizer::new(LocalizeConfig::default()).unwrap();
     let mut heatmap = Vec::new();
     let err = localizer
-        .run(&[0.0; 10], grid(GRID, GRID), size(320, 240), &mut heatmap)
+        .run(
+            &[0.0; 10],
+            LEVEL,
+            grid(GRID, GRID),
+            size(320, 240),
+            &mut heatmap,
+        )
         .unwrap_err();
     assert!(
         err.to_string().contains("expected 196 values, found 10"),
@@ -369,14 +437,20 @@ fn run_rejects_bad_inputs_with_clear_messages() {
     let mut map = vec![0.0; GRID * GRID];
     map[17] = f32::NAN;
     let err = localizer
-        .run(&map, grid(GRID, GRID), size(320, 240), &mut heatmap)
+        .run(&map, LEVEL, grid(GRID, GRID), size(320, 240), &mut heatmap)
         .unwrap_err();
     assert!(
         matches!(err, LocalizeError::NonFinite { index: 17, .. }),
         "{err}"
     );
     let err = localizer
-        .run(&[0.0; 196], grid(GRID, GRID), size(0, 240), &mut heatmap)
+        .run(
+            &[0.0; 196],
+            LEVEL,
+            grid(GRID, GRID),
+            size(0, 240),
+            &mut heatmap,
+        )
         .unwrap_err();
     assert!(matches!(err, LocalizeError::Empty { .. }), "{err}");
     let err = Localizer::new(LocalizeConfig {
@@ -395,18 +469,18 @@ fn localizer_reuses_the_heatmap_buffer_across_frames_and_sizes() {
     let a = grid_with(&[(3, 10)], 0.0, 1.0);
     let b = grid_with(&[(10, 3)], 0.0, 1.0);
     let first = localizer
-        .run(&a, grid(GRID, GRID), size(320, 240), &mut heatmap)
+        .run(&a, LEVEL, grid(GRID, GRID), size(320, 240), &mut heatmap)
         .unwrap();
     let capacity = heatmap.capacity();
     let second = localizer
-        .run(&b, grid(GRID, GRID), size(320, 240), &mut heatmap)
+        .run(&b, LEVEL, grid(GRID, GRID), size(320, 240), &mut heatmap)
         .unwrap();
     assert_eq!(heatmap.capacity(), capacity);
     assert_ne!(first.peaks, second.peaks);
     assert!(inside(&second.peaks[0], patch_area(320, 240, 10, 3)));
     // A smaller frame afterwards reuses the same buffer and gives the fresh answer.
     let small = localizer
-        .run(&a, grid(GRID, GRID), size(224, 224), &mut heatmap)
+        .run(&a, LEVEL, grid(GRID, GRID), size(224, 224), &mut heatmap)
         .unwrap();
     assert_eq!(heatmap.len(), 224 * 224);
     assert_eq!(small, run(LocalizeConfig::default(), &a, 224, 224).0);
@@ -469,6 +543,8 @@ fn overlay_rejects_a_heatmap_of_the_wrong_size_and_clips_outside_marks() {
     let frame = grey_frame(32, 24);
     let loc = FrameLocalization {
         score: 0.5,
+        contrast: 0.25,
+        audio_level: LEVEL,
         active: true,
         peaks: vec![Peak {
             x: 1e30,

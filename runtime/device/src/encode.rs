@@ -42,6 +42,8 @@ pub fn clip_fbank(clip: &str, samples: &[f32]) -> Result<Array2<f32>, EncodeErro
 pub struct FrameEmbeddings {
     /// Audio embedding of the frame-aligned segment.
     pub audio: Embedding,
+    /// Mean of the normalised segment: how loud it is.
+    pub audio_level: f32,
     /// Visual embedding of the frame.
     pub visual: Embedding,
 }
@@ -80,7 +82,7 @@ impl<'a> FrameEncoder<'a> {
         frame: FramePosition,
         rgb: &RgbImage,
     ) -> Result<&FrameEmbeddings, EncodeError> {
-        encode_audio(
+        self.embeddings.audio_level = encode_audio(
             self.bundle,
             &mut self.segment_buf,
             clip_mel,
@@ -97,14 +99,14 @@ impl<'a> FrameEncoder<'a> {
         Ok(&self.embeddings)
     }
 
-    /// Encode only the audio segment placed by `alignment` at `frame` in `clip_mel`, into `out`.
+    /// Encode only the audio segment placed by `alignment` at `frame` in `clip_mel`, into `out`; returns the segment's level (its mean).
     pub fn encode_audio_into(
         &mut self,
         clip_mel: ArrayView2<'_, f32>,
         alignment: Alignment,
         frame: FramePosition,
         out: &mut Embedding,
-    ) -> Result<(), EncodeError> {
+    ) -> Result<f32, EncodeError> {
         encode_audio(
             self.bundle,
             &mut self.segment_buf,
@@ -116,7 +118,7 @@ impl<'a> FrameEncoder<'a> {
     }
 }
 
-/// Cuts the frame's segment into `segment` and encodes it into `out`.
+/// Cuts the frame's segment into `segment`, encodes it into `out` and returns its mean.
 fn encode_audio(
     bundle: &Bundle,
     segment: &mut Vec<f32>,
@@ -124,10 +126,11 @@ fn encode_audio(
     alignment: Alignment,
     frame: FramePosition,
     out: &mut Embedding,
-) -> Result<(), EncodeError> {
+) -> Result<f32, EncodeError> {
     let target = bundle.manifest.audio_preprocessing.target_length;
     let bounds = alignment.bounds(frame, clip_mel.nrows(), target);
     segment_rows_into(clip_mel, bounds, target, segment);
     bundle.embed_into(Modality::Audio, segment, out)?;
-    Ok(())
+    let sum: f64 = segment.iter().map(|&v| f64::from(v)).sum();
+    Ok((sum / segment.len().max(1) as f64) as f32)
 }

@@ -179,6 +179,7 @@ impl FrameLocalizer {
     pub fn new(bundle: &Bundle) -> Result<Self, LocalizeError> {
         let config = LocalizeConfig {
             active_threshold: bundle.manifest.localization.active_threshold,
+            activity: bundle.manifest.localization.activity,
             ..LocalizeConfig::default()
         };
         let grid = Grid::from_rows_cols(bundle.manifest.visual.grid);
@@ -196,19 +197,25 @@ impl FrameLocalizer {
         emb: &FrameEmbeddings,
         size: FrameSize,
     ) -> Result<FrameLocalization, LocalizeError> {
-        self.localize_pair(&emb.audio, &emb.visual, size)
+        self.localize_pair(&emb.audio, emb.audio_level, &emb.visual, size)
     }
 
-    /// Localize an audio embedding on a frame's visual embedding, the frame being of `size`.
+    /// Localize an audio embedding (of a segment at `audio_level`) on a frame's visual embedding, the frame being of `size`.
     pub fn localize_pair(
         &mut self,
         audio: &Embedding,
+        audio_level: f32,
         visual: &Embedding,
         size: FrameSize,
     ) -> Result<FrameLocalization, LocalizeError> {
         similarity_map(&audio.global, &visual.tokens, &mut self.raw_map)?;
-        self.localizer
-            .run(&self.raw_map, self.grid, size, &mut self.heatmap)
+        self.localizer.run(
+            &self.raw_map,
+            audio_level,
+            self.grid,
+            size,
+            &mut self.heatmap,
+        )
     }
 
     /// The normalised heatmap of the last frame at frame resolution (row-major).
@@ -278,6 +285,8 @@ pub struct Session<'a> {
     localizer: FrameLocalizer,
     baseline_localizer: FrameLocalizer,
     baseline_audio: Embedding,
+    /// Level of the mismatched audio segment.
+    baseline_level: f32,
     centre: Vec<f32>,
     truth: Option<GroundTruth<'a>>,
     clip: Option<ClipState<'a>>,
@@ -297,6 +306,7 @@ impl<'a> Session<'a> {
             localizer: FrameLocalizer::new(bundle)?,
             baseline_localizer: FrameLocalizer::new(bundle)?,
             baseline_audio: Embedding::default(),
+            baseline_level: 0.0,
             centre: Vec::new(),
             truth,
             clip: None,
@@ -392,7 +402,7 @@ impl<'a> Session<'a> {
         if let Some(b) = &clip.baselines {
             let m = &b.mismatched;
             let position = m.position(input.index, input.time_s);
-            self.encoder.encode_audio_into(
+            self.baseline_level = self.encoder.encode_audio_into(
                 m.mel.view(),
                 m.alignment,
                 position,
@@ -430,6 +440,7 @@ impl<'a> Session<'a> {
                 score(&mut b.centre, &gt, &self.centre, true, size)?;
                 let base = self.baseline_localizer.localize_pair(
                     &self.baseline_audio,
+                    self.baseline_level,
                     &emb.visual,
                     size,
                 )?;

@@ -1,9 +1,12 @@
-//! `cavsync calibrate`: an activity threshold from annotated `localize` records.
+//! `cavsync calibrate`: when a frame is `active`, from annotated `localize` records.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 
+use cavsync_core::atomic::write_atomic;
+use cavsync_core::localize::ActivityFeatures;
+use cavsync_core::manifest::LocalizationInfo;
 use cavsync_core::metrics;
 use cavsync_core::record::FrameRecord;
 
@@ -13,10 +16,16 @@ pub struct Args {
     /// localization.jsonl files written by `localize --annotations` on held-out calibration clips.
     #[arg(long, required = true, num_args = 1..)]
     results: Vec<PathBuf>,
+    /// Write the calibration (threshold, activity head, how they were obtained) to this TOML file for `cavsync-export convert --localization`.
+    #[arg(long, value_name = "TOML")]
+    out: Option<PathBuf>,
 }
 
-/// Read the records, choose the threshold, and print how it separates the frames.
-pub fn run(args: &Args) -> anyhow::Result<()> {
+/// One labelled frame: its activity features and whether a visible object sounds in it.
+type Sample = (ActivityFeatures, bool);
+
+/// Read every record of `args.results` as a labelled frame.
+fn read_samples(args: &Args) -> anyhow::Result<Vec<Sample>> {
     let mut samples = Vec::new();
     for path in &args.results {
         let text = std::fs::read_to_string(path)
@@ -36,23 +45,77 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     i + 1
                 );
             };
-            samples.push((record.localization.score, truth.sounding > 0));
+            let loc = &record.localization;
+            let features = ActivityFeatures {
+                score: loc.score,
+                contrast: loc.contrast,
+                audio_level: loc.audio_level,
+            };
+            samples.push((features, truth.sounding > 0));
         }
     }
-    let c = metrics::calibrate_threshold(&samples).with_context(|| {
+    Ok(samples)
+}
+
+/// Read the records, fit the threshold and the activity head, print how each separates the frames, and write the calibration.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let samples = read_samples(args)?;
+    let empty = || {
         format!(
             "{} frames: calibration needs both sounding and silent frames",
             samples.len()
         )
-    })?;
+    };
+    let scores: Vec<(f32, bool)> = samples.iter().map(|(f, y)| (f.score, *y)).collect();
+    let threshold = metrics::calibrate_threshold(&scores).with_context(empty)?;
+    let head = metrics::fit_activity_head(&samples).with_context(empty)?;
     let silent = samples.iter().filter(|s| !s.1).count();
-    println!(
-        "threshold {:.4}: sounding frames active {:.1}% (of {}), silent frames not active {:.1}% (of {})",
-        c.threshold,
-        100.0 * c.sounding_active_rate,
-        samples.len() - silent,
-        100.0 * c.silent_inactive_rate,
-        silent
+    let sounding = samples.len() - silent;
+    let rates = |active: f64, inactive: f64| {
+        format!(
+            "sounding frames active {:.1}% (of {sounding}), silent frames not active {:.1}% (of {silent})",
+            100.0 * active,
+            100.0 * inactive
+        )
+    };
+    let threshold_line = format!(
+        "threshold {:.4}: {}",
+        threshold.threshold,
+        rates(
+            threshold.sounding_active_rate,
+            threshold.silent_inactive_rate
+        )
     );
+    let h = head.head;
+    let head_line = format!(
+        "head {:.4} score {:+.4} contrast {:+.4} level {:+.4}: {}",
+        h.bias,
+        h.weights[0],
+        h.weights[1],
+        h.weights[2],
+        rates(head.sounding_active_rate, head.silent_inactive_rate)
+    );
+    println!("{threshold_line}");
+    println!("{head_line}");
+    if let Some(out) = &args.out {
+        let files: Vec<String> = args
+            .results
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let info = LocalizationInfo {
+            active_threshold: threshold.threshold,
+            calibration: format!(
+                "best balanced accuracy on {} frames of {}: {head_line} (score alone: {threshold_line})",
+                samples.len(),
+                files.join(", ")
+            ),
+            activity: Some(h),
+        };
+        let text = toml::to_string(&info).context("cannot serialise the calibration")?;
+        write_atomic(out, |w| w.write_all(text.as_bytes()))
+            .with_context(|| format!("{}: cannot write the calibration", out.display()))?;
+        println!("wrote {}", out.display());
+    }
     Ok(())
 }

@@ -59,10 +59,17 @@ pub fn run(args: &BundleArgs) -> anyhow::Result<()> {
         "image input       {} px, {} resize, {} crop, mean {:?}, std {:?}",
         i.size, i.resize, i.crop, i.mean, i.std
     );
-    println!(
-        "localization      active threshold {} ({})",
-        m.localization.active_threshold, m.localization.calibration
-    );
+    let l = &m.localization;
+    match &l.activity {
+        Some(h) => println!(
+            "localization      active when {:+.4} score {:+.4} contrast {:+.4} level {:+.4} >= 0 ({})",
+            h.bias, h.weights[0], h.weights[1], h.weights[2], l.calibration
+        ),
+        None => println!(
+            "localization      active threshold {} ({})",
+            l.active_threshold, l.calibration
+        ),
+    }
     println!(
         "provenance        {} (sha256 {}), {}",
         m.provenance.checkpoint, m.provenance.checkpoint_sha256, m.provenance.tool
