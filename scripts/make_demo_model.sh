@@ -36,15 +36,13 @@ else
 fi
 step $EXPORT inspect --checkpoint "$CKPT"
 
-# Calibrate the activity threshold on the calibration clips with an uncalibrated bundle.
+# Calibrate activity (the head over score, contrast and audio level) on the calibration clips
+# with an uncalibrated bundle.
 step $EXPORT convert --checkpoint "$CKPT" --out "$WORK/bundle-uncalibrated"
 step $RUNTIME localize --bundle "$WORK/bundle-uncalibrated" --datafile "$WORK/calib/datafile.json" \
   --annotations "$WORK/calib/annotations.json" --out "$WORK/calib-results" --no-overlays --summary-only
-CAL=$($RUNTIME calibrate --results "$WORK/calib-results/localization.jsonl")
-echo "$CAL"
-THRESHOLD=$(echo "$CAL" | sed -n 's/^threshold \([-0-9.]*\):.*/\1/p')
-step $EXPORT convert --checkpoint "$CKPT" --out models/demo/bundle --active-threshold "$THRESHOLD" \
-  --calibration "balanced accuracy on 40 synthetic calibration clips (synth --seed 3): $CAL"
+step $RUNTIME calibrate --results "$WORK/calib-results/localization.jsonl" --out "$WORK/activity.toml"
+step $EXPORT convert --checkpoint "$CKPT" --out models/demo/bundle --localization "$WORK/activity.toml"
 
 # Held-out evaluation: localization and retrieval.
 for set in test-textures test-photos; do

@@ -73,6 +73,23 @@ pub fn ciou(map: &[f32], gt: &[bool], width: usize, height: usize) -> Result<f64
     Ok(inter as f64 / (gt_area + outside) as f64)
 }
 
+/// The largest ciou any map can reach against `gt` under the median rule.
+///
+/// The rule predicts at least `N - int(N / 2)` pixels (every pixel at or above the median), so
+/// a mask of `g` pixels smaller than that scores at most `g / (N - int(N / 2))`; a larger mask
+/// can be predicted exactly (ciou 1). Objects well under half the frame therefore cannot
+/// reach ciou 0.5, whatever the model.
+pub fn ciou_ceiling(gt: &[bool]) -> f64 {
+    let n = gt.len();
+    let least_predicted = n - n / 2;
+    let g = gt.iter().filter(|&&v| v).count();
+    if g >= least_predicted {
+        1.0
+    } else {
+        g as f64 / least_predicted as f64
+    }
+}
+
 /// Whether the map's first maximum in raster order lies inside the ground truth.
 pub fn pointing_hit(
     map: &[f32],
@@ -140,6 +157,8 @@ fn check(
 pub struct LocalizationTally {
     /// ciou of every evaluated (sounding) frame.
     pub cious: Vec<f64>,
+    /// The best ciou any map could reach on each of those frames ([`ciou_ceiling`]).
+    pub ceiling_cious: Vec<f64>,
     /// Pointing-game hits among evaluated frames.
     pub pointing_hits: usize,
     /// Sounding frames judged `active`.
@@ -171,6 +190,8 @@ pub struct LocalizationSummary {
     pub mean_ciou: f64,
     /// Area under the ciou success curve.
     pub auc: f64,
+    /// The best cIoU@0.5 any heatmap could reach on these frames' boxes.
+    pub ciou_at_half_ceiling: f64,
     /// Share of sounding frames judged active.
     pub sounding_active_rate: f64,
     /// Frames where nothing sounds.
@@ -223,9 +244,10 @@ impl LocalizationSummary {
 }
 
 impl LocalizationTally {
-    /// Adds one sounding frame's ciou, pointing result and activity.
-    pub fn add_sounding(&mut self, ciou: f64, hit: bool, active: bool) {
+    /// Adds one sounding frame's ciou, its ceiling ([`ciou_ceiling`]), pointing result and activity.
+    pub fn add_sounding(&mut self, ciou: f64, ceiling: f64, hit: bool, active: bool) {
         self.cious.push(ciou);
+        self.ceiling_cious.push(ceiling);
         self.pointing_hits += usize::from(hit);
         self.sounding_active += usize::from(active);
     }
@@ -251,6 +273,7 @@ impl LocalizationTally {
     /// Merges another tally into this one.
     pub fn merge(&mut self, other: &Self) {
         self.cious.extend_from_slice(&other.cious);
+        self.ceiling_cious.extend_from_slice(&other.ceiling_cious);
         self.pointing_hits += other.pointing_hits;
         self.sounding_active += other.sounding_active;
         self.silent_frames += other.silent_frames;
@@ -273,6 +296,7 @@ impl LocalizationTally {
             ciou_at_half: ciou_at_half(&self.cious)?,
             mean_ciou: self.cious.iter().sum::<f64>() / n as f64,
             auc: auc(&self.cious)?,
+            ciou_at_half_ceiling: ciou_at_half(&self.ceiling_cious)?,
             sounding_active_rate: self.sounding_active as f64 / n as f64,
             silent_frames: self.silent_frames,
             silent_inactive_rate: if self.silent_frames == 0 {
@@ -544,10 +568,11 @@ fn solve4(mut a: [[f64; 4]; 4], mut b: [f64; 4]) -> [f64; 4] {
         }
         a.swap(col, pivot);
         b.swap(col, pivot);
+        let pivot_row = a[col];
         for row in col + 1..4 {
-            let f = a[row][col] / a[col][col];
-            for k in col..4 {
-                a[row][k] -= f * a[col][k];
+            let f = a[row][col] / pivot_row[col];
+            for (v, p) in a[row].iter_mut().zip(pivot_row).skip(col) {
+                *v -= f * p;
             }
             b[row] -= f * b[col];
         }
@@ -713,22 +738,46 @@ mod tests {
     }
 
     #[test]
+    fn ciou_ceiling_is_reached_by_the_best_map_and_no_better() {
+        // 4 x 4 frame: the median rule predicts at least 8 pixels.
+        let small = gt_map(&[[0.0, 0.0, 0.5, 0.25]], 4, 4);
+        assert_eq!(small.iter().filter(|&&g| g).count(), 2);
+        assert_eq!(ciou_ceiling(&small), 0.25);
+        // The best map: the box on top, the rest below it in distinct steps.
+        let best: Vec<f32> = small
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| if g { 1.0 } else { i as f32 / 100.0 })
+            .collect();
+        assert_eq!(ciou(&best, &small, 4, 4).unwrap(), 0.25);
+        // The box itself as a map does worse: ties at 0 put every pixel in the prediction.
+        let binary: Vec<f32> = small.iter().map(|&g| f32::from(u8::from(g))).collect();
+        assert_eq!(ciou(&binary, &small, 4, 4).unwrap(), 2.0 / 16.0);
+        // Half the frame or more can be predicted exactly.
+        let half = gt_map(&[[0.0, 0.0, 1.0, 0.5]], 4, 4);
+        assert_eq!(ciou_ceiling(&half), 1.0);
+        let binary: Vec<f32> = half.iter().map(|&g| f32::from(u8::from(g))).collect();
+        assert_eq!(ciou(&binary, &half, 4, 4).unwrap(), 1.0);
+    }
+
+    #[test]
     fn tally_summarises() {
         let mut tally = LocalizationTally::default();
-        tally.add_sounding(0.6, true, true);
-        tally.add_sounding(0.2, false, false);
+        tally.add_sounding(0.6, 1.0, true, true);
+        tally.add_sounding(0.2, 0.4, false, false);
         tally.add_silent(false);
         tally.add_silent(true);
         let s = tally.summary().unwrap();
         assert_eq!(s.sounding_frames, 2);
         assert_eq!(s.pointing, 0.5);
         assert_eq!(s.ciou_at_half, 0.5);
+        assert_eq!(s.ciou_at_half_ceiling, 0.5);
         assert!((s.mean_ciou - 0.4).abs() < 1e-12);
         assert_eq!(s.sounding_active_rate, 0.5);
         assert_eq!(s.silent_inactive_rate, 0.5);
         assert_eq!(s.silent_phrase(), "silent frames not active 50.0% (of 2)");
         let mut only_sounding = LocalizationTally::default();
-        only_sounding.add_sounding(0.6, true, true);
+        only_sounding.add_sounding(0.6, 1.0, true, true);
         assert_eq!(
             only_sounding.summary().unwrap().silent_phrase(),
             "no silent frames"
@@ -763,6 +812,7 @@ mod tests {
             ciou_at_half,
             mean_ciou: 0.0,
             auc,
+            ciou_at_half_ceiling: 1.0,
             sounding_active_rate: 1.0,
             silent_frames: 0,
             silent_inactive_rate: 1.0,

@@ -582,7 +582,7 @@ fn score(
     let (w, h) = (size.width, size.height);
     let ciou = metrics::ciou(heatmap, &gt.mask, w, h)?;
     let hit = metrics::pointing_hit(heatmap, &gt.mask, w, h)?;
-    tally.add_sounding(ciou, hit, active);
+    tally.add_sounding(ciou, metrics::ciou_ceiling(&gt.mask), hit, active);
     if gt.multi_class {
         tally.add_multi_class(hit);
     }
