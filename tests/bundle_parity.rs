@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::{checkpoint, fixture_dir, heads};
@@ -13,8 +14,12 @@ use cavsync_device::bundle::Bundle;
 use cavsync_formats::bundle::{BundleOptions, write_bundle};
 use cavsync_formats::checkpoint::Checkpoint;
 use cavsync_formats::layout::ModelConfig;
+use cavsync_formats::pb::ModelProto;
+use cavsync_formats::quantize::{QuantizeOptions, quantize_bundle};
 use cavsync_train::LoadedModel;
 use ndarray::{ArrayD, Axis};
+use prost::Message;
+use tract_onnx::prelude::*;
 
 /// Bound for f32 bundles against burn and against the official outputs.
 const F32_MAX_ABS: f32 = 1e-4;
@@ -227,4 +232,131 @@ fn damaged_bundles_are_refused_with_clear_errors() {
     std::fs::remove_file(gdir.join("manifest.toml")).unwrap();
     let msg = open_err(&gdir);
     assert!(msg.contains("manifest.toml"), "{msg}");
+}
+
+/// Cosine similarity of two vectors.
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Bound on the cosine of int8 (dynamic, per-channel) outputs with the official f32 ones, per row.
+const INT8_MIN_COSINE: f64 = 0.99;
+
+#[test]
+fn int8_bundles_keep_the_official_outputs() {
+    for name in FIXTURES {
+        let dir = fixture_dir(name);
+        let tmp = tempfile::tempdir().unwrap();
+        let f32_dir = tmp.path().join("f32");
+        let int8_dir = tmp.path().join("int8");
+        write(name, Precision::F32, &f32_dir);
+        let options = QuantizeOptions {
+            per_channel: true,
+            keep_float: Vec::new(),
+        };
+        let (manifest, reports) = quantize_bundle(&f32_dir, &int8_dir, &options).unwrap();
+        assert_eq!(manifest.model.precision, Precision::Int8);
+        assert!(
+            reports
+                .iter()
+                .all(|r| !r.kept_float && r.relative_error <= 0.5 / 127.0 + 1e-6)
+        );
+        let bundle = Bundle::open(&int8_dir).unwrap();
+        let got = run_bundle(&bundle, &dir);
+        let dim = bundle.dim();
+        for (slot, modality) in [(0, "audio"), (1, "visual")] {
+            for (what, values) in [("global", &got[slot].0), ("tokens", &got[slot].1)] {
+                let official = read_f32(&dir.join(format!("{modality}_{what}.npy"))).unwrap();
+                let official = official.as_slice().unwrap();
+                let worst = values
+                    .chunks(dim)
+                    .zip(official.chunks(dim))
+                    .map(|(a, b)| cosine(a, b))
+                    .fold(f64::INFINITY, f64::min);
+                println!("{name} {modality} int8 {what} vs official: worst cosine {worst:.5}");
+                assert!(
+                    worst >= INT8_MIN_COSINE,
+                    "{name} {modality} {what}: {worst}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_plans_run_integer_matmuls_on_every_weight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f32_dir = tmp.path().join("f32");
+    let int8_dir = tmp.path().join("int8");
+    write("sync_r8_cls", Precision::F32, &f32_dir);
+    let (manifest, reports) =
+        quantize_bundle(&f32_dir, &int8_dir, &QuantizeOptions::default()).unwrap();
+    let mut integer_total = 0;
+    for info in [&manifest.audio, &manifest.visual] {
+        let bytes = std::fs::read(int8_dir.join(&info.file)).unwrap();
+        let graph = ModelProto::decode(bytes.as_slice()).unwrap().graph.unwrap();
+        let count = |op: &str| graph.node.iter().filter(|n| n.op_type == op).count();
+        let float = count("MatMul");
+        // Every float MatMul left multiplies two activations (attention), never a weight.
+        for n in graph.node.iter().filter(|n| n.op_type == "MatMul") {
+            assert!(
+                n.input
+                    .iter()
+                    .all(|i| graph.initializer.iter().all(|t| &t.name != i)),
+                "{}: MatMul {} has a constant input",
+                info.file,
+                n.name
+            );
+        }
+        let plan = tract_onnx::onnx()
+            .model_for_path(int8_dir.join(&info.file))
+            .unwrap()
+            .with_input_fact(0, f32::fact(&info.input_shape).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap();
+        let kernels = |t: DatumType| {
+            plan.nodes()
+                .iter()
+                .filter(|n| n.op.name() == "OptMatMul")
+                .filter(|n| plan.outlet_fact(n.inputs[0]).unwrap().datum_type == t)
+                .map(|n| n.name.clone())
+                .collect::<Vec<_>>()
+        };
+        // tract may split one product (e.g. the global token's row) into several kernels, each
+        // named after the MatMulInteger it came from.
+        let integer_sources: BTreeSet<String> = kernels(DatumType::I8)
+            .iter()
+            .map(|name| match name.split_once(".matmul_integer") {
+                Some((source, _)) => format!("{source}.matmul_integer"),
+                None => name.clone(),
+            })
+            .collect();
+        let integer_nodes: BTreeSet<String> = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "MatMulInteger")
+            .map(|n| n.name.clone())
+            .collect();
+        println!(
+            "{}: {} MatMulInteger -> {} i8 kernels; {float} MatMul -> {} f32 kernels",
+            info.file,
+            integer_nodes.len(),
+            kernels(DatumType::I8).len(),
+            kernels(DatumType::F32).len()
+        );
+        assert!(!integer_nodes.is_empty());
+        assert_eq!(integer_sources, integer_nodes, "{}", info.file);
+        assert_eq!(kernels(DatumType::F32).len(), float, "{}", info.file);
+        let integer = integer_nodes.len();
+        integer_total += integer;
+    }
+    assert_eq!(integer_total, reports.len());
 }

@@ -25,6 +25,8 @@ enum Command {
     Embed(commands::embed::EmbedArgs),
     /// Write a model bundle (audio.onnx, visual.onnx, manifest.toml) that the `cavsync` runtime runs.
     Convert(commands::convert::ConvertArgs),
+    /// Write an int8 bundle from an f32 bundle: every MatMul on a weight runs as an integer matmul.
+    Quantize(commands::quantize::QuantizeArgs),
     /// Write a random-weight checkpoint (safetensors, official key names) of any size, e.g. for benchmarks.
     RandomCheckpoint(commands::random_checkpoint::RandomArgs),
     /// Generate synthetic audio-visual clips (CAV-MAE datafile layout) with per-frame ground truth of the sounding objects.
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Embed(args) => commands::embed::run(args),
         Command::Convert(args) => commands::convert::run(args),
+        Command::Quantize(args) => commands::quantize::run(args),
         Command::RandomCheckpoint(args) => commands::random_checkpoint::run(args),
         Command::Synth(args) => commands::synth::run(args),
         Command::Train(args) => commands::train::run(args),

@@ -225,7 +225,7 @@ fn convert_refuses_int8_and_unknown_precisions_clearly() {
         .arg(fixture("checkpoint.pth"))
         .arg("--out")
         .arg(&out));
-    assert_clean_failure(&res, "int8 needs calibration");
+    assert_clean_failure(&res, "cavsync-export quantize");
     assert!(!out.exists(), "nothing is written for int8");
     let res = run(exe()
         .args(["convert", "--precision", "int4", "--checkpoint"])
@@ -238,6 +238,79 @@ fn convert_refuses_int8_and_unknown_precisions_clearly() {
         stderr.contains("expected one of: f32, f16, int8"),
         "{stderr}"
     );
+}
+
+#[test]
+fn quantize_writes_an_int8_bundle_and_refuses_what_it_cannot_quantize() {
+    let dir = tempfile::tempdir().unwrap();
+    let f32_bundle = dir.path().join("f32");
+    let int8_bundle = dir.path().join("int8");
+    let res = run(exe()
+        .args(["convert", "--heads", "4", "--checkpoint"])
+        .arg(fixture("checkpoint.pth"))
+        .arg("--out")
+        .arg(&f32_bundle));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let quantize = |src: &Path, extra: &[&str]| {
+        run(exe()
+            .arg("quantize")
+            .arg("--bundle")
+            .arg(src)
+            .arg("--out")
+            .arg(&int8_bundle)
+            .args(extra))
+    };
+    let res = quantize(&f32_bundle, &["--per-channel"]);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(
+        stdout.contains("26 integer matmuls, 0 kept f32"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("one scale per output channel"), "{stdout}");
+    let manifest = std::fs::read_to_string(int8_bundle.join("manifest.toml")).unwrap();
+    assert!(manifest.contains("precision = \"int8\""), "{manifest}");
+    assert!(manifest.contains("[quantization]"), "{manifest}");
+    // Weights kept in f32 by name, and recorded.
+    let res = quantize(&f32_bundle, &["--keep-float", "blocks_a.0.mlp"]);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        stdout.contains("24 integer matmuls, 2 kept f32"),
+        "{stdout}"
+    );
+    let manifest = std::fs::read_to_string(int8_bundle.join("manifest.toml")).unwrap();
+    assert!(manifest.contains("blocks_a.0.mlp.fc1.weight"), "{manifest}");
+    // A name that matches nothing, an int8 source, and a tampered source: clear errors, nothing written.
+    std::fs::remove_dir_all(&int8_bundle).unwrap();
+    let res = quantize(&f32_bundle, &["--keep-float", "blocks_z"]);
+    assert_clean_failure(&res, "--keep-float blocks_z");
+    assert!(!int8_bundle.exists());
+    let res = quantize(&f32_bundle, &[]);
+    assert!(res.status.success());
+    let again = dir.path().join("again");
+    let res = run(exe()
+        .arg("quantize")
+        .arg("--bundle")
+        .arg(&int8_bundle)
+        .arg("--out")
+        .arg(&again));
+    assert_clean_failure(&res, "quantize takes an f32 bundle");
+    assert!(!again.exists());
+    let graph = f32_bundle.join("audio.onnx");
+    let mut bytes = std::fs::read(&graph).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&graph, bytes).unwrap();
+    let res = quantize(&f32_bundle, &[]);
+    assert_clean_failure(&res, "audio.onnx");
 }
 
 /// A training config small enough for a test: one block per stack, dim 64, 4 clips per batch.

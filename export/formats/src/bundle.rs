@@ -37,7 +37,7 @@ pub enum BundleWriteError {
 /// What `convert` needs beyond the checkpoint.
 #[derive(Debug, Clone)]
 pub struct BundleOptions {
-    /// Numeric precision of the graphs: f32 or f16 (int8 needs calibration and is refused).
+    /// Numeric precision of the graphs: f32 or f16 (int8 comes from `quantize` and is refused).
     pub precision: Precision,
     /// Video frames per clip T.
     pub total_frames: usize,
@@ -64,19 +64,50 @@ pub fn write_bundle(
     out: &Path,
 ) -> Result<Manifest, BundleWriteError> {
     onnx::check_precision(options.precision)?;
+    write_dir_atomically(out, |tmp| write_into(ck, config, options, tmp))
+        .map_err(|e| e.map_io(|path, source| BundleWriteError::Io { path, source }))
+}
+
+/// An error of [`write_dir_atomically`]: the writer's own, or one replacing the directory.
+pub(crate) enum DirError<E> {
+    /// The writer failed.
+    Write(E),
+    /// Creating, removing or renaming a directory failed.
+    Io(PathBuf, std::io::Error),
+}
+
+impl<E> DirError<E> {
+    /// The writer's error, or the I/O error turned into one by `io`.
+    pub(crate) fn map_io(self, io: impl FnOnce(PathBuf, std::io::Error) -> E) -> E {
+        match self {
+            Self::Write(e) => e,
+            Self::Io(path, source) => io(path, source),
+        }
+    }
+}
+
+/// Runs `write` on a fresh sibling temporary directory of `out`, then puts it in place of `out`; on any error the temporary directory is removed and `out` is left as it was.
+pub(crate) fn write_dir_atomically<T, E>(
+    out: &Path,
+    write: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<T, DirError<E>> {
     let mut tmp_name = out.as_os_str().to_owned();
     tmp_name.push(format!(".partial-{}", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e| DirError::Io(path, e)
+    };
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let result = write_into(ck, config, options, &tmp).and_then(|manifest| {
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let result = write(&tmp).map_err(DirError::Write).and_then(|value| {
         if out.exists() {
-            std::fs::remove_dir_all(out).map_err(io_err(out))?;
+            std::fs::remove_dir_all(out).map_err(io(out))?;
         }
-        std::fs::rename(&tmp, out).map_err(io_err(out))?;
-        Ok(manifest)
+        std::fs::rename(&tmp, out).map_err(io(out))?;
+        Ok(value)
     });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -164,6 +195,7 @@ fn write_into(
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         },
+        quantization: None,
     };
     let text = toml::to_string_pretty(&manifest)?;
     let path = dir.join(MANIFEST_FILE);
@@ -230,7 +262,7 @@ mod tests {
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("calibration"), "{err}");
+        assert!(err.to_string().contains("quantize"), "{err}");
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "only the checkpoint is there: {left:?}");
     }

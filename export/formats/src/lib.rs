@@ -19,5 +19,7 @@ pub mod layout;
 pub mod onnx;
 /// The ONNX protobuf messages the writer emits.
 pub mod pb;
+/// int8 bundles from f32 bundles (integer matmuls).
+pub mod quantize;
 /// Random-weight checkpoints with the official key names.
 pub mod random;

@@ -39,9 +39,9 @@ pub enum OnnxError {
     /// A tensor the layout promises is absent from the checkpoint.
     #[error("checkpoint tensor `{0}` is missing")]
     Missing(String),
-    /// The precision needs more than a checkpoint (int8 needs calibration data).
+    /// The precision is not written from a checkpoint (int8 comes from `quantize`).
     #[error(
-        "precision {0} cannot be written from a checkpoint alone: int8 needs calibration data (convert writes f32 or f16; int8 bundles will come from a future `quantize` command)"
+        "precision {0} cannot be written from a checkpoint: convert writes f32 or f16; make an int8 bundle from an f32 one with `cavsync-export quantize`"
     )]
     Precision(Precision),
 }
@@ -64,7 +64,7 @@ fn float_type(precision: Precision) -> Result<Float, OnnxError> {
     }
 }
 
-/// Check that graphs of `precision` can be written (f32 and f16; int8 needs calibration).
+/// Check that graphs of `precision` can be written from a checkpoint (f32 and f16; int8 comes from `quantize`).
 pub fn check_precision(precision: Precision) -> Result<(), OnnxError> {
     float_type(precision).map(|_| ())
 }
@@ -558,7 +558,7 @@ fn kept_tokens(config: &ModelConfig, modality: Modality) -> usize {
 
 /// Build the ONNX model of one encoder from a verified checkpoint.
 ///
-/// Fails with [`OnnxError::Precision`] for int8, which needs calibration, not just weights.
+/// Fails with [`OnnxError::Precision`] for int8, which `quantize` makes from an f32 bundle.
 pub fn encoder_model(
     ck: &Checkpoint,
     config: &ModelConfig,

@@ -22,7 +22,7 @@ pub struct ConvertArgs {
     /// Output bundle directory (replaced atomically if it exists).
     #[arg(long)]
     out: PathBuf,
-    /// Numeric precision of the graphs: f32, or f16 (weights and arithmetic; inputs and outputs stay f32); int8 needs calibration, which convert does not do.
+    /// Numeric precision of the graphs: f32, or f16 (weights and arithmetic; inputs and outputs stay f32); int8 bundles come from `quantize` on an f32 bundle.
     #[arg(long, default_value = "f32")]
     precision: Precision,
     /// Video frames per clip T that audio segments are aligned with.

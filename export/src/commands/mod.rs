@@ -3,6 +3,7 @@
 pub mod convert;
 pub mod embed;
 pub mod inspect;
+pub mod quantize;
 pub mod random_checkpoint;
 pub mod synth;
 pub mod train;

@@ -95,6 +95,27 @@ pub struct Manifest {
     pub localization: LocalizationInfo,
     /// Where the bundle came from.
     pub provenance: Provenance,
+    /// How an int8 bundle was quantized (int8 bundles only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantizationInfo>,
+}
+
+/// How an int8 bundle's graphs were quantized from an f32 bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizationInfo {
+    /// `dynamic`: weights quantized once, activations at run time.
+    pub scheme: String,
+    /// How weights are stored.
+    pub weights: String,
+    /// How activations are quantized.
+    pub activations: String,
+    /// MatMuls that run as integer matmuls, both graphs together.
+    pub quantized_matmuls: usize,
+    /// Weights left in f32, by name.
+    pub kept_float: Vec<String>,
+    /// sha256 of the f32 bundle's manifest the graphs were quantized from.
+    pub source_manifest_sha256: String,
 }
 
 /// Model family and dimensions.
@@ -343,6 +364,24 @@ impl Manifest {
                     ImagePreprocessing::official()
                 ),
             ));
+        }
+        match (self.model.precision, &self.quantization) {
+            (Precision::Int8, None) => {
+                return Err(field(
+                    "quantization",
+                    "missing (an int8 bundle says how it was quantized; write it with cavsync-export quantize)".into(),
+                ));
+            }
+            (Precision::F32 | Precision::F16, Some(_)) => {
+                return Err(field(
+                    "quantization",
+                    format!(
+                        "present in a {} bundle (expected only in int8 bundles)",
+                        self.model.precision
+                    ),
+                ));
+            }
+            _ => {}
         }
         if let Some(head) = &self.localization.activity
             && let Some(v) = head

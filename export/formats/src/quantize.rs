@@ -1,0 +1,424 @@
+//! int8 bundles from f32 bundles: every MatMul on a constant weight becomes an integer matmul.
+//!
+//! The dynamic scheme: weights are quantized once, symmetric int8 (per output channel or per
+//! tensor), and each activation is quantized at run time to uint8 over its own range
+//! (`DynamicQuantizeLinear`); the product runs as `MatMulInteger` (i8 x u8 -> i32, tract's
+//! integer kernels) and is scaled back to f32 before the bias. Attention's activation-by-
+//! activation products, LayerNorm, Softmax, GELU and the outputs stay f32. Weights named with
+//! `--keep-float` stay f32 too.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use cavsync_core::manifest::{
+    EncoderInfo, MANIFEST_FILE, Manifest, ManifestError, QuantizationInfo, sha256_file, sha256_hex,
+};
+use cavsync_core::model::Precision;
+
+use crate::bundle::write_dir_atomically;
+use crate::pb::attribute_proto::AttributeType;
+use crate::pb::tensor_proto::DataType;
+use crate::pb::{AttributeProto, ModelProto, NodeProto, TensorProto};
+
+/// Largest magnitude of a symmetric int8 weight.
+const INT8_MAX: f32 = 127.0;
+
+/// Errors raised while quantizing a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantizeError {
+    /// The source bundle failed verification.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The source bundle is not f32.
+    #[error(
+        "{path}: model.precision is {found}; quantize takes an f32 bundle (convert --precision f32)"
+    )]
+    Precision {
+        /// The source manifest.
+        path: PathBuf,
+        /// Its precision.
+        found: Precision,
+    },
+    /// A graph file is not an ONNX model.
+    #[error("{path}: not an ONNX model: {message}")]
+    Decode {
+        /// The graph file.
+        path: PathBuf,
+        /// The decoder's explanation.
+        message: String,
+    },
+    /// A weight initializer cannot be read as f32.
+    #[error("{path}: initializer {name}: {problem}")]
+    Weight {
+        /// The graph file.
+        path: PathBuf,
+        /// The initializer.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A `--keep-float` name matches no weight of either graph.
+    #[error(
+        "--keep-float {0}: no MatMul weight of either graph has this name (see the names `quantize` prints)"
+    )]
+    UnknownKeepFloat(String),
+    /// A file or directory could not be written.
+    #[error("{path}: cannot write: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The manifest could not be serialised.
+    #[error("cannot serialise manifest: {0}")]
+    Serialise(#[from] toml::ser::Error),
+}
+
+/// How to quantize.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuantizeOptions {
+    /// One weight scale per output channel instead of one per tensor.
+    pub per_channel: bool,
+    /// Weights to keep in f32, by name (a weight matches when its name starts with one of these).
+    pub keep_float: Vec<String>,
+}
+
+/// What became of one MatMul weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerReport {
+    /// The weight's name in the graph, without the writer's numeric suffix.
+    pub name: String,
+    /// Whether it stayed f32.
+    pub kept_float: bool,
+    /// Largest absolute error of the int8 weight against the f32 one, relative to the largest f32 magnitude (0 when kept).
+    pub relative_error: f32,
+}
+
+/// The name of a weight without the writer's `_N` suffix.
+fn base_name(name: &str) -> &str {
+    match name.rsplit_once('_') {
+        Some((base, id)) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => name,
+    }
+}
+
+/// Symmetric int8 quantization of an `[rows, cols]` row-major weight: values and one scale per column (or one in all).
+fn quantize_weight(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    per_channel: bool,
+) -> (Vec<i8>, Vec<f32>) {
+    let mut scales = if per_channel {
+        let mut max = vec![0.0f32; cols];
+        for row in data.chunks_exact(cols) {
+            for (m, v) in max.iter_mut().zip(row) {
+                *m = m.max(v.abs());
+            }
+        }
+        max
+    } else {
+        vec![data.iter().fold(0.0f32, |m, v| m.max(v.abs()))]
+    };
+    for s in &mut scales {
+        *s = if *s > 0.0 { *s / INT8_MAX } else { 1.0 };
+    }
+    let mut q = Vec::with_capacity(rows * cols);
+    for row in data.chunks_exact(cols) {
+        for (c, v) in row.iter().enumerate() {
+            let s = scales[if per_channel { c } else { 0 }];
+            q.push((v / s).round().clamp(-INT8_MAX, INT8_MAX) as i8);
+        }
+    }
+    (q, scales)
+}
+
+fn tensor(name: String, dims: &[usize], data_type: DataType, raw_data: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name,
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: data_type as i32,
+        raw_data,
+    }
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        name: name.into(),
+        op_type: op.into(),
+        attribute: Vec::new(),
+    }
+}
+
+/// Rewrites every MatMul of `model` whose second input is a 2-D f32 initializer (and not kept float) as DynamicQuantizeLinear + MatMulInteger + rescale; reports each weight.
+pub fn quantize_graph(
+    model: &mut ModelProto,
+    options: &QuantizeOptions,
+    path: &Path,
+) -> Result<Vec<LayerReport>, QuantizeError> {
+    let Some(graph) = model.graph.as_mut() else {
+        return Err(QuantizeError::Decode {
+            path: path.to_path_buf(),
+            message: "the model has no graph".into(),
+        });
+    };
+    let weight_err = |name: &str, problem: String| QuantizeError::Weight {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        problem,
+    };
+    let mut reports = Vec::new();
+    let mut nodes = Vec::with_capacity(graph.node.len());
+    let mut new_initializers = Vec::new();
+    let mut replaced = std::collections::HashSet::new();
+    for n in std::mem::take(&mut graph.node) {
+        let weight = (n.op_type == "MatMul" && n.input.len() == 2)
+            .then(|| graph.initializer.iter().find(|t| t.name == n.input[1]))
+            .flatten()
+            .filter(|t| t.dims.len() == 2 && t.data_type == DataType::Float as i32);
+        let Some(w) = weight else {
+            nodes.push(n);
+            continue;
+        };
+        let name = base_name(&w.name).to_string();
+        if options
+            .keep_float
+            .iter()
+            .any(|k| name.starts_with(k.as_str()))
+        {
+            reports.push(LayerReport {
+                name,
+                kept_float: true,
+                relative_error: 0.0,
+            });
+            nodes.push(n);
+            continue;
+        }
+        let (rows, cols) = (w.dims[0] as usize, w.dims[1] as usize);
+        if w.raw_data.len() != rows * cols * 4 {
+            return Err(weight_err(
+                &w.name,
+                format!(
+                    "{} bytes of data, expected {rows} x {cols} f32 = {}",
+                    w.raw_data.len(),
+                    rows * cols * 4
+                ),
+            ));
+        }
+        let data: Vec<f32> = w
+            .raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if let Some(v) = data.iter().find(|v| !v.is_finite()) {
+            return Err(weight_err(
+                &w.name,
+                format!("holds {v} (expected finite values)"),
+            ));
+        }
+        let (q, scales) = quantize_weight(&data, rows, cols, options.per_channel);
+        let max = data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let err = data
+            .iter()
+            .zip(&q)
+            .enumerate()
+            .map(|(i, (v, &qv))| {
+                let s = scales[if options.per_channel { i % cols } else { 0 }];
+                (v - f32::from(qv) * s).abs()
+            })
+            .fold(0.0f32, f32::max);
+        reports.push(LayerReport {
+            name,
+            kept_float: false,
+            relative_error: if max > 0.0 { err / max } else { 0.0 },
+        });
+        let w_name = w.name.clone();
+        replaced.insert(w_name.clone());
+        let q_name = format!("{w_name}.int8");
+        let scale_name = format!("{w_name}.scale");
+        let zp_name = format!("{w_name}.zero_point");
+        let scale_dims: &[usize] = if options.per_channel { &[cols] } else { &[] };
+        new_initializers.push(tensor(
+            q_name.clone(),
+            &[rows, cols],
+            DataType::Int8,
+            q.iter().map(|&v| v as u8).collect(),
+        ));
+        new_initializers.push(tensor(
+            scale_name.clone(),
+            scale_dims,
+            DataType::Float,
+            scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        ));
+        new_initializers.push(tensor(zp_name.clone(), &[], DataType::Int8, vec![0]));
+        let out = &n.output[0];
+        let (xq, xs, xzp) = (
+            format!("{out}.xq"),
+            format!("{out}.xscale"),
+            format!("{out}.xzero"),
+        );
+        let (acc, accf, scale) = (
+            format!("{out}.i32"),
+            format!("{out}.f32"),
+            format!("{out}.scale"),
+        );
+        nodes.push(node(
+            "DynamicQuantizeLinear",
+            &format!("{out}.quantize"),
+            &[&n.input[0]],
+            &[&xq, &xs, &xzp],
+        ));
+        nodes.push(node(
+            "MatMulInteger",
+            &format!("{out}.matmul_integer"),
+            &[&xq, &q_name, &xzp, &zp_name],
+            &[&acc],
+        ));
+        let mut cast = node("Cast", &format!("{out}.cast"), &[&acc], &[&accf]);
+        cast.attribute.push(AttributeProto {
+            name: "to".into(),
+            r#type: AttributeType::Int as i32,
+            i: DataType::Float as i64,
+            ..AttributeProto::default()
+        });
+        nodes.push(cast);
+        nodes.push(node(
+            "Mul",
+            &format!("{out}.scales"),
+            &[&xs, &scale_name],
+            &[&scale],
+        ));
+        nodes.push(node("Mul", &n.name, &[&accf, &scale], &[out]));
+    }
+    graph.node = nodes;
+    graph.initializer.retain(|t| !replaced.contains(&t.name));
+    graph.initializer.extend(new_initializers);
+    Ok(reports)
+}
+
+/// Quantizes the f32 bundle at `src` into an int8 bundle at `out` (written to a temporary directory, then renamed); returns its manifest and what became of each weight.
+pub fn quantize_bundle(
+    src: &Path,
+    out: &Path,
+    options: &QuantizeOptions,
+) -> Result<(Manifest, Vec<LayerReport>), QuantizeError> {
+    let manifest = Manifest::read(src)?;
+    if manifest.model.precision != Precision::F32 {
+        return Err(QuantizeError::Precision {
+            path: src.join(MANIFEST_FILE),
+            found: manifest.model.precision,
+        });
+    }
+    write_dir_atomically(out, |tmp| write_quantized(src, &manifest, tmp, options))
+        .map_err(|e| e.map_io(|path, source| QuantizeError::Io { path, source }))
+}
+
+/// Quantizes one encoder graph of the source bundle into `dir`; returns its manifest entry.
+fn quantize_encoder(
+    src: &Path,
+    info: &EncoderInfo,
+    dir: &Path,
+    options: &QuantizeOptions,
+    reports: &mut Vec<LayerReport>,
+) -> Result<EncoderInfo, QuantizeError> {
+    let path = info.verified_path(src)?;
+    let bytes = std::fs::read(&path).map_err(|e| ManifestError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    let mut model = ModelProto::decode(bytes.as_slice()).map_err(|e| QuantizeError::Decode {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    reports.extend(quantize_graph(&mut model, options, &path)?);
+    let bytes = model.encode_to_vec();
+    let out = dir.join(&info.file);
+    std::fs::write(&out, &bytes).map_err(|source| QuantizeError::Io {
+        path: out.clone(),
+        source,
+    })?;
+    Ok(EncoderInfo {
+        sha256: sha256_hex(&bytes),
+        ..info.clone()
+    })
+}
+
+/// Writes both quantized graphs and the manifest into `dir`.
+fn write_quantized(
+    src: &Path,
+    source: &Manifest,
+    dir: &Path,
+    options: &QuantizeOptions,
+) -> Result<(Manifest, Vec<LayerReport>), QuantizeError> {
+    let mut reports = Vec::new();
+    let audio = quantize_encoder(src, &source.audio, dir, options, &mut reports)?;
+    let visual = quantize_encoder(src, &source.visual, dir, options, &mut reports)?;
+    if let Some(k) = options
+        .keep_float
+        .iter()
+        .find(|k| !reports.iter().any(|r| r.name.starts_with(k.as_str())))
+    {
+        return Err(QuantizeError::UnknownKeepFloat(k.clone()));
+    }
+    let kept: Vec<String> = reports
+        .iter()
+        .filter(|r| r.kept_float)
+        .map(|r| r.name.clone())
+        .collect();
+    let mut manifest = source.clone();
+    manifest.model.precision = Precision::Int8;
+    manifest.audio = audio;
+    manifest.visual = visual;
+    manifest.quantization = Some(QuantizationInfo {
+        scheme: "dynamic".into(),
+        weights: if options.per_channel {
+            "int8 symmetric, one scale per output channel".into()
+        } else {
+            "int8 symmetric, one scale per tensor".into()
+        },
+        activations: "uint8 over each activation's own range at run time (DynamicQuantizeLinear)"
+            .into(),
+        quantized_matmuls: reports.len() - kept.len(),
+        kept_float: kept,
+        source_manifest_sha256: sha256_file(&src.join(MANIFEST_FILE))?,
+    });
+    let text = toml::to_string_pretty(&manifest)?;
+    let path = dir.join(MANIFEST_FILE);
+    std::fs::write(&path, text).map_err(|source| QuantizeError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((manifest, reports))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_round_to_the_nearest_step_of_their_channel() {
+        // 2 x 3, columns with ranges 1.27, 0.254 and 0 (a zero column keeps scale 1).
+        let w = [1.27, -0.254, 0.0, -0.63, 0.128, 0.0];
+        let (q, s) = quantize_weight(&w, 2, 3, true);
+        assert_eq!(s.len(), 3);
+        assert!((s[0] - 0.01).abs() < 1e-7 && (s[1] - 0.002).abs() < 1e-8 && s[2] == 1.0);
+        assert_eq!(q, vec![127, -127, 0, -63, 64, 0]);
+        let (q, s) = quantize_weight(&w, 2, 3, false);
+        assert_eq!(s.len(), 1);
+        assert_eq!(q, vec![127, -25, 0, -63, 13, 0]);
+    }
+
+    #[test]
+    fn base_names_drop_only_the_numeric_suffix() {
+        assert_eq!(
+            base_name("blocks_a.0.mlp.fc1.weight_12"),
+            "blocks_a.0.mlp.fc1.weight"
+        );
+        assert_eq!(base_name("patch_embed_a"), "patch_embed_a");
+        assert_eq!(base_name("x_"), "x_");
+    }
+}
