@@ -220,6 +220,29 @@ fn main_command_without_overlays_or_frame_lines_says_so() {
 }
 
 #[test]
+fn a_closed_stdout_ends_the_command_without_a_panic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut child = cavsync()
+        .current_dir(root)
+        .args(["info", "--bundle", "models/demo/bundle"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the command prints (it loads the bundle first), as
+    // `cavsync info ... | head -0` would.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        None,
+        "ended by SIGPIPE, not an exit code"
+    );
+}
+
+#[test]
 fn calibrate_reads_the_records_localize_writes() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("demo");
@@ -287,6 +310,33 @@ fn calibrate_reads_the_records_localize_writes() {
         ),
         "{stdout}"
     );
+    // The activity head separates them too, and --out writes both for convert --localization.
+    let head_line = stdout.lines().find(|l| l.starts_with("head ")).unwrap();
+    assert!(
+        head_line.ends_with(
+            "sounding frames active 100.0% (of 16), silent frames not active 100.0% (of 4)"
+        ),
+        "{stdout}"
+    );
+    let calibration = dir.path().join("activity.toml");
+    let out = cavsync()
+        .args(["calibrate", "--results"])
+        .arg(&mixed)
+        .arg("--out")
+        .arg(&calibration)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&calibration).unwrap();
+    for field in [
+        "active_threshold = ",
+        "calibration = ",
+        "[activity]",
+        "weights = [",
+        "bias = ",
+    ] {
+        assert!(text.contains(field), "{field} not in {text}");
+    }
 
     // A record without ground truth is refused with its line number.
     let mut bare = records[0].clone();

@@ -13,8 +13,15 @@ use tracing_subscriber::EnvFilter;
 use cavsync_core::npy;
 use cavsync_core::preprocess::{audio, fbank, image, segment};
 
-/// Send `tracing` logs to stderr, filtered by `RUST_LOG` (default: info).
+/// Send `tracing` logs to stderr, filtered by `RUST_LOG` (default: info), and end quietly when stdout's reader goes away.
 pub fn init_tracing() {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`cavsync ... | head`) would panic;
+    // restore the default action, which ends the process silently as other command-line tools do.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
