@@ -10,6 +10,7 @@ use common::{checkpoint, fixture_dir, heads};
 use cavsync_core::manifest::LocalizationInfo;
 use cavsync_core::model::Precision;
 use cavsync_core::npy::read_f32;
+use cavsync_core::similarity::cosine;
 use cavsync_device::bundle::Bundle;
 use cavsync_formats::bundle::{BundleOptions, write_bundle};
 use cavsync_formats::checkpoint::Checkpoint;
@@ -234,20 +235,8 @@ fn damaged_bundles_are_refused_with_clear_errors() {
     assert!(msg.contains("manifest.toml"), "{msg}");
 }
 
-/// Cosine similarity of two vectors.
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
-
 /// Bound on the cosine of int8 (dynamic, per-channel) outputs with the official f32 ones, per row.
-const INT8_MIN_COSINE: f64 = 0.99;
+const INT8_MIN_COSINE: f32 = 0.99;
 
 #[test]
 fn int8_bundles_keep_the_official_outputs() {
@@ -279,7 +268,7 @@ fn int8_bundles_keep_the_official_outputs() {
                     .chunks(dim)
                     .zip(official.chunks(dim))
                     .map(|(a, b)| cosine(a, b))
-                    .fold(f64::INFINITY, f64::min);
+                    .fold(f32::INFINITY, f32::min);
                 println!("{name} {modality} int8 {what} vs official: worst cosine {worst:.5}");
                 assert!(
                     worst >= INT8_MIN_COSINE,

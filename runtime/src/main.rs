@@ -35,6 +35,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    cavsync_cli::end_quietly_on_closed_pipe();
     cavsync_cli::init_tracing();
     let cli = Cli::parse();
     cavsync_cli::finish(match &cli.command {

@@ -64,49 +64,31 @@ pub fn write_bundle(
     out: &Path,
 ) -> Result<Manifest, BundleWriteError> {
     onnx::check_precision(options.precision)?;
-    write_dir_atomically(out, |tmp| write_into(ck, config, options, tmp))
-        .map_err(|e| e.map_io(|path, source| BundleWriteError::Io { path, source }))
+    write_dir_atomically(
+        out,
+        |path, source| BundleWriteError::Io { path, source },
+        |tmp| write_into(ck, config, options, tmp),
+    )
 }
 
-/// An error of [`write_dir_atomically`]: the writer's own, or one replacing the directory.
-pub(crate) enum DirError<E> {
-    /// The writer failed.
-    Write(E),
-    /// Creating, removing or renaming a directory failed.
-    Io(PathBuf, std::io::Error),
-}
-
-impl<E> DirError<E> {
-    /// The writer's error, or the I/O error turned into one by `io`.
-    pub(crate) fn map_io(self, io: impl FnOnce(PathBuf, std::io::Error) -> E) -> E {
-        match self {
-            Self::Write(e) => e,
-            Self::Io(path, source) => io(path, source),
-        }
-    }
-}
-
-/// Runs `write` on a fresh sibling temporary directory of `out`, then puts it in place of `out`; on any error the temporary directory is removed and `out` is left as it was.
+/// Runs `write` on a fresh sibling temporary directory of `out`, then puts it in place of `out`; on any error the temporary directory is removed and `out` is left as it was. `io` turns a failure to create, remove or rename a directory into the caller's error.
 pub(crate) fn write_dir_atomically<T, E>(
     out: &Path,
+    io: impl Fn(PathBuf, std::io::Error) -> E,
     write: impl FnOnce(&Path) -> Result<T, E>,
-) -> Result<T, DirError<E>> {
+) -> Result<T, E> {
     let mut tmp_name = out.as_os_str().to_owned();
     tmp_name.push(format!(".partial-{}", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |e| DirError::Io(path, e)
-    };
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(tmp.clone(), e))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let result = write(&tmp).map_err(DirError::Write).and_then(|value| {
+    std::fs::create_dir_all(&tmp).map_err(|e| io(tmp.clone(), e))?;
+    let result = write(&tmp).and_then(|value| {
         if out.exists() {
-            std::fs::remove_dir_all(out).map_err(io(out))?;
+            std::fs::remove_dir_all(out).map_err(|e| io(out.to_path_buf(), e))?;
         }
-        std::fs::rename(&tmp, out).map_err(io(out))?;
+        std::fs::rename(&tmp, out).map_err(|e| io(out.to_path_buf(), e))?;
         Ok(value)
     });
     if result.is_err() {

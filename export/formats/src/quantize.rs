@@ -313,8 +313,11 @@ pub fn quantize_bundle(
             found: manifest.model.precision,
         });
     }
-    write_dir_atomically(out, |tmp| write_quantized(src, &manifest, tmp, options))
-        .map_err(|e| e.map_io(|path, source| QuantizeError::Io { path, source }))
+    write_dir_atomically(
+        out,
+        |path, source| QuantizeError::Io { path, source },
+        |tmp| write_quantized(src, &manifest, tmp, options),
+    )
 }
 
 /// Quantizes one encoder graph of the source bundle into `dir`; returns its manifest entry.
@@ -325,11 +328,7 @@ fn quantize_encoder(
     options: &QuantizeOptions,
     reports: &mut Vec<LayerReport>,
 ) -> Result<EncoderInfo, QuantizeError> {
-    let path = info.verified_path(src)?;
-    let bytes = std::fs::read(&path).map_err(|e| ManifestError::Io {
-        path: path.clone(),
-        source: e,
-    })?;
+    let (path, bytes) = info.read_verified(src)?;
     let mut model = ModelProto::decode(bytes.as_slice()).map_err(|e| QuantizeError::Decode {
         path: path.clone(),
         message: e.to_string(),

@@ -61,7 +61,7 @@ fn localization(args: &ConvertArgs) -> anyhow::Result<LocalizationInfo> {
         )
     })?;
     if let Some(head) = &info.activity
-        && !(head.weights.iter().all(|w| w.is_finite()) && head.bias.is_finite())
+        && head.non_finite().is_some()
     {
         bail!(
             "{}: activity: expected finite weights and bias, found {:?} and {}",

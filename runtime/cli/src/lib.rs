@@ -13,15 +13,20 @@ use tracing_subscriber::EnvFilter;
 use cavsync_core::npy;
 use cavsync_core::preprocess::{audio, fbank, image, segment};
 
-/// Send `tracing` logs to stderr, filtered by `RUST_LOG` (default: info), and end quietly when stdout's reader goes away.
-pub fn init_tracing() {
-    // Rust ignores SIGPIPE, so printing into a closed pipe (`cavsync ... | head`) would panic;
-    // restore the default action, which ends the process silently as other command-line tools do.
+/// End the process quietly when stdout's reader goes away (`cavsync ... | head`), as other command-line tools do.
+///
+/// Rust ignores SIGPIPE, so printing into a closed pipe would panic; this restores the
+/// signal's default action. Call it first in `main`, before any thread is started.
+pub fn end_quietly_on_closed_pipe() {
     #[cfg(unix)]
     // SAFETY: setting a signal's disposition to its default before any thread is started.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+/// Send `tracing` logs to stderr, filtered by `RUST_LOG` (default: info).
+pub fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

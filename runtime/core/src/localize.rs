@@ -311,6 +311,17 @@ pub struct FrameLocalization {
     pub boxes: Vec<BoundingBox>,
 }
 
+impl FrameLocalization {
+    /// What the frame's activity was judged from.
+    pub fn features(&self) -> ActivityFeatures {
+        ActivityFeatures {
+            score: self.score,
+            contrast: self.contrast,
+            audio_level: self.audio_level,
+        }
+    }
+}
+
 /// What a frame's activity is judged from: the similarity map and the audio it was made with.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ActivityFeatures {
@@ -344,6 +355,27 @@ impl ActivityHead {
     pub fn logit(&self, features: ActivityFeatures) -> f32 {
         let f = features.to_array();
         self.weights.iter().zip(f).map(|(w, x)| w * x).sum::<f32>() + self.bias
+    }
+
+    /// The first weight or bias that is NaN or infinite, if any.
+    pub fn non_finite(&self) -> Option<f32> {
+        self.weights
+            .iter()
+            .chain([&self.bias])
+            .copied()
+            .find(|v| !v.is_finite())
+    }
+}
+
+impl std::fmt::Display for ActivityHead {
+    /// `BIAS score W contrast W level W`, each signed with four decimals.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [score, contrast, level] = self.weights;
+        write!(
+            f,
+            "{:+.4} score {score:+.4} contrast {contrast:+.4} level {level:+.4}",
+            self.bias
+        )
     }
 }
 
@@ -389,13 +421,7 @@ impl LocalizeConfig {
                 expected: "a number, not NaN",
             });
         }
-        if let Some(head) = &self.activity
-            && let Some(&value) = head
-                .weights
-                .iter()
-                .chain([&head.bias])
-                .find(|v| !v.is_finite())
-        {
+        if let Some(value) = self.activity.and_then(|head| head.non_finite()) {
             return Err(LocalizeError::Config {
                 field: "activity",
                 value,

@@ -383,13 +383,7 @@ impl Manifest {
             }
             _ => {}
         }
-        if let Some(head) = &self.localization.activity
-            && let Some(v) = head
-                .weights
-                .iter()
-                .chain([&head.bias])
-                .find(|v| !v.is_finite())
-        {
+        if let Some(v) = self.localization.activity.and_then(|h| h.non_finite()) {
             return Err(field(
                 "localization.activity",
                 format!("{v} (expected finite weights and bias)"),
@@ -444,10 +438,14 @@ impl Manifest {
 }
 
 impl EncoderInfo {
-    /// The model file inside bundle `dir`, after checking its sha256 against the manifest's.
-    pub fn verified_path(&self, dir: &Path) -> Result<PathBuf, ManifestError> {
+    /// The graph file's bytes, read once, after checking them against the manifest's sha256.
+    pub fn read_verified(&self, dir: &Path) -> Result<(PathBuf, Vec<u8>), ManifestError> {
         let path = dir.join(&self.file);
-        let found = sha256_file(&path)?;
+        let bytes = std::fs::read(&path).map_err(|source| ManifestError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let found = sha256_hex(&bytes);
         if found != self.sha256 {
             return Err(ManifestError::Hash {
                 path,
@@ -455,6 +453,11 @@ impl EncoderInfo {
                 found,
             });
         }
-        Ok(path)
+        Ok((path, bytes))
+    }
+
+    /// The model file inside bundle `dir`, after checking its sha256 against the manifest's.
+    pub fn verified_path(&self, dir: &Path) -> Result<PathBuf, ManifestError> {
+        self.read_verified(dir).map(|(path, _)| path)
     }
 }

@@ -285,8 +285,6 @@ pub struct Session<'a> {
     localizer: FrameLocalizer,
     baseline_localizer: FrameLocalizer,
     baseline_audio: Embedding,
-    /// Level of the mismatched audio segment.
-    baseline_level: f32,
     centre: Vec<f32>,
     truth: Option<GroundTruth<'a>>,
     clip: Option<ClipState<'a>>,
@@ -306,7 +304,6 @@ impl<'a> Session<'a> {
             localizer: FrameLocalizer::new(bundle)?,
             baseline_localizer: FrameLocalizer::new(bundle)?,
             baseline_audio: Embedding::default(),
-            baseline_level: 0.0,
             centre: Vec::new(),
             truth,
             clip: None,
@@ -399,10 +396,11 @@ impl<'a> Session<'a> {
             });
         }
         clip.size = Some(size);
+        let mut baseline_level = 0.0;
         if let Some(b) = &clip.baselines {
             let m = &b.mismatched;
             let position = m.position(input.index, input.time_s);
-            self.baseline_level = self.encoder.encode_audio_into(
+            baseline_level = self.encoder.encode_audio_into(
                 m.mel.view(),
                 m.alignment,
                 position,
@@ -440,7 +438,7 @@ impl<'a> Session<'a> {
                 score(&mut b.centre, &gt, &self.centre, true, size)?;
                 let base = self.baseline_localizer.localize_pair(
                     &self.baseline_audio,
-                    self.baseline_level,
+                    baseline_level,
                     &emb.visual,
                     size,
                 )?;

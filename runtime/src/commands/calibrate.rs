@@ -45,13 +45,7 @@ fn read_samples(args: &Args) -> anyhow::Result<Vec<Sample>> {
                     i + 1
                 );
             };
-            let loc = &record.localization;
-            let features = ActivityFeatures {
-                score: loc.score,
-                contrast: loc.contrast,
-                audio_level: loc.audio_level,
-            };
-            samples.push((features, truth.sounding > 0));
+            samples.push((record.localization.features(), truth.sounding > 0));
         }
     }
     Ok(samples)
@@ -88,11 +82,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     let h = head.head;
     let head_line = format!(
-        "head {:.4} score {:+.4} contrast {:+.4} level {:+.4}: {}",
-        h.bias,
-        h.weights[0],
-        h.weights[1],
-        h.weights[2],
+        "head {h}: {}",
         rates(head.sounding_active_rate, head.silent_inactive_rate)
     );
     println!("{threshold_line}");

@@ -61,10 +61,7 @@ pub fn run(args: &BundleArgs) -> anyhow::Result<()> {
     );
     let l = &m.localization;
     match &l.activity {
-        Some(h) => println!(
-            "localization      active when {:+.4} score {:+.4} contrast {:+.4} level {:+.4} >= 0 ({})",
-            h.bias, h.weights[0], h.weights[1], h.weights[2], l.calibration
-        ),
+        Some(h) => println!("localization      active when {h} >= 0 ({})", l.calibration),
         None => println!(
             "localization      active threshold {} ({})",
             l.active_threshold, l.calibration
