@@ -177,8 +177,17 @@ def train(args):
         return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1 + math.cos(math.pi * p))
 
     print(json.dumps(vars(args)), flush=True)
-    start, history = time.time(), []
-    for step in range(min(args.steps, args.stop_after or args.steps)):
+    start, history, first = time.time(), [], 0
+    state_path = os.path.join(args.out, args.name + ".state.pt")
+    if args.resume and os.path.exists(state_path):
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        rng.bit_generator.state = state["numpy_rng"]
+        first, history = state["step"], state["history"]
+        print(f"resumed at step {first}", flush=True)
+    for step in range(first, min(args.steps, args.stop_after or args.steps)):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         a, v = data.batch(rng.integers(0, len(data.ids), args.batch), rng.integers(0, FRAMES, args.batch))
@@ -192,8 +201,16 @@ def train(args):
             line = (f"step {step + 1} t={time.time() - start:.0f}s loss {r[0]:.3f} mae_a {r[1]:.3f} mae_v {r[2]:.3f} "
                     f"nce {r[3]:.3f} acc {r[4]:.3f}")
             print(line + "".join(f" | {n}: {localization(model, c, a)}" for n, c, a in evals), flush=True)
+        if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
+            os.makedirs(args.out, exist_ok=True)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                     "numpy_rng": rng.bit_generator.state, "step": step + 1, "history": history}
+            torch.save(state, state_path + ".tmp")
+            os.replace(state_path + ".tmp", state_path)
     os.makedirs(args.out, exist_ok=True)
-    torch.save({"module." + k: t for k, t in model.state_dict().items()}, os.path.join(args.out, args.name + ".pth"))
+    final = os.path.join(args.out, args.name + ".pth")
+    torch.save({"module." + k: t for k, t in model.state_dict().items()}, final + ".tmp")
+    os.replace(final + ".tmp", final)
 
 
 def retrieve(args):
@@ -255,6 +272,8 @@ def main():
     t.add_argument("--contrastive-weight", type=float, default=0.01)
     t.add_argument("--every", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable state (NAME.state.pt) every N steps")
+    t.add_argument("--resume", action="store_true", help="continue from NAME.state.pt in --out when it exists")
     t.add_argument("--init", help="start from this checkpoint's weights instead of the official initialisation")
     sub.choices["retrieve"].add_argument("--checkpoint", required=True)
     args = ap.parse_args()

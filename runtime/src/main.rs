@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{bench, calibrate, embed, fbank, info, localize, retrieve};
+use commands::{bench, calibrate, embed, eval, fbank, info, localize, retrieve};
 
 /// cavsync: CAV-MAE Sync audio-visual inference on edge devices.
 #[derive(Parser, Debug)]
@@ -32,6 +32,8 @@ enum Command {
     Bench(bench::Args),
     /// Choose a bundle's activity threshold from annotated `localize` results (best balanced accuracy between sounding and silent frames).
     Calibrate(calibrate::Args),
+    /// Compare candidate bundles (int8, f16, distilled) with a reference bundle on the same frames: embedding fidelity, localization agreement, task metrics with baselines, retrieval, latency and size; report.json and report.html.
+    Eval(eval::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,5 +48,6 @@ fn main() -> ExitCode {
         Command::Retrieve(args) => retrieve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Eval(args) => eval::run(args),
     })
 }

@@ -9,6 +9,7 @@
 pub mod annotations;
 pub mod atomic;
 pub mod clip;
+pub mod evaluation;
 pub mod localize;
 pub mod manifest;
 pub mod metrics;

@@ -5,5 +5,6 @@
 
 pub mod bundle;
 pub mod encode;
+pub mod latency;
 pub mod session;
 pub mod sink;

@@ -109,6 +109,8 @@ pub struct FrameOutput<'f> {
     pub image: &'f RgbImage,
     /// The normalised heatmap at frame resolution (row-major, height x width).
     pub heatmap: &'f [f32],
+    /// The frame's embeddings (audio segment and image).
+    pub embeddings: &'f FrameEmbeddings,
 }
 
 /// What a sink sees at the end of a clip.
@@ -450,6 +452,7 @@ impl<'a> Session<'a> {
             record: &record,
             image: input.image,
             heatmap: self.localizer.heatmap(),
+            embeddings: emb,
         };
         for sink in sinks.iter_mut() {
             sink.frame(&out)?;

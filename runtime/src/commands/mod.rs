@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod calibrate;
 pub mod embed;
+pub mod eval;
 pub mod fbank;
 pub mod info;
 pub mod localize;

@@ -1,0 +1,113 @@
+//! How fast a bundle's encoders run on this machine, and how much memory the process holds.
+
+use std::time::Instant;
+
+use cavsync_core::model::Modality;
+
+use crate::bundle::{Bundle, BundleError, Embedding};
+
+/// Median latencies of one bundle's encoders, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Latency {
+    /// Audio encoder, one segment.
+    pub audio_s: f64,
+    /// Visual encoder, one image.
+    pub visual_s: f64,
+    /// Both, one after the other.
+    pub pair_s: f64,
+    /// Timed iterations behind each median.
+    pub iterations: usize,
+}
+
+/// The median of `values` (the mean of the middle two for an even count; NaN when empty).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// A deterministic input of `len` values in [-1, 1).
+fn pattern(len: usize, stride: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * stride) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// Time both encoders of `bundle` on fixed inputs: 2 warm-up runs, then `iterations` timed ones (at least 1).
+pub fn measure(bundle: &Bundle, iterations: usize) -> Result<Latency, BundleError> {
+    let iterations = iterations.max(1);
+    let audio_in = pattern(bundle.input_len(Modality::Audio), 7919);
+    let image_in = pattern(bundle.input_len(Modality::Visual), 104_729);
+    let mut emb = Embedding::default();
+    for _ in 0..2 {
+        bundle.embed_into(Modality::Audio, &audio_in, &mut emb)?;
+        bundle.embed_into(Modality::Visual, &image_in, &mut emb)?;
+    }
+    let (mut audio, mut visual, mut pair) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..iterations {
+        let t0 = Instant::now();
+        bundle.embed_into(Modality::Audio, &audio_in, &mut emb)?;
+        let t1 = Instant::now();
+        bundle.embed_into(Modality::Visual, &image_in, &mut emb)?;
+        let t2 = Instant::now();
+        audio.push((t1 - t0).as_secs_f64());
+        visual.push((t2 - t1).as_secs_f64());
+        pair.push((t2 - t0).as_secs_f64());
+    }
+    Ok(Latency {
+        audio_s: median(audio),
+        visual_s: median(visual),
+        pair_s: median(pair),
+        iterations,
+    })
+}
+
+/// A `kB` line of /proc/self/status in MiB (None where unavailable).
+fn status_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Peak resident set size of this process in MiB (None where /proc is unavailable).
+pub fn peak_rss_mib() -> Option<f64> {
+    status_mib("VmHWM:")
+}
+
+/// Resident set size of this process now, in MiB (None where /proc is unavailable).
+pub fn rss_mib() -> Option<f64> {
+    status_mib("VmRSS:")
+}
+
+/// The processor's model name from /proc/cpuinfo ("unknown CPU" where unavailable).
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
+}

@@ -1,0 +1,524 @@
+//! `cavsync eval`: candidate bundles (int8, f16, distilled) against a reference bundle on the same frames, in a report people can look at.
+
+mod report;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use image::RgbImage;
+
+use cavsync_core::annotations::Annotations;
+use cavsync_core::clip::{self, Clip};
+use cavsync_core::evaluation::{
+    AgreementSummary, AgreementTally, FrameAgreement, FrameOutputs, compare_frame, success_curve,
+};
+use cavsync_core::localize::{FrameLocalization, FrameSize, Grid, render_overlay};
+use cavsync_core::metrics::{Baselines, LocalizationSummary};
+use cavsync_core::preprocess::image::load_rgb;
+use cavsync_core::retrieval::{ClipEmbeddings, RetrievalReport, Strategy, evaluate};
+use cavsync_device::bundle::{Bundle, PlanOptions};
+use cavsync_device::latency::{self, Latency};
+use cavsync_device::session::{ClipAudio, FrameInput, FrameOutput, GroundTruth, Session};
+use cavsync_device::sink::{Sink, SinkError};
+
+/// Arguments of `cavsync eval`.
+#[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["clip", "datafile"]))]
+pub struct Args {
+    /// The bundle every candidate is compared with (usually the full-precision one).
+    #[arg(long)]
+    reference: PathBuf,
+    /// A bundle to compare with the reference (int8, f16, a distilled student); repeat for several.
+    #[arg(long, required = true)]
+    candidate: Vec<PathBuf>,
+    /// CAV-MAE datafile JSON: every clip is run through every model (and retrieval is scored among them).
+    #[arg(long)]
+    datafile: Option<PathBuf>,
+    /// A single clip folder: frames/*.jpg|png plus audio.wav.
+    #[arg(long)]
+    clip: Option<PathBuf>,
+    /// Ground truth (annotations.json from `cavsync-export synth`): each model's pointing, cIoU, AUC and activity beside the centre-prior and mismatched-audio baselines.
+    #[arg(long)]
+    annotations: Option<PathBuf>,
+    /// Output directory: report.json, report.html and its PNG plots.
+    #[arg(long)]
+    report: PathBuf,
+    /// Threads for matrix products, the same for every model.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Timed iterations per encoder for the latency figures (after 2 warm-up runs).
+    #[arg(long, default_value_t = 10)]
+    iterations: usize,
+    /// Frames shown per candidate where it disagrees most with the reference.
+    #[arg(long, default_value_t = 8)]
+    worst: usize,
+}
+
+/// One model of the evaluation: its bundle and what was measured of it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelReport {
+    /// Short name used in tables and plots.
+    pub name: String,
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// Weight precision from the manifest.
+    pub precision: String,
+    /// Quantization scheme, for int8 bundles.
+    pub scheme: Option<String>,
+    /// Bytes of the bundle's files.
+    pub size_bytes: u64,
+    /// Resident memory added by opening the bundle (plans, weights), MiB.
+    pub resident_mib: Option<f64>,
+    /// Median encoder latencies on this machine.
+    pub latency: Latency,
+    /// Task metrics against the annotations.
+    pub localization: Option<LocalizationSummary>,
+    /// The baselines on the same frames.
+    pub baselines: Option<Baselines>,
+    /// cIoU success curve: share of sounding frames with cIoU >= t.
+    pub ciou_success: Vec<(f64, f64)>,
+    /// Retrieval among the clips (diagonal_mean), when there are at least two full clips.
+    pub retrieval: Option<RetrievalReport>,
+}
+
+/// One candidate against the reference.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CandidateReport {
+    /// The candidate itself.
+    pub model: ModelReport,
+    /// How closely it follows the reference.
+    pub agreement: AgreementSummary,
+    /// Side-by-side images (reference | candidate) of the frames where it disagrees most, relative to the report.
+    pub worst_frames: Vec<WorstFrame>,
+}
+
+/// A frame where a candidate disagrees with the reference.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorstFrame {
+    /// Clip id.
+    pub clip: String,
+    /// Frame index.
+    pub frame: usize,
+    /// IoU of the two top-half masks.
+    pub mask_iou: f64,
+    /// Peak distance in patches (none when a map had no peak).
+    pub peak_distance: Option<usize>,
+    /// The side-by-side PNG, relative to the report.
+    pub image: String,
+}
+
+/// Everything `eval` measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalReport {
+    /// The processor the latencies were measured on.
+    pub cpu: String,
+    /// Threads every model ran with.
+    pub threads: usize,
+    /// Clips evaluated.
+    pub clips: usize,
+    /// Frames evaluated.
+    pub frames: usize,
+    /// The reference model.
+    pub reference: ModelReport,
+    /// Each candidate against it.
+    pub candidates: Vec<CandidateReport>,
+    /// Peak resident memory of the whole evaluation, MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// One opened model and its per-frame capture.
+struct Model {
+    name: String,
+    bundle: Bundle,
+    resident_mib: Option<f64>,
+    capture: Capture,
+}
+
+/// Keeps the last frame's outputs of one model, and what the run needs of every frame.
+#[derive(Default)]
+struct Capture {
+    audio_global: Vec<f32>,
+    visual_global: Vec<f32>,
+    visual_tokens: Vec<f32>,
+    heatmap: Vec<f32>,
+    localization: Option<FrameLocalization>,
+    cious: Vec<f64>,
+    all_audio: Vec<f32>,
+    all_visual: Vec<f32>,
+}
+
+impl Capture {
+    fn outputs(&self) -> anyhow::Result<FrameOutputs<'_>> {
+        Ok(FrameOutputs {
+            audio_global: &self.audio_global,
+            visual_global: &self.visual_global,
+            visual_tokens: &self.visual_tokens,
+            heatmap: &self.heatmap,
+            localization: self
+                .localization
+                .as_ref()
+                .context("no frame was localized")?,
+        })
+    }
+}
+
+fn copy_into(dst: &mut Vec<f32>, src: &[f32]) {
+    dst.clear();
+    dst.extend_from_slice(src);
+}
+
+impl Sink for Capture {
+    fn frame(&mut self, frame: &FrameOutput<'_>) -> Result<(), SinkError> {
+        let emb = frame.embeddings;
+        copy_into(&mut self.audio_global, &emb.audio.global);
+        copy_into(&mut self.visual_global, &emb.visual.global);
+        copy_into(&mut self.visual_tokens, &emb.visual.tokens);
+        copy_into(&mut self.heatmap, frame.heatmap);
+        self.all_audio.extend_from_slice(&emb.audio.global);
+        self.all_visual.extend_from_slice(&emb.visual.global);
+        if let Some(ciou) = frame.record.truth.as_ref().and_then(|t| t.ciou) {
+            self.cious.push(ciou);
+        }
+        self.localization = Some(frame.record.localization.clone());
+        Ok(())
+    }
+}
+
+/// Total bytes of the files directly inside `dir`.
+fn dir_size(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?
+    {
+        let meta = entry?.metadata()?;
+        if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
+
+/// A model's short name: the bundle folder's name, made unique with its position.
+fn model_name(path: &Path, index: usize) -> String {
+    let base = path.file_name().map_or_else(
+        || format!("model{index}"),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    if index == 0 {
+        base
+    } else {
+        format!("{index}:{base}")
+    }
+}
+
+fn open_model(path: &Path, index: usize, threads: usize) -> anyhow::Result<Model> {
+    let before = latency::rss_mib();
+    let bundle = Bundle::open_with(path, &PlanOptions { threads })?;
+    let after = latency::rss_mib();
+    Ok(Model {
+        name: model_name(path, index),
+        bundle,
+        resident_mib: before.zip(after).map(|(b, a)| (a - b).max(0.0)),
+        capture: Capture::default(),
+    })
+}
+
+/// Refuse a candidate whose inputs or outputs cannot be compared with the reference's, naming every field that differs.
+fn check_comparable(reference: &Bundle, candidate: &Bundle) -> anyhow::Result<()> {
+    let (r, c) = (&reference.manifest, &candidate.manifest);
+    let fields: [(&str, String, String); 8] = [
+        (
+            "model.layout",
+            r.model.layout.to_string(),
+            c.model.layout.to_string(),
+        ),
+        (
+            "model.dim",
+            r.model.dim.to_string(),
+            c.model.dim.to_string(),
+        ),
+        (
+            "audio_preprocessing.target_length",
+            r.audio_preprocessing.target_length.to_string(),
+            c.audio_preprocessing.target_length.to_string(),
+        ),
+        (
+            "audio_preprocessing.total_frames",
+            r.audio_preprocessing.total_frames.to_string(),
+            c.audio_preprocessing.total_frames.to_string(),
+        ),
+        (
+            "audio_preprocessing.num_mel_bins",
+            r.audio_preprocessing.num_mel_bins.to_string(),
+            c.audio_preprocessing.num_mel_bins.to_string(),
+        ),
+        (
+            "image_preprocessing.size",
+            r.image_preprocessing.size.to_string(),
+            c.image_preprocessing.size.to_string(),
+        ),
+        (
+            "visual.grid",
+            format!("{:?}", r.visual.grid),
+            format!("{:?}", c.visual.grid),
+        ),
+        (
+            "visual.tokens",
+            r.visual.tokens.to_string(),
+            c.visual.tokens.to_string(),
+        ),
+    ];
+    let differ: Vec<String> = fields
+        .iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, a, b)| format!("{name} is {a} in the reference, {b} in the candidate"))
+        .collect();
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "{}/manifest.toml cannot be compared with {}/manifest.toml: {}",
+            candidate.dir.display(),
+            reference.dir.display(),
+            differ.join("; ")
+        )
+    }
+}
+
+fn load_clips(args: &Args, total_frames: usize) -> anyhow::Result<Vec<Clip>> {
+    if let Some(dir) = &args.clip {
+        return Ok(vec![clip::clip_from_dir(dir)?]);
+    }
+    let path = args
+        .datafile
+        .as_deref()
+        .context("give --clip or --datafile")?;
+    clip::read_datafile(path)?
+        .iter()
+        .map(|e| Ok(clip::clip_from_datafile_entry(e, total_frames)?))
+        .collect()
+}
+
+/// The frames where one candidate disagrees most, worst first, at most `keep`.
+struct WorstFrames {
+    keep: usize,
+    frames: Vec<(FrameAgreement, String, usize, RgbImage)>,
+}
+
+impl WorstFrames {
+    fn admits(&self, a: &FrameAgreement) -> bool {
+        self.keep > 0
+            && (self.frames.len() < self.keep
+                || self
+                    .frames
+                    .last()
+                    .is_some_and(|(w, ..)| a.disagreement() > w.disagreement()))
+    }
+
+    fn insert(&mut self, a: FrameAgreement, clip: &str, frame: usize, image: RgbImage) {
+        self.frames.push((a, clip.to_string(), frame, image));
+        self.frames.sort_by(|x, y| {
+            y.0.disagreement()
+                .partial_cmp(&x.0.disagreement())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        self.frames.truncate(self.keep);
+    }
+}
+
+/// Reference and candidate overlays side by side.
+fn side_by_side(
+    image: &RgbImage,
+    reference: &FrameOutputs<'_>,
+    candidate: &FrameOutputs<'_>,
+) -> anyhow::Result<RgbImage> {
+    let left = render_overlay(image, reference.heatmap, reference.localization)?;
+    let right = render_overlay(image, candidate.heatmap, candidate.localization)?;
+    let gap = 4;
+    let mut out = RgbImage::from_pixel(
+        left.width() * 2 + gap,
+        left.height(),
+        image::Rgb([255, 255, 255]),
+    );
+    image::imageops::replace(&mut out, &left, 0, 0);
+    image::imageops::replace(&mut out, &right, i64::from(left.width() + gap), 0);
+    Ok(out)
+}
+
+/// Retrieval among the clips when every clip has the same number of frames and there are at least two.
+fn retrieval(
+    capture: &Capture,
+    clips: &[Clip],
+    dim: usize,
+) -> anyhow::Result<Option<RetrievalReport>> {
+    let frames = clips.first().map_or(0, |c| c.frames.len());
+    if clips.len() < 2 || frames == 0 || clips.iter().any(|c| c.frames.len() != frames) {
+        return Ok(None);
+    }
+    let audio = ClipEmbeddings::new(capture.all_audio.clone(), clips.len(), frames, dim)?;
+    let visual = ClipEmbeddings::new(capture.all_visual.clone(), clips.len(), frames, dim)?;
+    Ok(Some(evaluate(&audio, &visual, Strategy::DiagonalMean)?))
+}
+
+/// The other clip whose audio the mismatched-audio baseline hears: the next one, or the clip itself rotated by half its length when it is alone.
+fn mismatched_for(clips: &[Clip], rotated: Option<&Clip>, i: usize) -> Option<Clip> {
+    match rotated {
+        Some(r) => Some(r.clone()),
+        None => clips.get((i + 1) % clips.len()).cloned(),
+    }
+}
+
+/// Run every model over every frame, compare, measure, write the report.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    if args.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let mut models = vec![open_model(&args.reference, 0, args.threads)?];
+    for (i, path) in args.candidate.iter().enumerate() {
+        let model = open_model(path, i + 1, args.threads)?;
+        check_comparable(&models[0].bundle, &model.bundle)?;
+        models.push(model);
+    }
+    let reference = &models[0].bundle;
+    let grid = Grid::from_rows_cols(reference.manifest.visual.grid);
+    let dim = reference.dim();
+    let clips = load_clips(args, reference.manifest.audio_preprocessing.total_frames)?;
+    let annotations = args
+        .annotations
+        .as_deref()
+        .map(Annotations::read)
+        .transpose()?;
+    let truth = annotations.as_ref().map(|a| GroundTruth {
+        annotations: a,
+        path: args.annotations.as_deref().unwrap_or(Path::new("")),
+    });
+    std::fs::create_dir_all(args.report.join("frames"))
+        .with_context(|| format!("{}: cannot create", args.report.display()))?;
+    let frame_count: usize = clips.iter().map(|c| c.frames.len()).sum();
+    let bar = super::frame_progress(frame_count, "evaluating");
+    let (bundles, mut captures): (Vec<&Bundle>, Vec<&mut Capture>) = models
+        .iter_mut()
+        .map(|m| (&m.bundle, &mut m.capture))
+        .unzip();
+    let mut sessions = bundles
+        .iter()
+        .map(|b| Session::new(b, truth))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tallies = vec![AgreementTally::default(); sessions.len() - 1];
+    let mut worst: Vec<WorstFrames> = (1..sessions.len())
+        .map(|_| WorstFrames {
+            keep: args.worst,
+            frames: Vec::new(),
+        })
+        .collect();
+    let rotated = (clips.len() == 1).then(|| {
+        let mut other = clips[0].clone();
+        let half = other.audio.len() / 2;
+        other.audio.rotate_left(half);
+        other
+    });
+    for (i, clip) in clips.iter().enumerate() {
+        let mismatched = truth
+            .is_some()
+            .then(|| mismatched_for(&clips, rotated.as_ref(), i))
+            .flatten();
+        for session in &mut sessions {
+            session.begin_clip(
+                &clip.id,
+                ClipAudio::of(clip),
+                mismatched.as_ref().map(ClipAudio::of),
+            )?;
+        }
+        for frame in &clip.frames {
+            let image = load_rgb(&frame.path)?;
+            let input = FrameInput {
+                index: frame.index,
+                time_s: frame.time_s,
+                image: &image,
+                path: Some(&frame.path),
+            };
+            for (session, capture) in sessions.iter_mut().zip(captures.iter_mut()) {
+                session.frame(&input, &mut [&mut **capture])?;
+            }
+            let size = FrameSize::of(&image);
+            let (first, rest) = captures.split_at(1);
+            let r = first[0].outputs()?;
+            for ((capture, tally), worst) in rest.iter().zip(&mut tallies).zip(&mut worst) {
+                let c = capture.outputs()?;
+                let agreement = compare_frame(&r, &c, grid, size)
+                    .with_context(|| format!("clip {} frame {}", clip.id, frame.index))?;
+                tally.add(&agreement);
+                if worst.admits(&agreement) {
+                    let pair = side_by_side(&image, &r, &c)?;
+                    worst.insert(agreement, &clip.id, frame.index, pair);
+                }
+            }
+            bar.inc(1);
+        }
+        for session in &mut sessions {
+            session.end_clip(&mut [])?;
+        }
+    }
+    bar.finish_and_clear();
+    let mut runs = Vec::new();
+    for session in sessions {
+        runs.push(session.finish(&mut [])?);
+    }
+    let mut reports = Vec::new();
+    for (model, run) in models.iter().zip(&runs) {
+        let latency = latency::measure(&model.bundle, args.iterations)?;
+        let m = &model.bundle.manifest;
+        reports.push(ModelReport {
+            name: model.name.clone(),
+            bundle: model.bundle.dir.clone(),
+            precision: m.model.precision.to_string(),
+            scheme: m.quantization.as_ref().map(|q| q.scheme.clone()),
+            size_bytes: dir_size(&model.bundle.dir)?,
+            resident_mib: model.resident_mib,
+            latency,
+            localization: run.summary.clone(),
+            baselines: run.baselines.clone(),
+            ciou_success: success_curve(&model.capture.cious, 20),
+            retrieval: retrieval(&model.capture, &clips, dim)?,
+        });
+    }
+    let mut reports = reports.into_iter();
+    let reference = reports.next().context("no reference")?;
+    let mut candidates = Vec::new();
+    for (i, ((model, tally), worst)) in reports.zip(&tallies).zip(worst).enumerate() {
+        let agreement = tally.summary().context("no frame was evaluated")?;
+        let mut shown = Vec::new();
+        for (n, (a, clip, frame, image)) in worst.frames.into_iter().enumerate() {
+            let name = format!("frames/candidate{}-{n}.png", i + 1);
+            cavsync_core::localize::save_png(&image, &args.report.join(&name))?;
+            shown.push(WorstFrame {
+                clip,
+                frame,
+                mask_iou: a.mask_iou,
+                peak_distance: a.peak_distance,
+                image: name,
+            });
+        }
+        candidates.push(CandidateReport {
+            model,
+            agreement,
+            worst_frames: shown,
+        });
+    }
+    let report = EvalReport {
+        cpu: latency::cpu_name(),
+        threads: args.threads,
+        clips: clips.len(),
+        frames: frame_count,
+        reference,
+        candidates,
+        peak_rss_mib: latency::peak_rss_mib(),
+    };
+    report::write(&report, &args.report)?;
+    print!("{}", report::terminal(&report));
+    println!(
+        "report in {}: report.json, report.html, plots and frames/",
+        args.report.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! `cavsync eval` end to end: the demo bundle against its own int8 quantization, and bundles that cannot be compared.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cavsync_formats::quantize::{QuantizeOptions, quantize_bundle};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn eval(reference: &Path, candidate: &Path, report: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cavsync"))
+        .env("RUST_LOG", "warn")
+        .current_dir(root())
+        .arg("eval")
+        .arg("--reference")
+        .arg(reference)
+        .arg("--candidate")
+        .arg(candidate)
+        .args([
+            "--datafile",
+            "models/demo/clip/datafile.json",
+            "--annotations",
+            "models/demo/clip/annotations.json",
+            "--iterations",
+            "1",
+            "--worst",
+            "3",
+            "--report",
+        ])
+        .arg(report)
+        .output()
+        .unwrap()
+}
+
+/// The `src` attributes of the page's images.
+fn image_sources(html: &str) -> Vec<String> {
+    html.split("<img src=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn eval_compares_an_int8_bundle_with_its_f32_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let f32_bundle = root().join("models/demo/bundle");
+    let int8 = dir.path().join("int8");
+    let options = QuantizeOptions {
+        per_channel: true,
+        keep_float: Vec::new(),
+    };
+    quantize_bundle(&f32_bundle, &int8, &options).unwrap();
+    let report = dir.path().join("report");
+    let out = eval(&f32_bundle, &int8, &report);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("agreement with the reference"), "{stdout}");
+    assert!(stdout.contains("pointing, centre prior"), "{stdout}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["frames"], 16);
+    let cand = &json["candidates"][0];
+    assert_eq!(cand["model"]["precision"], "int8");
+    let agreement = &cand["agreement"];
+    assert_eq!(agreement["frames"], 16);
+    // The quantization issue's bounds for the demo model.
+    for token in ["audio_global", "visual_global"] {
+        let mean = agreement[token]["mean"].as_f64().unwrap();
+        let worst = agreement[token]["worst"].as_f64().unwrap();
+        assert!(
+            mean >= 0.99 && worst >= 0.97,
+            "{token}: mean {mean}, worst {worst}"
+        );
+        assert!(
+            mean < 1.0,
+            "{token}: an int8 model cannot match f32 exactly"
+        );
+    }
+    assert!(
+        agreement["mask_iou"]["mean"].as_f64().unwrap() >= 0.95,
+        "{agreement}"
+    );
+    let sizes = [&json["reference"], &cand["model"]].map(|m| m["size_bytes"].as_f64().unwrap());
+    assert!(
+        sizes[1] <= 0.3 * sizes[0],
+        "int8 {} vs f32 {} bytes",
+        sizes[1],
+        sizes[0]
+    );
+    let reference = &json["reference"];
+    assert_eq!(reference["localization"]["sounding_frames"], 16);
+    assert!(reference["baselines"]["centre_prior"]["pointing"].is_number());
+    assert_eq!(reference["ciou_success"].as_array().unwrap().len(), 21);
+    assert!(reference["latency"]["pair_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(cand["worst_frames"].as_array().unwrap().len(), 3);
+
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    let images = image_sources(&html);
+    assert_eq!(
+        images.len(),
+        3 + 3,
+        "three plots and three frames: {images:?}"
+    );
+    for src in images {
+        let decoded = image::open(report.join(&src)).unwrap_or_else(|e| panic!("{src}: {e}"));
+        assert!(decoded.width() > 100 && decoded.height() > 100, "{src}");
+    }
+}
+
+#[test]
+fn eval_refuses_bundles_that_cannot_be_compared() {
+    let dir = tempfile::tempdir().unwrap();
+    let f32_bundle = root().join("models/demo/bundle");
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    for entry in std::fs::read_dir(&f32_bundle).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, other.join(path.file_name().unwrap())).unwrap();
+    }
+    let manifest = other.join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("total_frames = 16"));
+    std::fs::write(
+        &manifest,
+        text.replace("total_frames = 16", "total_frames = 8"),
+    )
+    .unwrap();
+    let report = dir.path().join("report");
+    let out = eval(&f32_bundle, &other, &report);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("manifest.toml cannot be compared")
+            && stderr.contains(
+                "audio_preprocessing.total_frames is 16 in the reference, 8 in the candidate"
+            ),
+        "{stderr}"
+    );
+    assert!(
+        !report.exists(),
+        "nothing is written for bundles that cannot be compared"
+    );
+}
