@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use cavsync_core::manifest::{EncoderInfo, Manifest, ManifestError};
 use cavsync_core::model::Modality;
@@ -55,7 +56,7 @@ impl Default for PlanOptions {
 
 impl PlanOptions {
     /// tract's run options for these settings: a private thread pool when `threads > 1`.
-    fn run_options(&self) -> Result<RunOptions, BundleError> {
+    pub(crate) fn run_options(&self) -> Result<RunOptions, BundleError> {
         if self.threads == 0 {
             return Err(BundleError::Options(
                 "threads must be at least 1".to_string(),
@@ -88,6 +89,23 @@ pub struct Embedding {
     pub global: Vec<f32>,
     /// Patch tokens (N x D, row-major).
     pub tokens: Vec<f32>,
+}
+
+/// Where one node of an optimised plan spends its time.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NodeProfile {
+    /// The node's name in the plan.
+    pub name: String,
+    /// Its operator kind (`OptMatMul`, `Softmax`, ...).
+    pub op: String,
+    /// What tract says of the operator (kernel choice, shapes).
+    pub detail: String,
+    /// Datum type of its first input.
+    pub input_type: Option<String>,
+    /// Mean seconds per run.
+    pub seconds: f64,
+    /// Multiply-adds per run, by tract's cost model (0 for nodes without arithmetic cost).
+    pub fma: u64,
 }
 
 /// An opened, verified bundle with optimised plans for both encoders.
@@ -161,6 +179,70 @@ impl Bundle {
         let mut out = Embedding::default();
         self.embed_into(Modality::Visual, image, &mut out)?;
         Ok(out)
+    }
+
+    /// Run one normalised input of `modality` `iterations` times (after one warm-up run), timing every node of the optimised plan.
+    pub fn profile(
+        &self,
+        modality: Modality,
+        input: &[f32],
+        iterations: usize,
+    ) -> Result<Vec<NodeProfile>, BundleError> {
+        let enc = self.plan(modality);
+        let expected: usize = enc.input_shape.iter().product();
+        if input.len() != expected {
+            return Err(BundleError::Input {
+                what: "profiled input",
+                found: input.len(),
+                expected,
+            });
+        }
+        let run_err = |e: TractError| BundleError::Run(format!("{e:#}"));
+        let model = enc.plan.model();
+        let mut nodes: Vec<NodeProfile> = model
+            .nodes()
+            .iter()
+            .map(|n| -> Result<NodeProfile, BundleError> {
+                let facts = model.node_input_facts(n.id).map_err(run_err)?;
+                let fma =
+                    n.op.cost(&facts)
+                        .map_err(run_err)?
+                        .iter()
+                        .filter(|(c, _)| matches!(c, tract_onnx::tract_core::ops::Cost::FMA(_)))
+                        .filter_map(|(_, n)| n.to_i64().ok())
+                        .sum::<i64>();
+                Ok(NodeProfile {
+                    name: n.name.clone(),
+                    op: n.op.name().to_string(),
+                    detail: n.op.info().map_err(run_err)?.join("; "),
+                    input_type: facts.first().map(|f| format!("{:?}", f.datum_type)),
+                    seconds: 0.0,
+                    fma: u64::try_from(fma).unwrap_or(0),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let tensor = Tensor::from_shape(&enc.input_shape, input).map_err(run_err)?;
+        let mut state = enc.plan.spawn().map_err(run_err)?;
+        for round in 0..=iterations {
+            let mut times = vec![0.0f64; nodes.len()];
+            state
+                .run_plan_with_eval(
+                    tvec!(tensor.clone().into()),
+                    |ctx, op_state, node, inputs| {
+                        let t0 = Instant::now();
+                        let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                        times[node.id] += t0.elapsed().as_secs_f64();
+                        out
+                    },
+                )
+                .map_err(run_err)?;
+            if round > 0 {
+                for (n, t) in nodes.iter_mut().zip(&times) {
+                    n.seconds += t / iterations as f64;
+                }
+            }
+        }
+        Ok(nodes)
     }
 
     fn plan(&self, modality: Modality) -> &EncoderPlan {

@@ -4,7 +4,10 @@ use std::time::Instant;
 
 use cavsync_core::model::Modality;
 
-use crate::bundle::{Bundle, BundleError, Embedding};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+
+use crate::bundle::{Bundle, BundleError, Embedding, PlanOptions};
 
 /// Median latencies of one bundle's encoders, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -34,7 +37,7 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// A deterministic input of `len` values in [-1, 1).
-fn pattern(len: usize, stride: usize) -> Vec<f32> {
+pub fn pattern(len: usize, stride: usize) -> Vec<f32> {
     (0..len)
         .map(|i| ((i * stride) % 1000) as f32 / 500.0 - 1.0)
         .collect()
@@ -67,6 +70,41 @@ pub fn measure(bundle: &Bundle, iterations: usize) -> Result<Latency, BundleErro
         pair_s: median(pair),
         iterations,
     })
+}
+
+/// The f32 matrix-product floor of this machine: GFLOP/s of tract's own optimised `n x n x n` product, median of `iterations` runs (after one warm-up), with the plan options the bundles use.
+pub fn sgemm_gflops(
+    options: &PlanOptions,
+    n: usize,
+    iterations: usize,
+) -> Result<f64, BundleError> {
+    let err = |e: TractError| BundleError::Run(format!("sgemm floor: {e:#}"));
+    let run_options = options.run_options()?;
+    let build = || -> TractResult<Arc<TypedRunnableModel>> {
+        let mut model = TypedModel::default();
+        let a = model.add_source("a", f32::fact([n, n]))?;
+        let weights = Tensor::from_shape(&[n, n], &pattern(n * n, 7919))?;
+        let b = model.add_const("b", weights)?;
+        let axes = "ik,kj->ij".parse()?;
+        let c = model.wire_node("product", EinSum::new(axes, f32::datum_type()), &[a, b])?;
+        model.select_output_outlets(&c)?;
+        model
+            .into_optimized()?
+            .into_runnable_with_options(&run_options)
+    };
+    let plan = build().map_err(err)?;
+    let input: TValue = Tensor::from_shape(&[n, n], &pattern(n * n, 104_729))
+        .map_err(err)?
+        .into();
+    let mut times = Vec::new();
+    for round in 0..=iterations.max(1) {
+        let t0 = Instant::now();
+        plan.run(tvec!(input.clone())).map_err(err)?;
+        if round > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(2.0 * (n as f64).powi(3) / median(times) / 1e9)
 }
 
 /// A `kB` line of /proc/self/status in MiB (None where unavailable).

@@ -2,7 +2,11 @@
 
 use anyhow::bail;
 
-use cavsync_device::latency::{self, measure};
+use std::collections::BTreeMap;
+
+use cavsync_core::model::Modality;
+use cavsync_device::bundle::NodeProfile;
+use cavsync_device::latency::{self, measure, pattern, sgemm_gflops};
 
 use super::BundleArgs;
 
@@ -14,6 +18,74 @@ pub struct Args {
     /// Timed iterations per encoder (after 2 warm-up runs).
     #[arg(long, default_value_t = 20)]
     iterations: usize,
+    /// Also time every node of both optimised plans (per operator kind and the slowest nodes, with their share and the GFLOP/s of each product) and this machine's f32 product floor.
+    #[arg(long)]
+    profile: bool,
+    /// With --profile: how many of the slowest nodes to list per encoder.
+    #[arg(long, default_value_t = 12, requires = "profile")]
+    top: usize,
+}
+
+/// Matrix size of the f32 floor measurement.
+const FLOOR_N: usize = 1024;
+
+fn gflops(fma: u64, seconds: f64) -> String {
+    if fma == 0 || seconds <= 0.0 {
+        String::new()
+    } else {
+        format!("{:.1}", 2.0 * fma as f64 / seconds / 1e9)
+    }
+}
+
+/// Print one encoder's profile: per operator kind (products split by input type), then the slowest nodes.
+fn print_profile(what: &str, nodes: &[NodeProfile], runs: usize, top: usize) {
+    let total: f64 = nodes.iter().map(|n| n.seconds).sum();
+    let total_fma: u64 = nodes.iter().map(|n| n.fma).sum();
+    println!(
+        "{what} encoder: {:.2} ms per run over its {} plan nodes (mean of {runs} runs), {} GFLOP/s overall",
+        1e3 * total,
+        nodes.len(),
+        gflops(total_fma, total)
+    );
+    let mut kinds: BTreeMap<String, (f64, u64, usize)> = BTreeMap::new();
+    for n in nodes {
+        let kind = match (&n.input_type, n.op.as_str()) {
+            (Some(t), "OptMatMul" | "EinSum" | "MatMul") => format!("{} {t}", n.op),
+            _ => n.op.clone(),
+        };
+        let e = kinds.entry(kind).or_default();
+        e.0 += n.seconds;
+        e.1 += n.fma;
+        e.2 += 1;
+    }
+    let mut kinds: Vec<_> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    println!(
+        "  {:<28} {:>6} {:>10} {:>7} {:>9}",
+        "operator", "nodes", "ms", "share", "GFLOP/s"
+    );
+    for (kind, (secs, fma, count)) in &kinds {
+        println!(
+            "  {kind:<28} {count:>6} {:>10.3} {:>6.1}% {:>9}",
+            1e3 * secs,
+            100.0 * secs / total.max(1e-12),
+            gflops(*fma, *secs)
+        );
+    }
+    let mut slow: Vec<&NodeProfile> = nodes.iter().collect();
+    slow.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    println!("  slowest nodes:");
+    for n in slow.iter().take(top) {
+        println!(
+            "  {:>8.3} ms {:>5.1}% {:>7} GFLOP/s  {} ({}) {}",
+            1e3 * n.seconds,
+            100.0 * n.seconds / total.max(1e-12),
+            gflops(n.fma, n.seconds),
+            n.name,
+            n.op,
+            n.detail
+        );
+    }
 }
 
 /// Time both encoders and print the medians.
@@ -40,6 +112,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!("visual encoder    {:>10.2} ms", 1e3 * lat.visual_s);
     println!("frame pair        {:>10.2} ms", 1e3 * lat.pair_s);
     println!("throughput        {:>10.2} pairs/s", 1.0 / lat.pair_s);
+    if args.profile {
+        for (what, modality, stride) in [
+            ("audio", Modality::Audio, 7919),
+            ("visual", Modality::Visual, 104_729),
+        ] {
+            let input = pattern(bundle.input_len(modality), stride);
+            let nodes = bundle.profile(modality, &input, args.iterations)?;
+            print_profile(what, &nodes, args.iterations, args.top);
+        }
+        let floor = sgemm_gflops(&bundle.options, FLOOR_N, args.iterations.min(10))?;
+        println!(
+            "f32 floor: tract's {FLOOR_N}^3 f32 product reaches {floor:.1} GFLOP/s on this machine with the same threads"
+        );
+    }
     match latency::peak_rss_mib() {
         Some(mib) => println!("peak RSS          {mib:>10.1} MiB"),
         None => println!("peak RSS          unavailable"),
