@@ -139,6 +139,19 @@ def localization(model, cache, annotations, clips=30):
     return f"pt {np.mean(points):.2f} c5 {np.mean(np.array(cious) >= 0.5):.2f} mc {np.mean(cious):.2f} act {act:.2f}"
 
 
+def mil_loss(model, a, v, temperature):
+    """EZ-VSL's multiple-instance InfoNCE (not part of the paper's objective): a clip's audio global token against
+    each frame's best-matching unmasked patch token, both directions, so that the sounding object's patches learn to
+    match its sound."""
+    import torch
+    import torch.nn.functional as F
+
+    _, patches, global_a, _ = model.forward_feat(a, v)
+    sim = torch.einsum("id,jpd->ijp", F.normalize(global_a, dim=-1), F.normalize(patches, dim=-1)).max(-1).values
+    target = torch.arange(len(sim))
+    return (F.cross_entropy(sim / temperature, target) + F.cross_entropy(sim.t() / temperature, target)) / 2
+
+
 def load_weights(path):
     """State dict of a `.pth` (official, `module.` prefixes) or `.safetensors` (cavsync-export train) checkpoint."""
     import torch
@@ -192,7 +205,10 @@ def train(args):
             group["lr"] = lr_at(step)
         a, v = data.batch(rng.integers(0, len(data.ids), args.batch), rng.integers(0, FRAMES, args.batch))
         out = model(a, v, mask_ratio_a=0.75, mask_ratio_v=0.75, contrast_loss_weight=args.contrastive_weight)
-        out[0].backward()
+        loss = out[0]
+        if args.mil_weight:
+            loss = loss + args.mil_weight * mil_loss(model, a, v, args.mil_temperature)
+        loss.backward()
         opt.step()
         opt.zero_grad()
         history.append([out[0].item(), out[2].item(), out[3].item(), out[4].item() / args.contrastive_weight, float(out[7])])
@@ -271,6 +287,9 @@ def main():
     t.add_argument("--warmup", type=int, default=60)
     t.add_argument("--contrastive-weight", type=float, default=0.01)
     t.add_argument("--every", type=int, default=100)
+    t.add_argument("--mil-weight", type=float, default=0.0,
+                   help="weight of EZ-VSL's multiple-instance audio-to-patch InfoNCE on unmasked inputs (0: the paper's objective only)")
+    t.add_argument("--mil-temperature", type=float, default=0.07)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable state (NAME.state.pt) every N steps")
     t.add_argument("--resume", action="store_true", help="continue from NAME.state.pt in --out when it exists")
