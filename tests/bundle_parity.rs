@@ -248,7 +248,7 @@ fn int8_bundles_keep_the_official_outputs() {
         write(name, Precision::F32, &f32_dir);
         let options = QuantizeOptions {
             per_channel: true,
-            keep_float: Vec::new(),
+            ..QuantizeOptions::default()
         };
         let (manifest, reports) = quantize_bundle(&f32_dir, &int8_dir, &options).unwrap();
         assert_eq!(manifest.model.precision, Precision::Int8);

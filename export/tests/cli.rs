@@ -491,3 +491,193 @@ fn train_config_errors_name_the_field() {
         .arg(dir.path().join("none.safetensors")));
     assert_clean_failure(&out, "none.safetensors.train.toml");
 }
+
+/// The demo clip's datafile rewritten into `dir` with absolute paths, so that it reads from any working directory.
+fn demo_datafile(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo("models/demo/clip/datafile.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for entry in json["data"].as_array_mut().unwrap() {
+        for key in ["wav", "video_path"] {
+            let rel = entry[key].as_str().unwrap().to_string();
+            entry[key] = repo(&rel).to_str().unwrap().into();
+        }
+    }
+    let path = dir.join("datafile.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+/// Global embeddings of every frame of the clip of `datafile` through `bundle`.
+fn demo_clip_globals(bundle: &Path, datafile: &Path) -> Vec<(Vec<f32>, Vec<f32>)> {
+    use cavsync_core::clip;
+    use cavsync_core::preprocess::image::load_rgb;
+    use cavsync_core::preprocess::segment::FramePosition;
+    use cavsync_device::bundle::Bundle;
+    use cavsync_device::encode::{FrameEncoder, clip_fbank};
+
+    let bundle = Bundle::open(bundle).unwrap();
+    let entries = clip::read_datafile(datafile).unwrap();
+    let total = bundle.manifest.audio_preprocessing.total_frames;
+    let clip = clip::clip_from_datafile_entry(&entries[0], total).unwrap();
+    let mel = clip_fbank(&clip.id, &clip.audio).unwrap();
+    let mut encoder = FrameEncoder::new(&bundle);
+    clip.frames
+        .iter()
+        .map(|f| {
+            let position = FramePosition {
+                index: f.index,
+                total_frames: clip.total_frames,
+                time_s: f.time_s,
+                duration_s: clip.duration_s(),
+            };
+            let image = load_rgb(&f.path).unwrap();
+            let e = encoder
+                .encode(mel.view(), clip.alignment, position, &image)
+                .unwrap();
+            (e.audio.global.clone(), e.visual.global.clone())
+        })
+        .collect()
+}
+
+/// Operator names of the optimised tract plan of a bundle's graph.
+fn plan_ops(bundle: &Path, file: &str, input_shape: &[usize]) -> Vec<String> {
+    use tract_onnx::prelude::*;
+    let plan = tract_onnx::onnx()
+        .model_for_path(bundle.join(file))
+        .unwrap()
+        .with_input_fact(0, f32::fact(input_shape).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap();
+    plan.nodes()
+        .iter()
+        .map(|n| n.op.name().to_string())
+        .collect()
+}
+
+#[test]
+fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
+    use cavsync_core::manifest::{Manifest, sha256_file};
+    use cavsync_core::similarity::cosine;
+
+    let dir = tempfile::tempdir().unwrap();
+    let f32_bundle = dir.path().join("f32");
+    let int8_bundle = dir.path().join("int8");
+    let res = run(exe()
+        .args(["convert", "--heads", "4", "--checkpoint"])
+        .arg(fixture("checkpoint.pth"))
+        .arg("--out")
+        .arg(&f32_bundle));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let datafile = demo_datafile(dir.path());
+    let quantize = |extra: &[&str]| {
+        run(exe()
+            .arg("quantize")
+            .arg("--bundle")
+            .arg(&f32_bundle)
+            .arg("--out")
+            .arg(&int8_bundle)
+            .args(extra))
+    };
+    let res = quantize(&["--per-channel", "--calibration", datafile.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(
+        stdout.contains("static scheme: 26 integer matmuls"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("calibrated (minmax) on 16 frames of 1 clips"),
+        "{stdout}"
+    );
+    let manifest = Manifest::read(&int8_bundle).unwrap();
+    let q = manifest.quantization.as_ref().unwrap();
+    assert_eq!(q.scheme, "static");
+    let cal = q.calibration.as_ref().unwrap();
+    assert_eq!((cal.clips, cal.frames), (1, 16));
+    assert_eq!(cal.datafile_sha256, sha256_file(&datafile).unwrap());
+
+    // Same outputs within int8's error, on the frames it was not calibrated differently for.
+    let reference = demo_clip_globals(&f32_bundle, &datafile);
+    let quantized = demo_clip_globals(&int8_bundle, &datafile);
+    for ((ra, rv), (qa, qv)) in reference.iter().zip(&quantized) {
+        assert!(cosine(ra, qa) >= 0.99, "audio {}", cosine(ra, qa));
+        assert!(cosine(rv, qv) >= 0.99, "visual {}", cosine(rv, qv));
+    }
+
+    // The plan: no run-time range pass, and no zero-point sums beyond the f32 plan's own (LayerNorm).
+    for info in [&manifest.audio, &manifest.visual] {
+        let int8_ops = plan_ops(&int8_bundle, &info.file, &info.input_shape);
+        let f32_ops = plan_ops(&f32_bundle, &info.file, &info.input_shape);
+        let count = |ops: &[String], name: &str| ops.iter().filter(|o| o.as_str() == name).count();
+        assert!(
+            !int8_ops.iter().any(|o| o.contains("DynamicQuantize")),
+            "{int8_ops:?}"
+        );
+        assert!(count(&int8_ops, "QuantizeLinearU8") > 0, "{int8_ops:?}");
+        assert_eq!(
+            count(&int8_ops, "Reduce<Sum>"),
+            count(&f32_ops, "Reduce<Sum>"),
+            "{}: zero-point corrections at run time",
+            info.file
+        );
+    }
+
+    // Percentile ranges are recorded as such.
+    let res = quantize(&[
+        "--calibration",
+        datafile.to_str().unwrap(),
+        "--method",
+        "percentile",
+        "--percentile",
+        "99.9",
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let manifest = Manifest::read(&int8_bundle).unwrap();
+    let method = &manifest.quantization.unwrap().calibration.unwrap().method;
+    assert_eq!(method, "percentile:99.9");
+
+    // Options that contradict each other: clear errors, nothing written.
+    std::fs::remove_dir_all(&int8_bundle).unwrap();
+    assert_clean_failure(
+        &quantize(&["--scheme", "static"]),
+        "--scheme static needs --calibration",
+    );
+    assert_clean_failure(
+        &quantize(&[
+            "--scheme",
+            "dynamic",
+            "--calibration",
+            datafile.to_str().unwrap(),
+        ]),
+        "--calibration is for the static scheme",
+    );
+    assert_clean_failure(
+        &quantize(&[
+            "--calibration",
+            datafile.to_str().unwrap(),
+            "--method",
+            "percentile",
+            "--percentile",
+            "30",
+        ]),
+        "--percentile 30",
+    );
+    assert_clean_failure(
+        &quantize(&["--calibration", "/nonexistent/datafile.json"]),
+        "/nonexistent/datafile.json",
+    );
+    assert!(!int8_bundle.exists());
+}

@@ -52,7 +52,7 @@ fn eval_compares_an_int8_bundle_with_its_f32_source() {
     let int8 = dir.path().join("int8");
     let options = QuantizeOptions {
         per_channel: true,
-        keep_float: Vec::new(),
+        ..QuantizeOptions::default()
     };
     quantize_bundle(&f32_bundle, &int8, &options).unwrap();
     let report = dir.path().join("report");

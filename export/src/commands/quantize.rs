@@ -1,11 +1,40 @@
-//! `quantize`: an int8 bundle from an f32 bundle, with integer matmuls.
+//! `quantize`: an int8 bundle from an f32 bundle, with integer matmuls; the static scheme's activation ranges calibrated on real clips.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use clap::Args;
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use prost::Message;
+use tract_onnx::prelude::*;
 
-use cavsync_formats::quantize::{QuantizeOptions, quantize_bundle};
+use cavsync_core::clip;
+use cavsync_core::manifest::{CalibrationRecord, EncoderInfo, Manifest, sha256_file};
+use cavsync_core::preprocess::image::{ImagePreprocessor, load_rgb};
+use cavsync_core::preprocess::segment::{FramePosition, segment_rows_into};
+use cavsync_device::encode::clip_fbank;
+use cavsync_formats::pb::ModelProto;
+use cavsync_formats::quantize::{
+    Calibration, QuantizeOptions, quantizable_activations, quantize_bundle, with_extra_outputs,
+};
+
+/// How activations are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scheme {
+    /// Constant ranges calibrated on --calibration: no range pass at run time (the fast one).
+    Static,
+    /// Each activation's range measured at run time (DynamicQuantizeLinear): no calibration, slower.
+    Dynamic,
+}
+
+/// How a static activation range is chosen from the values seen in calibration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// Smallest and largest value seen.
+    Minmax,
+    /// The --percentile quantile of each tail (clips rare outliers for finer steps).
+    Percentile,
+}
 
 /// Arguments of `quantize`.
 #[derive(Args, Debug)]
@@ -16,6 +45,21 @@ pub struct QuantizeArgs {
     /// Output bundle directory (replaced atomically if it exists).
     #[arg(long)]
     out: PathBuf,
+    /// static (default with --calibration) or dynamic (default without).
+    #[arg(long, value_enum)]
+    scheme: Option<Scheme>,
+    /// CAV-MAE datafile whose clips calibrate the static scheme's activation ranges (held-out clips of the model's domain).
+    #[arg(long, value_name = "DATAFILE")]
+    calibration: Option<PathBuf>,
+    /// Calibrate on at most this many clips of --calibration (every frame of each).
+    #[arg(long, default_value_t = 16)]
+    clips: usize,
+    /// How the static scheme chooses each range from the calibration values.
+    #[arg(long, value_enum, default_value = "minmax")]
+    method: Method,
+    /// With --method percentile: the quantile (in percent) kept at each end of every activation's values.
+    #[arg(long, default_value_t = 99.99)]
+    percentile: f64,
     /// One weight scale per output channel instead of one per weight tensor (more accurate, same speed).
     #[arg(long)]
     per_channel: bool,
@@ -24,11 +68,245 @@ pub struct QuantizeArgs {
     keep_float: Vec<String>,
 }
 
+/// Bins of the histogram a percentile range is read from.
+const HISTOGRAM_BINS: usize = 4096;
+
+/// Values seen of one activation: range, then (for percentiles) a histogram over it.
+#[derive(Debug, Clone)]
+struct Observed {
+    min: f32,
+    max: f32,
+    histogram: Vec<u64>,
+}
+
+impl Observed {
+    fn new() -> Self {
+        Self {
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY,
+            histogram: Vec::new(),
+        }
+    }
+
+    fn bin(&self, v: f32) -> usize {
+        let width = (self.max - self.min).max(f32::MIN_POSITIVE);
+        (((v - self.min) / width * HISTOGRAM_BINS as f32) as usize).min(HISTOGRAM_BINS - 1)
+    }
+
+    /// The value below which `q` of the histogram's mass lies (bin edges).
+    fn quantile(&self, q: f64) -> f32 {
+        let total: u64 = self.histogram.iter().sum();
+        let target = (q * total as f64).round() as u64;
+        let mut seen = 0;
+        let width = (self.max - self.min) / HISTOGRAM_BINS as f32;
+        for (i, &c) in self.histogram.iter().enumerate() {
+            seen += c;
+            if seen >= target.max(1) {
+                return self.min + width * (i as f32 + if q < 0.5 { 0.0 } else { 1.0 });
+            }
+        }
+        self.max
+    }
+}
+
+/// One encoder's calibration plan: the f32 graph with every quantized activation as an extra output.
+struct Probe {
+    plan: Arc<TypedRunnableModel>,
+    input_shape: Vec<usize>,
+    names: Vec<String>,
+    path: PathBuf,
+}
+
+impl Probe {
+    fn new(dir: &Path, info: &EncoderInfo, keep_float: &[String]) -> anyhow::Result<Self> {
+        let (path, bytes) = info.read_verified(dir)?;
+        let model = ModelProto::decode(bytes.as_slice())
+            .with_context(|| format!("{}: not an ONNX model", path.display()))?;
+        let names = quantizable_activations(&model, keep_float);
+        let exposed = with_extra_outputs(&model, &names).encode_to_vec();
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut exposed.as_slice())
+            .and_then(|m| m.with_input_fact(0, f32::fact(&info.input_shape).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: cannot plan the calibration graph: {e:#}",
+                    path.display()
+                )
+            })?;
+        Ok(Self {
+            plan,
+            input_shape: info.input_shape.clone(),
+            names,
+            path,
+        })
+    }
+
+    /// Run one input; hand each exposed activation's values to `seen`.
+    fn observe(&self, input: &[f32], seen: &mut [Observed], histogram: bool) -> anyhow::Result<()> {
+        let tensor = Tensor::from_shape(&self.input_shape, input)?;
+        let outputs = self.plan.run(tvec!(tensor.into())).map_err(|e| {
+            anyhow::anyhow!("{}: calibration run failed: {e:#}", self.path.display())
+        })?;
+        for (value, obs) in outputs.iter().skip(2).zip(seen.iter_mut()) {
+            let view = value.to_plain_array_view::<f32>()?;
+            for &v in view.iter() {
+                if !v.is_finite() {
+                    bail!(
+                        "{}: an activation holds {v} during calibration",
+                        self.path.display()
+                    );
+                }
+                if histogram {
+                    let b = obs.bin(v);
+                    obs.histogram[b] += 1;
+                } else {
+                    obs.min = obs.min.min(v);
+                    obs.max = obs.max.max(v);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Run `visit` on the normalised audio segment and image of every frame of the first `max_clips` clips of `datafile`.
+fn for_each_frame(
+    datafile: &Path,
+    manifest: &Manifest,
+    max_clips: usize,
+    bar: &indicatif::ProgressBar,
+    mut visit: impl FnMut(&[f32], &[f32]) -> anyhow::Result<()>,
+) -> anyhow::Result<(usize, usize)> {
+    let target = manifest.audio_preprocessing.target_length;
+    let total = manifest.audio_preprocessing.total_frames;
+    let mut images = ImagePreprocessor::new();
+    let mut image = vec![0.0f32; manifest.visual.input_shape.iter().product()];
+    let mut segment = Vec::new();
+    let (mut clips, mut frames) = (0, 0);
+    for entry in clip::read_datafile(datafile)?.iter().take(max_clips) {
+        let clip = clip::clip_from_datafile_entry(entry, total)?;
+        let mel = clip_fbank(&clip.id, &clip.audio)?;
+        for frame in &clip.frames {
+            let position = FramePosition {
+                index: frame.index,
+                total_frames: clip.total_frames,
+                time_s: frame.time_s,
+                duration_s: clip.duration_s(),
+            };
+            let bounds = clip.alignment.bounds(position, mel.nrows(), target);
+            segment_rows_into(mel.view(), bounds, target, &mut segment);
+            images.run_into(&load_rgb(&frame.path)?, &mut image)?;
+            visit(&segment, &image)?;
+            frames += 1;
+            bar.inc(1);
+        }
+        clips += 1;
+    }
+    Ok((clips, frames))
+}
+
+/// Calibrate the activation ranges of both encoders of the f32 bundle at `dir` on `datafile`.
+fn calibrate(args: &QuantizeArgs, datafile: &Path) -> anyhow::Result<Calibration> {
+    let manifest = Manifest::read(&args.bundle)?;
+    let probes = [
+        Probe::new(&args.bundle, &manifest.audio, &args.keep_float)?,
+        Probe::new(&args.bundle, &manifest.visual, &args.keep_float)?,
+    ];
+    let mut seen: Vec<Vec<Observed>> = probes
+        .iter()
+        .map(|p| vec![Observed::new(); p.names.len()])
+        .collect();
+    let passes = if args.method == Method::Percentile {
+        2
+    } else {
+        1
+    };
+    let available = clip::read_datafile(datafile)?.len().min(args.clips);
+    let frames_per_pass = available * manifest.audio_preprocessing.total_frames;
+    let bar = cavsync_cli::progress_bar(
+        passes * frames_per_pass,
+        "calibrating [{bar:30}] {pos}/{len} frames {per_sec} eta {eta}",
+    );
+    let mut counted = (0, 0);
+    for pass in 0..passes {
+        let histogram = pass == 1;
+        if histogram {
+            for obs in seen.iter_mut().flatten() {
+                obs.histogram = vec![0; HISTOGRAM_BINS];
+            }
+        }
+        counted = for_each_frame(datafile, &manifest, args.clips, &bar, |audio, image| {
+            let (a, v) = seen.split_at_mut(1);
+            probes[0].observe(audio, &mut a[0], histogram)?;
+            probes[1].observe(image, &mut v[0], histogram)
+        })?;
+    }
+    bar.finish_and_clear();
+    if counted.1 == 0 {
+        bail!("{}: no clip to calibrate on", datafile.display());
+    }
+    let q = args.percentile / 100.0;
+    let mut ranges = BTreeMap::new();
+    for (probe, obs) in probes.iter().zip(&seen) {
+        for (name, o) in probe.names.iter().zip(obs) {
+            let range = match args.method {
+                Method::Minmax => (o.min, o.max),
+                Method::Percentile => (o.quantile(1.0 - q), o.quantile(q)),
+            };
+            ranges.insert(name.clone(), range);
+        }
+    }
+    Ok(Calibration {
+        ranges,
+        record: CalibrationRecord {
+            datafile: datafile.display().to_string(),
+            datafile_sha256: sha256_file(datafile)?,
+            clips: counted.0,
+            frames: counted.1,
+            method: match args.method {
+                Method::Minmax => "minmax".into(),
+                Method::Percentile => format!("percentile:{}", args.percentile),
+            },
+        },
+    })
+}
+
 /// Quantize the bundle and print what became of each weight.
 pub fn run(args: &QuantizeArgs) -> anyhow::Result<()> {
+    let scheme = args.scheme.unwrap_or(if args.calibration.is_some() {
+        Scheme::Static
+    } else {
+        Scheme::Dynamic
+    });
+    if !(args.percentile > 50.0 && args.percentile <= 100.0) {
+        bail!(
+            "--percentile {}: expected a percentage above 50 and at most 100",
+            args.percentile
+        );
+    }
+    let calibration = match (scheme, &args.calibration) {
+        (Scheme::Static, Some(datafile)) => Some(
+            calibrate(args, datafile)
+                .with_context(|| format!("cannot calibrate on {}", datafile.display()))?,
+        ),
+        (Scheme::Static, None) => {
+            bail!(
+                "--scheme static needs --calibration DATAFILE (clips to measure activation ranges on)"
+            )
+        }
+        (Scheme::Dynamic, Some(_)) => {
+            bail!(
+                "--calibration is for the static scheme; the dynamic scheme measures ranges at run time"
+            )
+        }
+        (Scheme::Dynamic, None) => None,
+    };
     let options = QuantizeOptions {
         per_channel: args.per_channel,
         keep_float: args.keep_float.clone(),
+        calibration,
     };
     let (manifest, reports) = quantize_bundle(&args.bundle, &args.out, &options)
         .with_context(|| format!("cannot quantize {}", args.bundle.display()))?;
@@ -48,12 +326,13 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<()> {
         .as_ref()
         .context("the quantized manifest lacks its quantization section")?;
     println!(
-        "wrote {} (int8, {} scheme: {} integer matmuls, {} kept f32; weights {})",
+        "wrote {} (int8, {} scheme: {} integer matmuls, {} kept f32; weights {}; activations {})",
         args.out.display(),
         q.scheme,
         q.quantized_matmuls,
         q.kept_float.len(),
-        q.weights
+        q.weights,
+        q.activations
     );
     Ok(())
 }

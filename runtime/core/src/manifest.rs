@@ -104,7 +104,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuantizationInfo {
-    /// `dynamic`: weights quantized once, activations at run time.
+    /// `dynamic`: weights quantized once, activations at run time; `static`: activations with calibrated constant ranges.
     pub scheme: String,
     /// How weights are stored.
     pub weights: String,
@@ -116,6 +116,25 @@ pub struct QuantizationInfo {
     pub kept_float: Vec<String>,
     /// sha256 of the f32 bundle's manifest the graphs were quantized from.
     pub source_manifest_sha256: String,
+    /// The calibration set and method of the static scheme.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationRecord>,
+}
+
+/// The clips a static int8 bundle's activation ranges were calibrated on, and how.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationRecord {
+    /// The datafile the clips came from, as given.
+    pub datafile: String,
+    /// sha256 of that datafile.
+    pub datafile_sha256: String,
+    /// Clips used.
+    pub clips: usize,
+    /// Frames used (each gives one audio segment and one image).
+    pub frames: usize,
+    /// How ranges were chosen from the observed values: `minmax` or `percentile:P`.
+    pub method: String,
 }
 
 /// Model family and dimensions.
