@@ -30,3 +30,19 @@ echo "-- onnxruntime"; echo "$ort_out"
 t=$(echo "$tract_out" | awk '/frame pair/ {print $3}')
 o=$(echo "$ort_out" | awk '/frame pair/ {print $3}')
 awk -v t="$t" -v o="$o" 'BEGIN { printf "ratio cavsync / onnxruntime (frame pair, median): %.3f\n", t / o }'
+
+echo "== full-size model, int8, $threads threads"
+# cavsync: the static scheme calibrated on the demo clip; onnxruntime: its own dynamic and static
+# (QOperator) quantization of the same f32 graphs.
+$bin/cavsync-export quantize --bundle "$work/full" --out "$work/full-int8" --per-channel \
+    --calibration models/demo/clip/datafile.json >/dev/null
+tract_q=$($bin/cavsync bench --bundle "$work/full-int8" --threads "$threads" 2>/dev/null)
+echo "-- cavsync (tract), int8 static"; echo "$tract_q"
+tq=$(echo "$tract_q" | awk '/frame pair/ {print $3}')
+awk -v q="$tq" -v t="$t" 'BEGIN { printf "ratio cavsync int8 / cavsync f32 (frame pair, median): %.3f\n", q / t }'
+for scheme in dynamic static; do
+    ort_q=$(python3 scripts/ort_bench.py "$work/full" --threads "$threads" --quantize $scheme 2>/dev/null)
+    echo "-- onnxruntime"; echo "$ort_q"
+    oq=$(echo "$ort_q" | awk '/frame pair/ {print $3}')
+    awk -v q="$tq" -v o="$oq" -v s="$scheme" 'BEGIN { printf "ratio cavsync int8 / onnxruntime int8 %s (frame pair, median): %.3f\n", s, q / o }'
+done
