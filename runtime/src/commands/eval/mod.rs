@@ -13,6 +13,7 @@ use cavsync_core::evaluation::{
     AgreementSummary, AgreementTally, FrameAgreement, FrameOutputs, compare_frame, success_curve,
 };
 use cavsync_core::localize::{FrameLocalization, FrameSize, Grid, render_overlay};
+use cavsync_core::manifest::Manifest;
 use cavsync_core::metrics::{Baselines, LocalizationSummary};
 use cavsync_core::preprocess::image::load_rgb;
 use cavsync_core::retrieval::{ClipEmbeddings, RetrievalReport, Strategy, evaluate};
@@ -223,53 +224,33 @@ fn open_model(path: &Path, index: usize, threads: usize) -> anyhow::Result<Model
     })
 }
 
+/// A manifest field two bundles must share to be compared: its name and how to read it.
+type ManifestField = (&'static str, fn(&Manifest) -> String);
+
 /// Refuse a candidate whose inputs or outputs cannot be compared with the reference's, naming every field that differs.
 fn check_comparable(reference: &Bundle, candidate: &Bundle) -> anyhow::Result<()> {
-    let (r, c) = (&reference.manifest, &candidate.manifest);
-    let fields: [(&str, String, String); 8] = [
-        (
-            "model.layout",
-            r.model.layout.to_string(),
-            c.model.layout.to_string(),
-        ),
-        (
-            "model.dim",
-            r.model.dim.to_string(),
-            c.model.dim.to_string(),
-        ),
-        (
-            "audio_preprocessing.target_length",
-            r.audio_preprocessing.target_length.to_string(),
-            c.audio_preprocessing.target_length.to_string(),
-        ),
-        (
-            "audio_preprocessing.total_frames",
-            r.audio_preprocessing.total_frames.to_string(),
-            c.audio_preprocessing.total_frames.to_string(),
-        ),
-        (
-            "audio_preprocessing.num_mel_bins",
-            r.audio_preprocessing.num_mel_bins.to_string(),
-            c.audio_preprocessing.num_mel_bins.to_string(),
-        ),
-        (
-            "image_preprocessing.size",
-            r.image_preprocessing.size.to_string(),
-            c.image_preprocessing.size.to_string(),
-        ),
-        (
-            "visual.grid",
-            format!("{:?}", r.visual.grid),
-            format!("{:?}", c.visual.grid),
-        ),
-        (
-            "visual.tokens",
-            r.visual.tokens.to_string(),
-            c.visual.tokens.to_string(),
-        ),
+    let fields: [ManifestField; 8] = [
+        ("model.layout", |m| m.model.layout.to_string()),
+        ("model.dim", |m| m.model.dim.to_string()),
+        ("audio_preprocessing.target_length", |m| {
+            m.audio_preprocessing.target_length.to_string()
+        }),
+        ("audio_preprocessing.total_frames", |m| {
+            m.audio_preprocessing.total_frames.to_string()
+        }),
+        ("audio_preprocessing.num_mel_bins", |m| {
+            m.audio_preprocessing.num_mel_bins.to_string()
+        }),
+        ("image_preprocessing.size", |m| {
+            m.image_preprocessing.size.to_string()
+        }),
+        ("visual.grid", |m| format!("{:?}", m.visual.grid)),
+        ("visual.tokens", |m| m.visual.tokens.to_string()),
     ];
+    let (r, c) = (&reference.manifest, &candidate.manifest);
     let differ: Vec<String> = fields
         .iter()
+        .map(|(name, get)| (name, get(r), get(c)))
         .filter(|(_, a, b)| a != b)
         .map(|(name, a, b)| format!("{name} is {a} in the reference, {b} in the candidate"))
         .collect();
