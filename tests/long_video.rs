@@ -98,7 +98,7 @@ fn a_long_video_is_heard_to_its_end() {
     let data = tmp.path().join("data");
     let config = SynthConfig {
         // The hard world: there the frame alone does not say which object sounds, so pointing
-        // drops to about 28% when the model hears the wrong audio.
+        // drops to 20-26% when the model hears the wrong audio.
         world: World::Hard,
         clips: 3 * TRIPLETS,
         seed: 4242,
@@ -179,7 +179,8 @@ fn a_long_video_is_heard_to_its_end() {
     );
     println!("last 10 s of the joined videos: pointing {pj:.1}%; the third clips alone: {pa:.1}%");
     assert!((pj - pa).abs() <= 5.0, "joined {pj:.1}% vs alone {pa:.1}%");
-    // Far above the model hearing another clip's audio (about 28% in this world), which is what
-    // the last 10 s would get if only the first 10.24 s of audio were used.
-    assert!(pj > 45.0, "the last 10 s hear their own audio: {pj:.1}%");
+    // Far above the model hearing another clip's audio (20-26% on the held-out sets of this world,
+    // RECORD.md), which is what the last 10 s would get if only the first 10.24 s of audio were
+    // used; the demo model measured 92.6% here.
+    assert!(pj > 70.0, "the last 10 s hear their own audio: {pj:.1}%");
 }
