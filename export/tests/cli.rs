@@ -631,6 +631,44 @@ fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
         );
     }
 
+    // Sensitivity: every weight measured alone, worst first, and those below --keep-below kept in f32 with the reason recorded.
+    let res = quantize(&[
+        "--calibration",
+        datafile.to_str().unwrap(),
+        "--sensitivity",
+        "--sensitivity-frames",
+        "2",
+        "--keep-below",
+        "0.99999",
+    ]);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(
+        stdout.contains("sensitivity: global-token cosine with f32"),
+        "{stdout}"
+    );
+    let q = Manifest::read(&int8_bundle).unwrap().quantization.unwrap();
+    assert_eq!(q.sensitivity.len(), 26);
+    assert!(
+        q.sensitivity
+            .windows(2)
+            .all(|w| w[0].global_cosine <= w[1].global_cosine),
+        "worst first"
+    );
+    for l in &q.sensitivity {
+        assert!(
+            l.global_cosine > 0.9 && l.global_cosine <= 1.0 + 1e-6,
+            "{l:?}"
+        );
+        assert_eq!(l.kept_float, l.global_cosine < 0.99999, "{l:?}");
+        assert_eq!(q.kept_float.contains(&l.name), l.kept_float, "{l:?}");
+    }
+    assert_eq!(q.quantized_matmuls + q.kept_float.len(), 26);
+
     // Percentile ranges are recorded as such.
     let res = quantize(&[
         "--calibration",

@@ -271,11 +271,22 @@ fn calibrate_reads_the_records_localize_writes() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(records.len(), 16);
-    assert!(
-        records
-            .iter()
-            .all(|r| r.truth.is_some_and(|t| t.sounding > 0))
+    let sounding: Vec<_> = records
+        .iter()
+        .filter(|r| r.truth.is_some_and(|t| t.sounding > 0))
+        .cloned()
+        .collect();
+    assert_eq!(
+        sounding.len(),
+        14,
+        "the demo clip has one silent and one off-screen frame"
     );
+    let text: String = sounding
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    let only_sounding = dir.path().join("sounding.jsonl");
+    std::fs::write(&only_sounding, &text).unwrap();
 
     // Only sounding frames: no threshold can be chosen, and the error says why.
     let run = |path: &Path| {
@@ -285,7 +296,7 @@ fn calibrate_reads_the_records_localize_writes() {
             .output()
             .unwrap()
     };
-    let out = run(&jsonl);
+    let out = run(&only_sounding);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -294,12 +305,12 @@ fn calibrate_reads_the_records_localize_writes() {
     );
 
     // Add silent frames scored below every sounding one: the threshold separates them.
-    let min_score = records
+    let min_score = sounding
         .iter()
         .map(|r| r.localization.score)
         .fold(f32::INFINITY, f32::min);
     let mut lines = text.clone();
-    for r in &records[..4] {
+    for r in &sounding[..4] {
         let mut silent = r.clone();
         silent.localization.score = min_score - 0.5;
         silent.truth = Some(cavsync_core::record::FrameTruth {
@@ -322,7 +333,7 @@ fn calibrate_reads_the_records_localize_writes() {
     );
     assert!(
         stdout.contains(
-            "sounding frames active 100.0% (of 16), silent frames not active 100.0% (of 4)"
+            "sounding frames active 100.0% (of 14), silent frames not active 100.0% (of 4)"
         ),
         "{stdout}"
     );
@@ -330,7 +341,7 @@ fn calibrate_reads_the_records_localize_writes() {
     let head_line = stdout.lines().find(|l| l.starts_with("head ")).unwrap();
     assert!(
         head_line.ends_with(
-            "sounding frames active 100.0% (of 16), silent frames not active 100.0% (of 4)"
+            "sounding frames active 100.0% (of 14), silent frames not active 100.0% (of 4)"
         ),
         "{stdout}"
     );

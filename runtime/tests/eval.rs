@@ -99,7 +99,7 @@ fn eval_compares_an_int8_bundle_with_its_f32_source() {
         sizes[0]
     );
     let reference = &json["reference"];
-    assert_eq!(reference["localization"]["sounding_frames"], 16);
+    assert_eq!(reference["localization"]["sounding_frames"], 14);
     assert!(reference["baselines"]["centre_prior"]["pointing"].is_number());
     assert_eq!(reference["ciou_success"].as_array().unwrap().len(), 21);
     assert!(reference["latency"]["pair_s"].as_f64().unwrap() > 0.0);

@@ -13,15 +13,15 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use cavsync_core::manifest::{
-    CalibrationRecord, EncoderInfo, MANIFEST_FILE, Manifest, ManifestError, QuantizationInfo,
-    sha256_file, sha256_hex,
+    CalibrationRecord, EncoderInfo, LayerSensitivity, MANIFEST_FILE, Manifest, ManifestError,
+    QuantizationInfo, sha256_file, sha256_hex,
 };
 use cavsync_core::model::Precision;
 
 use crate::bundle::write_dir_atomically;
 use crate::pb::attribute_proto::AttributeType;
 use crate::pb::tensor_proto::DataType;
-use crate::pb::{AttributeProto, ModelProto, NodeProto, TensorProto};
+use crate::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 
 /// Largest magnitude of a symmetric int8 weight.
 const INT8_MAX: f32 = 127.0;
@@ -87,6 +87,8 @@ pub struct QuantizeOptions {
     pub keep_float: Vec<String>,
     /// The static scheme: each quantized MatMul's activation range, calibrated; none for the dynamic scheme.
     pub calibration: Option<Calibration>,
+    /// Each weight's measured effect alone, to record in the manifest (empty when not measured).
+    pub sensitivity: Vec<LayerSensitivity>,
 }
 
 /// Calibrated activation ranges for the static scheme, and where they came from.
@@ -112,6 +114,19 @@ pub fn uint8_params(min: f32, max: f32) -> (f32, u8) {
     (scale, ACTIVATION_ZERO)
 }
 
+/// The 2-D f32 weight initializer a node multiplies by, when it is a MatMul that `quantize_graph` can quantize.
+fn matmul_weight<'g>(graph: &'g GraphProto, n: &NodeProto) -> Option<&'g TensorProto> {
+    (n.op_type == "MatMul" && n.input.len() == 2)
+        .then(|| graph.initializer.iter().find(|t| t.name == n.input[1]))
+        .flatten()
+        .filter(|t| t.dims.len() == 2 && t.data_type == DataType::Float as i32)
+}
+
+/// Whether a weight is named by one of the `--keep-float` prefixes.
+fn is_kept(name: &str, keep_float: &[String]) -> bool {
+    keep_float.iter().any(|k| name.starts_with(k.as_str()))
+}
+
 /// The activation inputs of the MatMuls `quantize_graph` would quantize, in graph order (no duplicates).
 pub fn quantizable_activations(model: &ModelProto, keep_float: &[String]) -> Vec<String> {
     let Some(graph) = model.graph.as_ref() else {
@@ -119,20 +134,28 @@ pub fn quantizable_activations(model: &ModelProto, keep_float: &[String]) -> Vec
     };
     let mut names: Vec<String> = Vec::new();
     for n in &graph.node {
-        let weight = (n.op_type == "MatMul" && n.input.len() == 2)
-            .then(|| graph.initializer.iter().find(|t| t.name == n.input[1]))
-            .flatten()
-            .filter(|t| t.dims.len() == 2 && t.data_type == DataType::Float as i32);
-        if let Some(w) = weight {
-            let kept = keep_float
-                .iter()
-                .any(|k| base_name(&w.name).starts_with(k.as_str()));
-            if !kept && !names.contains(&n.input[0]) {
-                names.push(n.input[0].clone());
-            }
+        if let Some(w) = matmul_weight(graph, n)
+            && !is_kept(base_name(&w.name), keep_float)
+            && !names.contains(&n.input[0])
+        {
+            names.push(n.input[0].clone());
         }
     }
     names
+}
+
+/// The names (as `quantize` prints them) of the weights `quantize_graph` would quantize, in graph order.
+pub fn quantizable_weights(model: &ModelProto, keep_float: &[String]) -> Vec<String> {
+    let Some(graph) = model.graph.as_ref() else {
+        return Vec::new();
+    };
+    graph
+        .node
+        .iter()
+        .filter_map(|n| matmul_weight(graph, n))
+        .map(|w| base_name(&w.name).to_string())
+        .filter(|name| !is_kept(name, keep_float))
+        .collect()
 }
 
 /// The model with `names` added to its graph outputs (after the existing ones), so that a runtime hands them back.
@@ -240,20 +263,12 @@ pub fn quantize_graph(
     let mut new_initializers = Vec::new();
     let mut replaced = std::collections::HashSet::new();
     for n in std::mem::take(&mut graph.node) {
-        let weight = (n.op_type == "MatMul" && n.input.len() == 2)
-            .then(|| graph.initializer.iter().find(|t| t.name == n.input[1]))
-            .flatten()
-            .filter(|t| t.dims.len() == 2 && t.data_type == DataType::Float as i32);
-        let Some(w) = weight else {
+        let Some(w) = matmul_weight(graph, &n) else {
             nodes.push(n);
             continue;
         };
         let name = base_name(&w.name).to_string();
-        if options
-            .keep_float
-            .iter()
-            .any(|k| name.starts_with(k.as_str()))
-        {
+        if is_kept(&name, &options.keep_float) {
             reports.push(LayerReport {
                 name,
                 kept_float: true,
@@ -504,6 +519,7 @@ fn write_quantized(
         calibration: options.calibration.as_ref().map(|c| c.record.clone()),
         quantized_matmuls: reports.len() - kept.len(),
         kept_float: kept,
+        sensitivity: options.sensitivity.clone(),
         source_manifest_sha256: sha256_file(&src.join(MANIFEST_FILE))?,
     });
     let text = toml::to_string_pretty(&manifest)?;

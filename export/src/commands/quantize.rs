@@ -9,13 +9,17 @@ use prost::Message;
 use tract_onnx::prelude::*;
 
 use cavsync_core::clip;
-use cavsync_core::manifest::{CalibrationRecord, EncoderInfo, Manifest, sha256_file};
+use cavsync_core::manifest::{
+    CalibrationRecord, EncoderInfo, LayerSensitivity, Manifest, sha256_file,
+};
 use cavsync_core::preprocess::image::{ImagePreprocessor, load_rgb};
 use cavsync_core::preprocess::segment::{FramePosition, segment_rows_into};
+use cavsync_core::similarity::cosine;
 use cavsync_device::encode::clip_fbank;
 use cavsync_formats::pb::ModelProto;
 use cavsync_formats::quantize::{
-    Calibration, QuantizeOptions, quantizable_activations, quantize_bundle, with_extra_outputs,
+    Calibration, QuantizeOptions, quantizable_activations, quantizable_weights, quantize_bundle,
+    quantize_graph, with_extra_outputs,
 };
 
 /// How activations are quantized.
@@ -66,6 +70,15 @@ pub struct QuantizeArgs {
     /// Keep the MatMul weights whose names start with NAME in f32 (repeatable; the names are those this command prints).
     #[arg(long, value_name = "NAME")]
     keep_float: Vec<String>,
+    /// Measure each weight's effect alone (the encoder's global-token cosine with f32 when only that weight is int8, on the first --sensitivity-frames calibration frames); printed worst first and recorded in the manifest.
+    #[arg(long, requires = "calibration")]
+    sensitivity: bool,
+    /// With --sensitivity: frames the effect is measured on.
+    #[arg(long, default_value_t = 8, requires = "sensitivity")]
+    sensitivity_frames: usize,
+    /// With --sensitivity: keep in f32 every weight whose cosine alone falls below this (e.g. 0.999).
+    #[arg(long, value_name = "COSINE", requires = "sensitivity")]
+    keep_below: Option<f64>,
 }
 
 /// Bins of the histogram a percentile range is read from.
@@ -176,6 +189,7 @@ fn for_each_frame(
     datafile: &Path,
     manifest: &Manifest,
     max_clips: usize,
+    max_frames: usize,
     bar: &indicatif::ProgressBar,
     mut visit: impl FnMut(&[f32], &[f32]) -> anyhow::Result<()>,
 ) -> anyhow::Result<(usize, usize)> {
@@ -189,6 +203,9 @@ fn for_each_frame(
         let clip = clip::clip_from_datafile_entry(entry, total)?;
         let mel = clip_fbank(&clip.id, &clip.audio)?;
         for frame in &clip.frames {
+            if frames == max_frames {
+                return Ok((clips + 1, frames));
+            }
             let position = FramePosition {
                 index: frame.index,
                 total_frames: clip.total_frames,
@@ -237,11 +254,18 @@ fn calibrate(args: &QuantizeArgs, datafile: &Path) -> anyhow::Result<Calibration
                 obs.histogram = vec![0; HISTOGRAM_BINS];
             }
         }
-        counted = for_each_frame(datafile, &manifest, args.clips, &bar, |audio, image| {
-            let (a, v) = seen.split_at_mut(1);
-            probes[0].observe(audio, &mut a[0], histogram)?;
-            probes[1].observe(image, &mut v[0], histogram)
-        })?;
+        counted = for_each_frame(
+            datafile,
+            &manifest,
+            args.clips,
+            usize::MAX,
+            &bar,
+            |audio, image| {
+                let (a, v) = seen.split_at_mut(1);
+                probes[0].observe(audio, &mut a[0], histogram)?;
+                probes[1].observe(image, &mut v[0], histogram)
+            },
+        )?;
     }
     bar.finish_and_clear();
     if counted.1 == 0 {
@@ -271,6 +295,124 @@ fn calibrate(args: &QuantizeArgs, datafile: &Path) -> anyhow::Result<Calibration
             },
         },
     })
+}
+
+/// An optimised single-input plan of an ONNX model held in memory.
+fn plan_of(
+    model: &ModelProto,
+    input_shape: &[usize],
+    path: &Path,
+) -> anyhow::Result<Arc<TypedRunnableModel>> {
+    let bytes = model.encode_to_vec();
+    tract_onnx::onnx()
+        .model_for_read(&mut bytes.as_slice())
+        .and_then(|m| m.with_input_fact(0, f32::fact(input_shape).into()))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| anyhow::anyhow!("{}: cannot plan: {e:#}", path.display()))
+}
+
+/// The global output (first output) of `plan` for each input.
+fn globals(
+    plan: &Arc<TypedRunnableModel>,
+    shape: &[usize],
+    inputs: &[Vec<f32>],
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    inputs
+        .iter()
+        .map(|x| {
+            let out = plan
+                .run(tvec!(Tensor::from_shape(shape, x)?.into()))
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            Ok(out[0]
+                .to_plain_array_view::<f32>()?
+                .iter()
+                .copied()
+                .collect())
+        })
+        .collect()
+}
+
+/// Each quantizable weight's effect alone: the mean global-token cosine with f32 when only it is int8, most harmful first.
+fn sensitivity(
+    args: &QuantizeArgs,
+    datafile: &Path,
+    calibration: &Calibration,
+) -> anyhow::Result<Vec<LayerSensitivity>> {
+    let manifest = Manifest::read(&args.bundle)?;
+    let mut inputs: [Vec<Vec<f32>>; 2] = [Vec::new(), Vec::new()];
+    let none = indicatif::ProgressBar::hidden();
+    for_each_frame(
+        datafile,
+        &manifest,
+        args.clips,
+        args.sensitivity_frames,
+        &none,
+        |a, v| {
+            inputs[0].push(a.to_vec());
+            inputs[1].push(v.to_vec());
+            Ok(())
+        },
+    )?;
+    let encoders = [&manifest.audio, &manifest.visual];
+    let mut models = Vec::new();
+    for info in encoders {
+        let (path, bytes) = info.read_verified(&args.bundle)?;
+        let model = ModelProto::decode(bytes.as_slice())
+            .with_context(|| format!("{}: not an ONNX model", path.display()))?;
+        let names = quantizable_weights(&model, &args.keep_float);
+        models.push((path, model, names));
+    }
+    let layers: usize = models.iter().map(|(_, _, n)| n.len()).sum();
+    let bar = cavsync_cli::progress_bar(
+        layers,
+        "sensitivity [{bar:30}] {pos}/{len} weights eta {eta}",
+    );
+    let mut found = Vec::new();
+    for (((info, (path, model, names)), inputs), what) in encoders
+        .iter()
+        .zip(&models)
+        .zip(&inputs)
+        .zip(["audio", "visual"])
+    {
+        let reference = globals(
+            &plan_of(model, &info.input_shape, path)?,
+            &info.input_shape,
+            inputs,
+        )?;
+        for name in names {
+            let others: Vec<String> = names.iter().filter(|n| *n != name).cloned().collect();
+            let options = QuantizeOptions {
+                per_channel: args.per_channel,
+                keep_float: [args.keep_float.clone(), others].concat(),
+                calibration: Some(calibration.clone()),
+                sensitivity: Vec::new(),
+            };
+            let mut one = model.clone();
+            quantize_graph(&mut one, &options, path)?;
+            let got = globals(
+                &plan_of(&one, &info.input_shape, path)?,
+                &info.input_shape,
+                inputs,
+            )?;
+            let mean = reference
+                .iter()
+                .zip(&got)
+                .map(|(r, g)| f64::from(cosine(r, g)))
+                .sum::<f64>()
+                / reference.len().max(1) as f64;
+            found.push(LayerSensitivity {
+                encoder: what.to_string(),
+                name: name.clone(),
+                global_cosine: mean,
+                kept_float: args.keep_below.is_some_and(|t| mean < t),
+            });
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    found.sort_by(|a, b| a.global_cosine.total_cmp(&b.global_cosine));
+    Ok(found)
 }
 
 /// Quantize the bundle and print what became of each weight.
@@ -303,10 +445,32 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<()> {
         }
         (Scheme::Dynamic, None) => None,
     };
+    let (mut keep_float, mut measured) = (args.keep_float.clone(), Vec::new());
+    if let (true, Some(cal), Some(datafile)) = (args.sensitivity, &calibration, &args.calibration) {
+        measured = sensitivity(args, datafile, cal)
+            .with_context(|| format!("cannot measure sensitivity on {}", datafile.display()))?;
+        println!(
+            "sensitivity: global-token cosine with f32 when only this weight is int8, worst first"
+        );
+        for l in &measured {
+            let kept = if l.kept_float { "  kept f32" } else { "" };
+            println!(
+                "{:<7} {:<48} {:.6}{kept}",
+                l.encoder, l.name, l.global_cosine
+            );
+        }
+        keep_float.extend(
+            measured
+                .iter()
+                .filter(|l| l.kept_float)
+                .map(|l| l.name.clone()),
+        );
+    }
     let options = QuantizeOptions {
         per_channel: args.per_channel,
-        keep_float: args.keep_float.clone(),
+        keep_float,
         calibration,
+        sensitivity: measured,
     };
     let (manifest, reports) = quantize_bundle(&args.bundle, &args.out, &options)
         .with_context(|| format!("cannot quantize {}", args.bundle.display()))?;

@@ -119,6 +119,23 @@ pub struct QuantizationInfo {
     /// The calibration set and method of the static scheme.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationRecord>,
+    /// Each weight's effect alone, when measured (`quantize --sensitivity`), most harmful first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitivity: Vec<LayerSensitivity>,
+}
+
+/// What quantizing one weight alone does to its encoder's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSensitivity {
+    /// The encoder it belongs to: `audio` or `visual` (the joint block's weights appear in both).
+    pub encoder: String,
+    /// The weight, as `quantize` prints it (`--keep-float` by this name keeps it in both encoders).
+    pub name: String,
+    /// Mean cosine of the encoder's global token with the f32 one when only this weight is int8.
+    pub global_cosine: f64,
+    /// Whether it was kept in f32 for this (`--keep-below`).
+    pub kept_float: bool,
 }
 
 /// The clips a static int8 bundle's activation ranges were calibrated on, and how.
