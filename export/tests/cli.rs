@@ -240,21 +240,26 @@ fn convert_refuses_int8_and_unknown_precisions_clearly() {
     );
 }
 
-#[test]
-fn quantize_writes_an_int8_bundle_and_refuses_what_it_cannot_quantize() {
-    let dir = tempfile::tempdir().unwrap();
-    let f32_bundle = dir.path().join("f32");
-    let int8_bundle = dir.path().join("int8");
+/// The official fixture checkpoint converted to an f32 bundle at `out`.
+fn convert_fixture(out: &Path) {
     let res = run(exe()
         .args(["convert", "--heads", "4", "--checkpoint"])
         .arg(fixture("checkpoint.pth"))
         .arg("--out")
-        .arg(&f32_bundle));
+        .arg(out));
     assert!(
         res.status.success(),
         "{}",
         String::from_utf8_lossy(&res.stderr)
     );
+}
+
+#[test]
+fn quantize_writes_an_int8_bundle_and_refuses_what_it_cannot_quantize() {
+    let dir = tempfile::tempdir().unwrap();
+    let f32_bundle = dir.path().join("f32");
+    let int8_bundle = dir.path().join("int8");
+    convert_fixture(&f32_bundle);
     let quantize = |src: &Path, extra: &[&str]| {
         run(exe()
             .arg("quantize")
@@ -563,16 +568,7 @@ fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let f32_bundle = dir.path().join("f32");
     let int8_bundle = dir.path().join("int8");
-    let res = run(exe()
-        .args(["convert", "--heads", "4", "--checkpoint"])
-        .arg(fixture("checkpoint.pth"))
-        .arg("--out")
-        .arg(&f32_bundle));
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    convert_fixture(&f32_bundle);
     let datafile = demo_datafile(dir.path());
     let quantize = |extra: &[&str]| {
         run(exe()

@@ -122,6 +122,41 @@ impl Observed {
     }
 }
 
+/// The f32 bundle being quantized: its manifest and both decoded graphs, read and verified once.
+struct Source {
+    manifest: Manifest,
+    graphs: Vec<(PathBuf, ModelProto)>,
+}
+
+/// One encoder of the source: its manifest entry, graph file and decoded graph.
+struct SourceGraph<'s> {
+    info: &'s EncoderInfo,
+    path: &'s Path,
+    model: &'s ModelProto,
+}
+
+impl Source {
+    fn read(dir: &Path) -> anyhow::Result<Self> {
+        let manifest = Manifest::read(dir)?;
+        let mut graphs = Vec::new();
+        for info in [&manifest.audio, &manifest.visual] {
+            let (path, bytes) = info.read_verified(dir)?;
+            let model = ModelProto::decode(bytes.as_slice())
+                .with_context(|| format!("{}: not an ONNX model", path.display()))?;
+            graphs.push((path, model));
+        }
+        Ok(Self { manifest, graphs })
+    }
+
+    /// The audio and the visual encoder, in that order.
+    fn encoders(&self) -> impl Iterator<Item = SourceGraph<'_>> {
+        [&self.manifest.audio, &self.manifest.visual]
+            .into_iter()
+            .zip(&self.graphs)
+            .map(|(info, (path, model))| SourceGraph { info, path, model })
+    }
+}
+
 /// One encoder's calibration plan: the f32 graph with every quantized activation as an extra output.
 struct Probe {
     plan: Arc<TypedRunnableModel>,
@@ -131,28 +166,14 @@ struct Probe {
 }
 
 impl Probe {
-    fn new(dir: &Path, info: &EncoderInfo, keep_float: &[String]) -> anyhow::Result<Self> {
-        let (path, bytes) = info.read_verified(dir)?;
-        let model = ModelProto::decode(bytes.as_slice())
-            .with_context(|| format!("{}: not an ONNX model", path.display()))?;
-        let names = quantizable_activations(&model, keep_float);
-        let exposed = with_extra_outputs(&model, &names).encode_to_vec();
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut exposed.as_slice())
-            .and_then(|m| m.with_input_fact(0, f32::fact(&info.input_shape).into()))
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: cannot plan the calibration graph: {e:#}",
-                    path.display()
-                )
-            })?;
+    fn new(graph: &SourceGraph<'_>, keep_float: &[String]) -> anyhow::Result<Self> {
+        let names = quantizable_activations(graph.model, keep_float);
+        let exposed = with_extra_outputs(graph.model, &names);
         Ok(Self {
-            plan,
-            input_shape: info.input_shape.clone(),
+            plan: plan_of(&exposed, &graph.info.input_shape, graph.path)?,
+            input_shape: graph.info.input_shape.clone(),
             names,
-            path,
+            path: graph.path.to_path_buf(),
         })
     }
 
@@ -225,12 +246,12 @@ fn for_each_frame(
 }
 
 /// Calibrate the activation ranges of both encoders of the f32 bundle at `dir` on `datafile`.
-fn calibrate(args: &QuantizeArgs, datafile: &Path) -> anyhow::Result<Calibration> {
-    let manifest = Manifest::read(&args.bundle)?;
-    let probes = [
-        Probe::new(&args.bundle, &manifest.audio, &args.keep_float)?,
-        Probe::new(&args.bundle, &manifest.visual, &args.keep_float)?,
-    ];
+fn calibrate(args: &QuantizeArgs, datafile: &Path, source: &Source) -> anyhow::Result<Calibration> {
+    let manifest = &source.manifest;
+    let probes = source
+        .encoders()
+        .map(|g| Probe::new(&g, &args.keep_float))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut seen: Vec<Vec<Observed>> = probes
         .iter()
         .map(|p| vec![Observed::new(); p.names.len()])
@@ -256,7 +277,7 @@ fn calibrate(args: &QuantizeArgs, datafile: &Path) -> anyhow::Result<Calibration
         }
         counted = for_each_frame(
             datafile,
-            &manifest,
+            manifest,
             args.clips,
             usize::MAX,
             &bar,
@@ -338,13 +359,13 @@ fn sensitivity(
     args: &QuantizeArgs,
     datafile: &Path,
     calibration: &Calibration,
+    source: &Source,
 ) -> anyhow::Result<Vec<LayerSensitivity>> {
-    let manifest = Manifest::read(&args.bundle)?;
     let mut inputs: [Vec<Vec<f32>>; 2] = [Vec::new(), Vec::new()];
     let none = indicatif::ProgressBar::hidden();
     for_each_frame(
         datafile,
-        &manifest,
+        &source.manifest,
         args.clips,
         args.sensitivity_frames,
         &none,
@@ -354,47 +375,37 @@ fn sensitivity(
             Ok(())
         },
     )?;
-    let encoders = [&manifest.audio, &manifest.visual];
-    let mut models = Vec::new();
-    for info in encoders {
-        let (path, bytes) = info.read_verified(&args.bundle)?;
-        let model = ModelProto::decode(bytes.as_slice())
-            .with_context(|| format!("{}: not an ONNX model", path.display()))?;
-        let names = quantizable_weights(&model, &args.keep_float);
-        models.push((path, model, names));
-    }
-    let layers: usize = models.iter().map(|(_, _, n)| n.len()).sum();
+    let models: Vec<(SourceGraph<'_>, Vec<String>)> = source
+        .encoders()
+        .map(|g| {
+            let names = quantizable_weights(g.model, &args.keep_float);
+            (g, names)
+        })
+        .collect();
+    let layers: usize = models.iter().map(|(_, n)| n.len()).sum();
     let bar = cavsync_cli::progress_bar(
         layers,
         "sensitivity [{bar:30}] {pos}/{len} weights eta {eta}",
     );
+    let mut options = QuantizeOptions {
+        per_channel: args.per_channel,
+        keep_float: Vec::new(),
+        calibration: Some(calibration.clone()),
+        sensitivity: Vec::new(),
+    };
     let mut found = Vec::new();
-    for (((info, (path, model, names)), inputs), what) in encoders
-        .iter()
-        .zip(&models)
-        .zip(&inputs)
-        .zip(["audio", "visual"])
-    {
-        let reference = globals(
-            &plan_of(model, &info.input_shape, path)?,
-            &info.input_shape,
-            inputs,
-        )?;
+    for (((g, names), inputs), what) in models.iter().zip(&inputs).zip(["audio", "visual"]) {
+        let shape = &g.info.input_shape;
+        let reference = globals(&plan_of(g.model, shape, g.path)?, shape, inputs)?;
         for name in names {
-            let others: Vec<String> = names.iter().filter(|n| *n != name).cloned().collect();
-            let options = QuantizeOptions {
-                per_channel: args.per_channel,
-                keep_float: [args.keep_float.clone(), others].concat(),
-                calibration: Some(calibration.clone()),
-                sensitivity: Vec::new(),
-            };
-            let mut one = model.clone();
-            quantize_graph(&mut one, &options, path)?;
-            let got = globals(
-                &plan_of(&one, &info.input_shape, path)?,
-                &info.input_shape,
-                inputs,
-            )?;
+            // Every other weight stays f32, so only `name` is int8.
+            options.keep_float = args.keep_float.clone();
+            options
+                .keep_float
+                .extend(names.iter().filter(|n| *n != name).cloned());
+            let mut one = g.model.clone();
+            quantize_graph(&mut one, &options, g.path)?;
+            let got = globals(&plan_of(&one, shape, g.path)?, shape, inputs)?;
             let mean = reference
                 .iter()
                 .zip(&got)
@@ -428,26 +439,35 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<()> {
             args.percentile
         );
     }
-    let calibration = match (scheme, &args.calibration) {
-        (Scheme::Static, Some(datafile)) => Some(
-            calibrate(args, datafile)
+    let source = match scheme {
+        Scheme::Static if args.calibration.is_some() => Some(
+            Source::read(&args.bundle)
+                .with_context(|| format!("cannot quantize {}", args.bundle.display()))?,
+        ),
+        _ => None,
+    };
+    let calibration = match (scheme, &args.calibration, &source) {
+        (Scheme::Static, Some(datafile), Some(source)) => Some(
+            calibrate(args, datafile, source)
                 .with_context(|| format!("cannot calibrate on {}", datafile.display()))?,
         ),
-        (Scheme::Static, None) => {
+        (Scheme::Static, _, _) => {
             bail!(
                 "--scheme static needs --calibration DATAFILE (clips to measure activation ranges on)"
             )
         }
-        (Scheme::Dynamic, Some(_)) => {
+        (Scheme::Dynamic, Some(_), _) => {
             bail!(
                 "--calibration is for the static scheme; the dynamic scheme measures ranges at run time"
             )
         }
-        (Scheme::Dynamic, None) => None,
+        (Scheme::Dynamic, None, _) => None,
     };
     let (mut keep_float, mut measured) = (args.keep_float.clone(), Vec::new());
-    if let (true, Some(cal), Some(datafile)) = (args.sensitivity, &calibration, &args.calibration) {
-        measured = sensitivity(args, datafile, cal)
+    if let (true, Some(cal), Some(datafile), Some(source)) =
+        (args.sensitivity, &calibration, &args.calibration, &source)
+    {
+        measured = sensitivity(args, datafile, cal, source)
             .with_context(|| format!("cannot measure sensitivity on {}", datafile.display()))?;
         println!(
             "sensitivity: global-token cosine with f32 when only this weight is int8, worst first"

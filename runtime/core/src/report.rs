@@ -51,7 +51,8 @@ pub fn write_gif(frames: &[RgbImage], delay_ms: u32, path: &Path) -> std::io::Re
     })
 }
 
-fn escape(s: &str) -> String {
+/// Text made safe for HTML content and attribute values.
+pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

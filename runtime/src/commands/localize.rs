@@ -11,7 +11,7 @@ use cavsync_core::record::{baseline_line, clip_line, overall_line};
 use cavsync_device::session::{ClipResult, FrameOutput, GroundTruth, RunSummary, Session};
 use cavsync_device::sink::{self, Heatmaps, JsonLines, Metrics, Report, Sink, SinkError};
 
-use super::BundleArgs;
+use super::{BundleArgs, MismatchedAudio};
 
 /// Arguments of `cavsync localize`.
 #[derive(clap::Args, Debug)]
@@ -47,28 +47,16 @@ pub struct Args {
 
 /// The clips named by the input flags.
 fn load_clips(args: &Args, total_frames: usize) -> anyhow::Result<Vec<Clip>> {
-    if let Some(dir) = &args.clip {
-        return Ok(vec![clip::clip_from_dir(dir)?]);
-    }
-    if let Some(path) = &args.datafile {
-        return clip::read_datafile(path)?
-            .iter()
-            .map(|e| Ok(clip::clip_from_datafile_entry(e, total_frames)?))
-            .collect();
+    if let Some(clips) =
+        super::file_clips(args.clip.as_deref(), args.datafile.as_deref(), total_frames)?
+    {
+        return Ok(clips);
     }
     if let Some(path) = &args.video {
         let work = args.out.join("video-frames");
         return Ok(vec![clip::clip_from_video(path, args.fps, &work)?]);
     }
     bail!("give --clip, --datafile or --video")
-}
-
-/// The clip with its audio rotated by half its length: the mismatched audio of a run with a single clip.
-fn half_rotated(clip: &Clip) -> Clip {
-    let mut other = clip.clone();
-    let half = other.audio.len() / 2;
-    other.audio.rotate_left(half);
-    other
 }
 
 /// The terminal: a progress bar, a line per frame (unless summary-only), per-clip and overall lines.
@@ -150,14 +138,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &mut terminal,
     ];
     let mut session = Session::new(&bundle, truth)?;
-    let rotated = (clips.len() == 1 && truth.is_some()).then(|| half_rotated(&clips[0]));
+    let mismatched = MismatchedAudio::new(&clips, truth.is_some());
     for (i, clip) in clips.iter().enumerate() {
-        let mismatched = match &rotated {
-            Some(r) => Some(r),
-            None if truth.is_some() => clips.get((i + 1) % clips.len()),
-            None => None,
-        };
-        session.run_clip(clip, mismatched, &mut sinks)?;
+        session.run_clip(clip, mismatched.for_clip(&clips, i), &mut sinks)?;
     }
     let run = session.finish(&mut sinks)?;
     let mut written = vec!["localization.jsonl", "*_heatmaps.npy"];

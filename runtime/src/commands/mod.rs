@@ -9,10 +9,60 @@ pub mod info;
 pub mod localize;
 pub mod retrieve;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use cavsync_core::clip::{self, Clip};
 
 use cavsync_device::bundle::{Bundle, PlanOptions};
 use indicatif::ProgressBar;
+
+/// The clips of a clip folder or of a datafile, whichever is given (none when neither is).
+pub fn file_clips(
+    dir: Option<&Path>,
+    datafile: Option<&Path>,
+    total_frames: usize,
+) -> anyhow::Result<Option<Vec<Clip>>> {
+    if let Some(dir) = dir {
+        return Ok(Some(vec![clip::clip_from_dir(dir)?]));
+    }
+    match datafile {
+        Some(path) => Ok(Some(
+            clip::read_datafile(path)?
+                .iter()
+                .map(|e| Ok(clip::clip_from_datafile_entry(e, total_frames)?))
+                .collect::<anyhow::Result<_>>()?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// What the mismatched-audio baseline hears: the next clip's audio, or a single clip's own audio rotated by half its length.
+pub struct MismatchedAudio {
+    rotated: Option<Clip>,
+    annotated: bool,
+}
+
+impl MismatchedAudio {
+    /// The baseline's audio for `clips`; none at all without ground truth.
+    pub fn new(clips: &[Clip], annotated: bool) -> Self {
+        let rotated = (annotated && clips.len() == 1).then(|| {
+            let mut other = clips[0].clone();
+            let half = other.audio.len() / 2;
+            other.audio.rotate_left(half);
+            other
+        });
+        Self { rotated, annotated }
+    }
+
+    /// The clip whose audio the baseline hears beside clip `i` of `clips`.
+    pub fn for_clip<'c>(&'c self, clips: &'c [Clip], i: usize) -> Option<&'c Clip> {
+        match &self.rotated {
+            Some(r) => Some(r),
+            None if self.annotated => clips.get((i + 1) % clips.len()),
+            None => None,
+        }
+    }
+}
 
 /// A progress bar over `len` frames labelled `what`.
 pub fn frame_progress(len: usize, what: &'static str) -> ProgressBar {

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use image::RgbImage;
 
 use cavsync_core::annotations::Annotations;
-use cavsync_core::clip::{self, Clip};
+use cavsync_core::clip::Clip;
 use cavsync_core::evaluation::{
     AgreementSummary, AgreementTally, FrameAgreement, FrameOutputs, compare_frame, success_curve,
 };
@@ -21,6 +21,8 @@ use cavsync_device::bundle::{Bundle, PlanOptions};
 use cavsync_device::latency::{self, Latency};
 use cavsync_device::session::{ClipAudio, FrameInput, FrameOutput, GroundTruth, Session};
 use cavsync_device::sink::{Sink, SinkError};
+
+use super::MismatchedAudio;
 
 /// Arguments of `cavsync eval`.
 #[derive(clap::Args, Debug)]
@@ -266,20 +268,6 @@ fn check_comparable(reference: &Bundle, candidate: &Bundle) -> anyhow::Result<()
     }
 }
 
-fn load_clips(args: &Args, total_frames: usize) -> anyhow::Result<Vec<Clip>> {
-    if let Some(dir) = &args.clip {
-        return Ok(vec![clip::clip_from_dir(dir)?]);
-    }
-    let path = args
-        .datafile
-        .as_deref()
-        .context("give --clip or --datafile")?;
-    clip::read_datafile(path)?
-        .iter()
-        .map(|e| Ok(clip::clip_from_datafile_entry(e, total_frames)?))
-        .collect()
-}
-
 /// The frames where one candidate disagrees most, worst first, at most `keep`.
 struct WorstFrames {
     keep: usize,
@@ -326,9 +314,9 @@ fn side_by_side(
     Ok(out)
 }
 
-/// Retrieval among the clips when every clip has the same number of frames and there are at least two.
+/// Retrieval among the clips (taking the captured embeddings) when every clip has the same number of frames and there are at least two.
 fn retrieval(
-    capture: &Capture,
+    capture: &mut Capture,
     clips: &[Clip],
     dim: usize,
 ) -> anyhow::Result<Option<RetrievalReport>> {
@@ -336,17 +324,19 @@ fn retrieval(
     if clips.len() < 2 || frames == 0 || clips.iter().any(|c| c.frames.len() != frames) {
         return Ok(None);
     }
-    let audio = ClipEmbeddings::new(capture.all_audio.clone(), clips.len(), frames, dim)?;
-    let visual = ClipEmbeddings::new(capture.all_visual.clone(), clips.len(), frames, dim)?;
+    let audio = ClipEmbeddings::new(
+        std::mem::take(&mut capture.all_audio),
+        clips.len(),
+        frames,
+        dim,
+    )?;
+    let visual = ClipEmbeddings::new(
+        std::mem::take(&mut capture.all_visual),
+        clips.len(),
+        frames,
+        dim,
+    )?;
     Ok(Some(evaluate(&audio, &visual, Strategy::DiagonalMean)?))
-}
-
-/// The other clip whose audio the mismatched-audio baseline hears: the next one, or the clip itself rotated by half its length when it is alone.
-fn mismatched_for(clips: &[Clip], rotated: Option<&Clip>, i: usize) -> Option<Clip> {
-    match rotated {
-        Some(r) => Some(r.clone()),
-        None => clips.get((i + 1) % clips.len()).cloned(),
-    }
 }
 
 /// Run every model over every frame, compare, measure, write the report.
@@ -363,7 +353,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let reference = &models[0].bundle;
     let grid = Grid::from_rows_cols(reference.manifest.visual.grid);
     let dim = reference.dim();
-    let clips = load_clips(args, reference.manifest.audio_preprocessing.total_frames)?;
+    let total_frames = reference.manifest.audio_preprocessing.total_frames;
+    let clips = super::file_clips(args.clip.as_deref(), args.datafile.as_deref(), total_frames)?
+        .context("give --clip or --datafile")?;
     let annotations = args
         .annotations
         .as_deref()
@@ -392,23 +384,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             frames: Vec::new(),
         })
         .collect();
-    let rotated = (clips.len() == 1).then(|| {
-        let mut other = clips[0].clone();
-        let half = other.audio.len() / 2;
-        other.audio.rotate_left(half);
-        other
-    });
+    let mismatched_audio = MismatchedAudio::new(&clips, truth.is_some());
     for (i, clip) in clips.iter().enumerate() {
-        let mismatched = truth
-            .is_some()
-            .then(|| mismatched_for(&clips, rotated.as_ref(), i))
-            .flatten();
+        let mismatched = mismatched_audio.for_clip(&clips, i);
         for session in &mut sessions {
-            session.begin_clip(
-                &clip.id,
-                ClipAudio::of(clip),
-                mismatched.as_ref().map(ClipAudio::of),
-            )?;
+            session.begin_clip(&clip.id, ClipAudio::of(clip), mismatched.map(ClipAudio::of))?;
         }
         for frame in &clip.frames {
             let image = load_rgb(&frame.path)?;
@@ -441,12 +421,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
-    let mut runs = Vec::new();
-    for session in sessions {
-        runs.push(session.finish(&mut [])?);
-    }
+    let runs = sessions
+        .into_iter()
+        .map(|s| s.finish(&mut []))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut reports = Vec::new();
-    for (model, run) in models.iter().zip(&runs) {
+    for (model, run) in models.iter_mut().zip(runs) {
         let latency = latency::measure(&model.bundle, args.iterations)?;
         let m = &model.bundle.manifest;
         reports.push(ModelReport {
@@ -457,10 +437,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             size_bytes: dir_size(&model.bundle.dir)?,
             resident_mib: model.resident_mib,
             latency,
-            localization: run.summary.clone(),
-            baselines: run.baselines.clone(),
+            localization: run.summary,
+            baselines: run.baselines,
             ciou_success: success_curve(&model.capture.cious, 20),
-            retrieval: retrieval(&model.capture, &clips, dim)?,
+            retrieval: retrieval(&mut model.capture, &clips, dim)?,
         });
     }
     let mut reports = reports.into_iter();

@@ -12,6 +12,7 @@ use plotters::prelude::*;
 use cavsync_core::atomic::write_atomic;
 use cavsync_core::localize::save_png;
 use cavsync_core::metrics::LocalizationSummary;
+use cavsync_core::report::escape;
 use cavsync_core::retrieval::RetrievalReport;
 
 use super::{EvalReport, ModelReport};
@@ -185,13 +186,6 @@ fn pct(v: f64) -> String {
 
 fn opt_pct(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), pct)
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// Rows of (label, value per model) for the task metrics.
@@ -403,15 +397,21 @@ fn text_table(head: &[String], rows: &[(String, Vec<String>)]) -> String {
     s
 }
 
-/// The report as the terminal prints it: task metrics of every model, then each candidate's agreement.
-pub fn terminal(report: &EvalReport) -> String {
-    let models = models(report);
-    let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
-    let cand: Vec<String> = report
+/// Column heads: every model's name, and the candidates' names.
+fn column_names(report: &EvalReport) -> (Vec<String>, Vec<String>) {
+    let all = models(report).iter().map(|m| m.name.clone()).collect();
+    let candidates = report
         .candidates
         .iter()
         .map(|c| c.model.name.clone())
         .collect();
+    (all, candidates)
+}
+
+/// The report as the terminal prints it: task metrics of every model, then each candidate's agreement.
+pub fn terminal(report: &EvalReport) -> String {
+    let models = models(report);
+    let (names, cand) = column_names(report);
     format!(
         "{} clips, {} frames, {} thread(s), {}\n{}\nagreement with the reference ({})\n{}",
         report.clips,
@@ -426,12 +426,7 @@ pub fn terminal(report: &EvalReport) -> String {
 
 fn html(report: &EvalReport) -> String {
     let models = models(report);
-    let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
-    let cand: Vec<String> = report
-        .candidates
-        .iter()
-        .map(|c| c.model.name.clone())
-        .collect();
+    let (names, cand) = column_names(report);
     let mut s = String::from(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>cavsync evaluation</title>\n<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}img{max-width:100%}.pair{display:inline-block;margin:6px;font-size:small}</style></head><body>\n",
     );
