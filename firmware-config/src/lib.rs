@@ -1,8 +1,9 @@
 //! Board profiles for cavsync deployments (Pi 4, Pi 5, Jetson Orin, x86 dev box) and their validation.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use cavsync_core::model::Precision;
+use cavsync_core::track::TrackerConfig;
 
 /// Errors raised while reading or validating a board profile.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +32,7 @@ pub enum ProfileError {
 }
 
 /// CPU architecture of a board.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
     /// 64-bit Arm.
@@ -41,7 +42,7 @@ pub enum Arch {
 }
 
 /// Where inference runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Accelerator {
     /// CPU kernels only.
@@ -51,7 +52,7 @@ pub enum Accelerator {
 }
 
 /// CPU capabilities that select tract's fast kernels.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CpuFeatures {
     /// Arm half-precision arithmetic (`asimdhp`): f16 kernels.
@@ -66,7 +67,7 @@ pub struct CpuFeatures {
 }
 
 /// Camera capture settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     /// V4L2 device node.
@@ -80,7 +81,7 @@ pub struct CameraConfig {
 }
 
 /// Microphone capture settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MicrophoneConfig {
     /// ALSA device name.
@@ -92,7 +93,7 @@ pub struct MicrophoneConfig {
 }
 
 /// A board profile: hardware facts and the runtime settings chosen for it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BoardProfile {
     /// Short identifier (`pi5`).
@@ -117,6 +118,24 @@ pub struct BoardProfile {
     pub camera: CameraConfig,
     /// Microphone settings.
     pub microphone: MicrophoneConfig,
+    /// Bundle directory the live runtime loads when none is given (relative paths from the working directory).
+    #[serde(default)]
+    pub bundle: Option<String>,
+    /// How live tracking associates, smooths and confirms sources.
+    #[serde(default)]
+    pub tracker: TrackerConfig,
+}
+
+/// `over` laid on `base`: tables merge key by key, anything else replaces.
+fn merge(mut base: toml::Table, over: toml::Table) -> toml::Table {
+    for (key, value) in over {
+        let merged = match (base.remove(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => toml::Value::Table(merge(b, o)),
+            (_, v) => v,
+        };
+        base.insert(key, merged);
+    }
+    base
 }
 
 /// The bundled profiles, by name.
@@ -134,6 +153,22 @@ impl BoardProfile {
             source_name: source_name.to_string(),
             message: e.to_string(),
         })?;
+        profile.validate(source_name)?;
+        Ok(profile)
+    }
+
+    /// A profile with the fields of TOML `overrides` (any subset, tables merged key by key) laid over `self`, then validated; `source_name` labels errors.
+    pub fn with_overrides(&self, overrides: &str, source_name: &str) -> Result<Self, ProfileError> {
+        let parse_err = |message: String| ProfileError::Parse {
+            source_name: source_name.to_string(),
+            message,
+        };
+        let over: toml::Table = toml::from_str(overrides).map_err(|e| parse_err(e.to_string()))?;
+        let base = toml::Table::try_from(self).map_err(|e| parse_err(e.to_string()))?;
+        let merged = merge(base, over);
+        let profile: Self = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
         profile.validate(source_name)?;
         Ok(profile)
     }
@@ -201,6 +236,9 @@ impl BoardProfile {
                 ),
             );
         }
+        if let Err(e) = self.tracker.validate() {
+            return invalid("tracker", e.to_string());
+        }
         let mic = &self.microphone;
         if mic.sample_rate < 16_000 {
             return invalid(
@@ -229,6 +267,38 @@ mod tests {
             BoardProfile::bundled("nano"),
             Err(ProfileError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn overrides_replace_only_the_fields_they_name() {
+        let base = BoardProfile::bundled("pi5").unwrap();
+        let p = base
+            .with_overrides(
+                "threads = 2\nbundle = \"b\"\n[camera]\nfps = 15\n[tracker]\nhold = 5",
+                "o.toml",
+            )
+            .unwrap();
+        assert_eq!((p.threads, p.camera.fps, p.camera.width), (2, 15, 640));
+        assert_eq!((p.bundle.as_deref(), p.tracker.hold), (Some("b"), 5));
+        assert_eq!(p.microphone, base.microphone);
+        let err = base
+            .with_overrides("[camera]\nzoom = 2", "o.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("o.toml") && err.contains("zoom"), "{err}");
+        let err = base
+            .with_overrides("threads = 64", "o.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("o.toml") && err.contains("threads"), "{err}");
+        let err = base
+            .with_overrides("[tracker]\nsmoothing = 2.0", "o.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tracker") && err.contains("smoothing"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{bench, calibrate, embed, eval, fbank, info, localize, retrieve};
+use commands::{bench, calibrate, embed, eval, fbank, info, localize, retrieve, run};
 
 /// cavsync: CAV-MAE Sync audio-visual inference on edge devices.
 #[derive(Parser, Debug)]
@@ -34,6 +34,8 @@ enum Command {
     Calibrate(calibrate::Args),
     /// Compare candidate bundles (int8, f16, distilled) with a reference bundle on the same frames: embedding fidelity, localization agreement, task metrics with baselines, retrieval, latency and size; report.json and report.html.
     Eval(eval::Args),
+    /// Live: camera and microphone in (V4L2 / ALSA / ffmpeg), tracked sound sources out in real time as JSON lines, over the network and on a live page.
+    Run(run::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,5 +51,6 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Run(args) => run::run(args),
     })
 }

@@ -20,3 +20,4 @@ pub mod record;
 pub mod report;
 pub mod retrieval;
 pub mod similarity;
+pub mod track;

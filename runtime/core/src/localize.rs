@@ -295,7 +295,7 @@ pub struct BoundingBox {
 /// debugging can see them; when `active` is false the frame's best match is below the
 /// calibrated threshold and callers must not present them as confident detections
 /// ([`render_overlay`] draws them grey).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct FrameLocalization {
     /// Largest raw cosine of the patch grid.
     pub score: f32,
@@ -569,6 +569,21 @@ impl Localizer {
         frame: FrameSize,
         heatmap_out: &mut Vec<f32>,
     ) -> Result<FrameLocalization, LocalizeError> {
+        let mut out = FrameLocalization::default();
+        self.run_into(raw_map, audio_level, grid, frame, heatmap_out, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Localizer::run`] writing into `out`, whose peak and box vectors keep their capacity: allocation-free once warm.
+    pub fn run_into(
+        &mut self,
+        raw_map: &[f32],
+        audio_level: f32,
+        grid: Grid,
+        frame: FrameSize,
+        heatmap_out: &mut Vec<f32>,
+        out: &mut FrameLocalization,
+    ) -> Result<(), LocalizeError> {
         let (gh, gw, frame_w, frame_h) = (grid.rows, grid.cols, frame.width, frame.height);
         check_grid(raw_map, gh, gw)?;
         if frame_w == 0 || frame_h == 0 {
@@ -596,22 +611,17 @@ impl Localizer {
             contrast,
             audio_level,
         };
-        let active = match &self.config.activity {
+        out.active = match &self.config.activity {
             Some(head) => head.logit(features) >= 0.0,
             None => score >= self.config.active_threshold,
         };
-
+        out.score = score;
+        out.contrast = contrast;
+        out.audio_level = audio_level;
         self.render_heatmap(raw_map, grid, frame, heatmap_out);
-        let peaks = self.find_peaks(heatmap_out, frame_w, frame_h);
-        let boxes = self.find_boxes(heatmap_out, frame_w, frame_h);
-        Ok(FrameLocalization {
-            score,
-            contrast,
-            audio_level,
-            active,
-            peaks,
-            boxes,
-        })
+        self.find_peaks(heatmap_out, frame_w, frame_h, &mut out.peaks);
+        self.find_boxes(heatmap_out, frame_w, frame_h, &mut out.boxes);
+        Ok(())
     }
 
     /// Upsamples the grid onto the model's view of the frame, normalises it there, and zeroes the rest.
@@ -652,7 +662,7 @@ impl Localizer {
     }
 
     /// Local maxima at or above the region threshold, thinned by distance, strongest first.
-    fn find_peaks(&mut self, heatmap: &[f32], w: usize, h: usize) -> Vec<Peak> {
+    fn find_peaks(&mut self, heatmap: &[f32], w: usize, h: usize, peaks: &mut Vec<Peak>) {
         let threshold = self.config.region_threshold;
         self.candidates.clear();
         for y in 0..h {
@@ -667,7 +677,7 @@ impl Localizer {
             .sort_unstable_by(|&a, &b| heatmap[b].total_cmp(&heatmap[a]).then(a.cmp(&b)));
         let diagonal = (w as f64).hypot(h as f64);
         let min_dist = f64::from(self.config.min_peak_separation) * diagonal;
-        let mut peaks: Vec<Peak> = Vec::with_capacity(self.config.max_peaks.min(16));
+        peaks.clear();
         for &index in &self.candidates {
             if peaks.len() >= self.config.max_peaks {
                 break;
@@ -685,11 +695,10 @@ impl Localizer {
                 });
             }
         }
-        peaks
     }
 
     /// Bounding boxes of the 8-connected regions at or above the region threshold, largest mass first.
-    fn find_boxes(&mut self, heatmap: &[f32], w: usize, h: usize) -> Vec<BoundingBox> {
+    fn find_boxes(&mut self, heatmap: &[f32], w: usize, h: usize, boxes: &mut Vec<BoundingBox>) {
         let threshold = self.config.region_threshold;
         self.visited.clear();
         self.visited.resize(w * h, false);
@@ -732,17 +741,19 @@ impl Localizer {
         }
         self.regions
             .sort_unstable_by(|a, b| b.sum.total_cmp(&a.sum).then(a.first.cmp(&b.first)));
-        self.regions
-            .iter()
-            .take(self.config.max_peaks)
-            .map(|r| BoundingBox {
-                x0: r.x_min as f32,
-                y0: r.y_min as f32,
-                x1: (r.x_max + 1) as f32,
-                y1: (r.y_max + 1) as f32,
-                score: (r.sum / r.count as f64) as f32,
-            })
-            .collect()
+        boxes.clear();
+        boxes.extend(
+            self.regions
+                .iter()
+                .take(self.config.max_peaks)
+                .map(|r| BoundingBox {
+                    x0: r.x_min as f32,
+                    y0: r.y_min as f32,
+                    x1: (r.x_max + 1) as f32,
+                    y1: (r.y_max + 1) as f32,
+                    score: (r.sum / r.count as f64) as f32,
+                }),
+        );
     }
 }
 

@@ -220,6 +220,26 @@ impl FrameLocalizer {
         )
     }
 
+    /// [`FrameLocalizer::localize_pair`] into `out`, reusing its vectors: allocation-free once warm.
+    pub fn localize_pair_into(
+        &mut self,
+        audio: &Embedding,
+        audio_level: f32,
+        visual: &Embedding,
+        size: FrameSize,
+        out: &mut FrameLocalization,
+    ) -> Result<(), LocalizeError> {
+        similarity_map(&audio.global, &visual.tokens, &mut self.raw_map)?;
+        self.localizer.run_into(
+            &self.raw_map,
+            audio_level,
+            self.grid,
+            size,
+            &mut self.heatmap,
+            out,
+        )
+    }
+
     /// The normalised heatmap of the last frame at frame resolution (row-major).
     pub fn heatmap(&self) -> &[f32] {
         &self.heatmap

@@ -8,6 +8,7 @@ pub mod fbank;
 pub mod info;
 pub mod localize;
 pub mod retrieve;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 

@@ -466,3 +466,144 @@ mod tests {
         assert!(load_wav_16k(&path).is_err());
     }
 }
+
+/// A streaming resampler for live capture: mono samples in any chunking, resampled samples out; allocation-free after construction.
+///
+/// Rubato's synchronous FFT resampler on fixed 10 ms input blocks; its output lags its input by
+/// [`StreamResampler::delay_samples`] output samples (a constant the caller subtracts from
+/// timestamps). With equal rates it passes samples through unchanged.
+pub struct StreamResampler {
+    from: u32,
+    to: u32,
+    resampler: Option<Fft<f32>>,
+    input: Vec<f32>,
+    filled: usize,
+    output: Vec<f32>,
+}
+
+impl std::fmt::Debug for StreamResampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamResampler")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamResampler {
+    /// A resampler from `from` Hz to `to` Hz.
+    pub fn new(from: u32, to: u32) -> Result<Self, AudioError> {
+        let fail = |reason: String| AudioError::Resample { from, to, reason };
+        if !valid_rate(from) || !valid_rate(to) {
+            return Err(fail(format!(
+                "sample rates must be 1 to {MAX_SAMPLE_RATE} Hz"
+            )));
+        }
+        if from == to {
+            return Ok(Self {
+                from,
+                to,
+                resampler: None,
+                input: Vec::new(),
+                filled: 0,
+                output: Vec::new(),
+            });
+        }
+        let (from_hz, to_hz) = (from as usize, to as usize);
+        let min_block = from_hz / gcd(from_hz, to_hz);
+        let block = (from_hz / 100).div_ceil(min_block).max(1) * min_block;
+        let resampler = Fft::<f32>::new_custom(
+            from_hz,
+            to_hz,
+            block,
+            1,
+            1,
+            WindowFunction::BlackmanHarris2,
+            FixedSync::Input,
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let output = vec![0.0; resampler.output_frames_max()];
+        Ok(Self {
+            from,
+            to,
+            input: vec![0.0; block],
+            filled: 0,
+            output,
+            resampler: Some(resampler),
+        })
+    }
+
+    /// Output samples by which the output lags the input.
+    pub fn delay_samples(&self) -> usize {
+        self.resampler.as_ref().map_or(0, |r| r.output_delay())
+    }
+
+    /// Feeds `samples`, calling `emit` with each resampled block as it completes.
+    pub fn push(
+        &mut self,
+        samples: &[f32],
+        mut emit: impl FnMut(&[f32]),
+    ) -> Result<(), AudioError> {
+        let Some(resampler) = self.resampler.as_mut() else {
+            emit(samples);
+            return Ok(());
+        };
+        let (from, to) = (self.from, self.to);
+        let fail = |reason: String| AudioError::Resample { from, to, reason };
+        let mut rest = samples;
+        while !rest.is_empty() {
+            let take = (self.input.len() - self.filled).min(rest.len());
+            self.input[self.filled..self.filled + take].copy_from_slice(&rest[..take]);
+            self.filled += take;
+            rest = &rest[take..];
+            if self.filled == self.input.len() {
+                let frames = self.input.len();
+                let out_frames = self.output.len();
+                let adapter_in = InterleavedSlice::new(&self.input[..], 1, frames)
+                    .map_err(|e| fail(e.to_string()))?;
+                let mut adapter_out =
+                    InterleavedSlice::new_mut(&mut self.output[..], 1, out_frames)
+                        .map_err(|e| fail(e.to_string()))?;
+                let (_, written) = resampler
+                    .process_into_buffer(&adapter_in, &mut adapter_out, None)
+                    .map_err(|e| fail(e.to_string()))?;
+                emit(&self.output[..written]);
+                self.filled = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    #[test]
+    fn streaming_resampler_matches_the_rate_and_keeps_a_tone() {
+        let tone: Vec<f32> = (0..48_000)
+            .map(|i| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 48_000.0).sin())
+            .collect();
+        let mut r = StreamResampler::new(48_000, 16_000).unwrap();
+        let mut out = Vec::new();
+        for piece in tone.chunks(333) {
+            r.push(piece, |s| out.extend_from_slice(s)).unwrap();
+        }
+        assert_eq!(out.len(), 16_000);
+        let d = r.delay_samples();
+        // After the delay, output sample n is the tone at n / 16 kHz.
+        let worst = (d + 100..15_000)
+            .map(|n| {
+                let t = (n - d) as f32 / 16_000.0;
+                (out[n] - (2.0 * std::f32::consts::PI * 440.0 * t).sin()).abs()
+            })
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "worst {worst}, delay {d}");
+        let mut same = StreamResampler::new(16_000, 16_000).unwrap();
+        let mut passed = Vec::new();
+        same.push(&tone[..10], |s| passed.extend_from_slice(s))
+            .unwrap();
+        assert_eq!(passed, tone[..10]);
+        assert!(StreamResampler::new(0, 16_000).is_err());
+    }
+}

@@ -195,6 +195,15 @@ impl Fbank {
         Ok(frames)
     }
 
+    /// Log-mel of one analysis frame of [`FRAME_LENGTH`] samples into the [`NUM_MEL_BINS`] floats of `out`; the streaming path's unit. Does not allocate.
+    pub fn frame_into(
+        &mut self,
+        frame: &[f32; FRAME_LENGTH],
+        out: &mut [f32; NUM_MEL_BINS],
+    ) -> Result<(), FbankError> {
+        self.log_mel_frame(frame, out)
+    }
+
     /// Log-mel energies of one 400-sample frame, written to the 128 slots of `out`.
     fn log_mel_frame<'a>(
         &mut self,

@@ -4,3 +4,4 @@ pub mod audio;
 pub mod fbank;
 pub mod image;
 pub mod segment;
+pub mod stream;

@@ -1,0 +1,457 @@
+//! Tracking sound sources across frames: the active peaks of successive frames become tracks with stable ids.
+//!
+//! Each frame gives observations (a peak's position, the box around it, its strength, and
+//! whether the frame was judged active). They are matched to existing tracks greedily by
+//! distance within a gate; a matched track moves toward its observation (exponential
+//! smoothing of position and box) and its activity moves toward the observation's evidence: how
+//! close its peak is to the map's maximum (1 for the strongest peak, 0 at `min_peak`), scaled
+//! down by `inactive_evidence` when the frame was judged inactive; an unmatched one keeps its place while its activity decays twice as fast. So a track
+//! follows where the map points whatever the activity head says, and its `activity` says how
+//! sure the runtime is that it sounds (as ODAS's tracked sources do). Birth and death have
+//! hysteresis: a new track is reported only after `confirm` observations in a row, and a
+//! confirmed track survives `hold` frames without one, so a source that blinks for a frame
+//! keeps its id and a one-frame flicker elsewhere never gets one. Everything lives in
+//! fixed-capacity storage: updating allocates nothing.
+
+use heapless::Vec as FixedVec;
+
+use crate::localize::{FrameLocalization, FrameSize};
+
+/// Most tracks alive at once (tentative ones included).
+pub const MAX_TRACKS: usize = 16;
+/// Most observations taken from one frame.
+pub const MAX_OBSERVATIONS: usize = 8;
+
+/// Why a tracker configuration was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("tracker field `{field}` = {value}: expected {expected}")]
+pub struct TrackerConfigError {
+    /// The offending field.
+    pub field: &'static str,
+    /// Its value.
+    pub value: f32,
+    /// What was expected.
+    pub expected: &'static str,
+}
+
+/// Tracker settings; missing fields take their defaults when deserialised.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerConfig {
+    /// Largest distance, in normalised image units, between a track and the observation it takes (default 0.2).
+    pub gate: f32,
+    /// Weight of a new observation in the smoothed position and box, in (0, 1] (default 0.5).
+    pub smoothing: f32,
+    /// Weight of each frame in the smoothed activity, in (0, 1] (default 0.3).
+    pub activity_smoothing: f32,
+    /// Observations in a row before a track is reported (default 3).
+    pub confirm: u32,
+    /// Frames a reported track survives without an observation (default 15).
+    pub hold: u32,
+    /// Smallest normalised peak value that counts as an observation, in [0, 1] (default 0.75).
+    pub min_peak: f32,
+    /// Weight, in [0, 1], of a peak on a frame judged inactive: its track keeps a small activity, above tracks the map no longer points at (default 0.1).
+    pub inactive_evidence: f32,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            gate: 0.2,
+            smoothing: 0.5,
+            activity_smoothing: 0.3,
+            confirm: 3,
+            hold: 15,
+            min_peak: 0.75,
+            inactive_evidence: 0.1,
+        }
+    }
+}
+
+impl TrackerConfig {
+    /// Checks every field's range.
+    pub fn validate(&self) -> Result<(), TrackerConfigError> {
+        let unit = |field, value: f32, open_low: bool| {
+            let ok = if open_low {
+                value > 0.0 && value <= 1.0
+            } else {
+                (0.0..=1.0).contains(&value)
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(TrackerConfigError {
+                    field,
+                    value,
+                    expected: if open_low {
+                        "a fraction in (0, 1]"
+                    } else {
+                        "a fraction in [0, 1]"
+                    },
+                })
+            }
+        };
+        if !(self.gate > 0.0 && self.gate.is_finite()) {
+            return Err(TrackerConfigError {
+                field: "gate",
+                value: self.gate,
+                expected: "a finite distance > 0",
+            });
+        }
+        unit("smoothing", self.smoothing, true)?;
+        unit("activity_smoothing", self.activity_smoothing, true)?;
+        unit("min_peak", self.min_peak, false)?;
+        unit("inactive_evidence", self.inactive_evidence, false)?;
+        if self.confirm == 0 {
+            return Err(TrackerConfigError {
+                field: "confirm",
+                value: 0.0,
+                expected: "at least 1 observation",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One frame's evidence of a source, in normalised image coordinates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation {
+    /// Horizontal position in [0, 1].
+    pub x: f32,
+    /// Vertical position in [0, 1].
+    pub y: f32,
+    /// Box around it: x0, y0, x1, y1 in [0, 1].
+    pub bbox: [f32; 4],
+    /// Normalised heatmap value at the peak.
+    pub strength: f32,
+    /// Whether its frame was judged active (a visible source sounding).
+    pub active: bool,
+}
+
+/// A tracked source.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Track {
+    /// Stable id, never reused.
+    pub id: u64,
+    /// Smoothed horizontal position in [0, 1].
+    pub x: f32,
+    /// Smoothed vertical position in [0, 1].
+    pub y: f32,
+    /// Smoothed box: x0, y0, x1, y1 in [0, 1].
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    /// Smoothed activity in [0, 1]: how consistently it was observed lately.
+    pub activity: f32,
+    /// Observations in a row (0 when missed this frame).
+    #[serde(skip)]
+    pub streak: u32,
+    /// Frames since its last observation.
+    #[serde(skip)]
+    pub missed: u32,
+    /// Whether it has been confirmed (reported).
+    #[serde(skip)]
+    pub confirmed: bool,
+}
+
+/// Frame-to-frame association of observations into tracks; allocation-free.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    config: TrackerConfig,
+    tracks: FixedVec<Track, MAX_TRACKS>,
+    pairs: FixedVec<(f32, u8, u8), { MAX_TRACKS * MAX_OBSERVATIONS }>,
+    observations: FixedVec<Observation, MAX_OBSERVATIONS>,
+    next_id: u64,
+}
+
+impl Tracker {
+    /// A tracker with `config` after checking its ranges.
+    pub fn new(config: TrackerConfig) -> Result<Self, TrackerConfigError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            tracks: FixedVec::new(),
+            pairs: FixedVec::new(),
+            observations: FixedVec::new(),
+            next_id: 1,
+        })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &TrackerConfig {
+        &self.config
+    }
+
+    /// Advances one frame with its localization (on a frame of `size`) and returns the tracks.
+    ///
+    /// Each peak at or above `min_peak` is an observation, with the box that holds it (or a
+    /// point box) and the frame's activity.
+    pub fn update_frame(&mut self, loc: &FrameLocalization, size: FrameSize) -> &[Track] {
+        let mut observations = core::mem::take(&mut self.observations);
+        observations.clear();
+        {
+            let (w, h) = (size.width.max(1) as f32, size.height.max(1) as f32);
+            for peak in loc.peaks.iter().filter(|p| p.value >= self.config.min_peak) {
+                let bbox = loc
+                    .boxes
+                    .iter()
+                    .find(|b| peak.x >= b.x0 && peak.x < b.x1 && peak.y >= b.y0 && peak.y < b.y1)
+                    .map_or([peak.x, peak.y, peak.x, peak.y], |b| {
+                        [b.x0, b.y0, b.x1, b.y1]
+                    });
+                let observation = Observation {
+                    x: peak.x / w,
+                    y: peak.y / h,
+                    bbox: [bbox[0] / w, bbox[1] / h, bbox[2] / w, bbox[3] / h],
+                    strength: peak.value,
+                    active: loc.active,
+                };
+                if observations.push(observation).is_err() {
+                    break;
+                }
+            }
+        }
+        self.update(&observations);
+        self.observations = observations;
+        self.tracks()
+    }
+
+    /// Advances one frame with `observations` (the first [`MAX_OBSERVATIONS`] are used); returns the tracks.
+    pub fn update(&mut self, observations: &[Observation]) -> &[Track] {
+        let observations = &observations[..observations.len().min(MAX_OBSERVATIONS)];
+        self.pairs.clear();
+        for (t, track) in self.tracks.iter().enumerate() {
+            for (o, obs) in observations.iter().enumerate() {
+                let d = (track.x - obs.x).hypot(track.y - obs.y);
+                if d <= self.config.gate {
+                    // Capacity is MAX_TRACKS * MAX_OBSERVATIONS: every pair fits.
+                    let _ = self.pairs.push((d, t as u8, o as u8));
+                }
+            }
+        }
+        self.pairs
+            .sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        let mut track_taken = [false; MAX_TRACKS];
+        let mut obs_taken = [false; MAX_OBSERVATIONS];
+        let (k, ka) = (self.config.smoothing, self.config.activity_smoothing);
+        for &(_, t, o) in &self.pairs {
+            let (t, o) = (usize::from(t), usize::from(o));
+            if track_taken[t] || obs_taken[o] {
+                continue;
+            }
+            track_taken[t] = true;
+            obs_taken[o] = true;
+            let obs = &observations[o];
+            let target = self.evidence(obs);
+            let track = &mut self.tracks[t];
+            track.x += k * (obs.x - track.x);
+            track.y += k * (obs.y - track.y);
+            for (b, &ob) in track.bbox.iter_mut().zip(&obs.bbox) {
+                *b += k * (ob - *b);
+            }
+            track.activity += ka * (target - track.activity);
+            track.streak += 1;
+            track.missed = 0;
+            if track.streak >= self.config.confirm {
+                track.confirmed = true;
+            }
+        }
+        for (track, taken) in self.tracks.iter_mut().zip(track_taken) {
+            if !taken {
+                track.streak = 0;
+                track.missed += 1;
+                // Unseen decays faster than seen-but-inactive: the map no longer points there.
+                track.activity *= (1.0 - ka) * (1.0 - ka);
+            }
+        }
+        let hold = self.config.hold;
+        self.tracks.retain(|t| {
+            if t.confirmed {
+                t.missed <= hold
+            } else {
+                t.missed == 0
+            }
+        });
+        for (obs, taken) in observations.iter().zip(obs_taken) {
+            if taken {
+                continue;
+            }
+            let track = Track {
+                id: self.next_id,
+                x: obs.x,
+                y: obs.y,
+                bbox: obs.bbox,
+                activity: ka * self.evidence(obs),
+                streak: 1,
+                missed: 0,
+                confirmed: self.config.confirm <= 1,
+            };
+            if self.tracks.push(track).is_ok() {
+                self.next_id += 1;
+            }
+        }
+        self.tracks()
+    }
+
+    /// How much one observation says its source sounds, in [0, 1]: its peak's standing between `min_peak` (0) and the map's maximum (1), times `inactive_evidence` on an inactive frame.
+    fn evidence(&self, obs: &Observation) -> f32 {
+        let floor = self.config.min_peak;
+        let standing = if floor >= 1.0 {
+            1.0
+        } else {
+            ((obs.strength - floor) / (1.0 - floor)).clamp(0.0, 1.0)
+        };
+        if obs.active {
+            standing
+        } else {
+            standing * self.config.inactive_evidence
+        }
+    }
+
+    /// Every live track, tentative ones included; report those with `confirmed`.
+    pub fn tracks(&self) -> &[Track] {
+        &self.tracks
+    }
+
+    /// The id the next new track will get (ids start at 1).
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// The confirmed tracks.
+    pub fn confirmed(&self) -> impl Iterator<Item = &Track> {
+        self.tracks.iter().filter(|t| t.confirmed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(x: f32, y: f32) -> Observation {
+        Observation {
+            x,
+            y,
+            bbox: [x - 0.05, y - 0.05, x + 0.05, y + 0.05],
+            strength: 1.0,
+            active: true,
+        }
+    }
+
+    fn tracker() -> Tracker {
+        Tracker::new(TrackerConfig::default()).unwrap()
+    }
+
+    fn confirmed_ids(t: &Tracker) -> Vec<u64> {
+        t.confirmed().map(|t| t.id).collect()
+    }
+
+    #[test]
+    fn a_source_is_reported_after_confirm_frames_and_keeps_its_id_while_moving() {
+        let mut t = tracker();
+        t.update(&[obs(0.2, 0.2)]);
+        t.update(&[obs(0.22, 0.2)]);
+        assert!(confirmed_ids(&t).is_empty());
+        t.update(&[obs(0.24, 0.21)]);
+        assert_eq!(confirmed_ids(&t), vec![1]);
+        for i in 0..30 {
+            t.update(&[obs(0.24 + 0.01 * i as f32, 0.21)]);
+        }
+        assert_eq!(confirmed_ids(&t), vec![1]);
+        let track = t.confirmed().next().unwrap();
+        assert!((track.x - 0.53).abs() < 0.02, "x {}", track.x);
+        assert!(track.activity > 0.95);
+    }
+
+    #[test]
+    fn a_blink_keeps_the_id_and_a_flicker_gets_none() {
+        let mut t = tracker();
+        for _ in 0..5 {
+            t.update(&[obs(0.5, 0.5)]);
+        }
+        for _ in 0..3 {
+            t.update(&[]);
+        }
+        let faded = t.confirmed().next().unwrap().activity;
+        assert!(faded < 0.5, "activity decays while unobserved: {faded}");
+        t.update(&[obs(0.51, 0.5), obs(0.9, 0.1)]);
+        t.update(&[obs(0.5, 0.5)]);
+        assert_eq!(confirmed_ids(&t), vec![1]);
+        assert_eq!(t.tracks().len(), 1, "the one-frame flicker is gone");
+    }
+
+    #[test]
+    fn a_track_dies_after_hold_frames_and_ids_are_not_reused() {
+        let mut t = tracker();
+        for _ in 0..3 {
+            t.update(&[obs(0.3, 0.3)]);
+        }
+        for _ in 0..=15 {
+            assert_eq!(confirmed_ids(&t), vec![1]);
+            t.update(&[]);
+        }
+        assert!(t.tracks().is_empty());
+        for _ in 0..3 {
+            t.update(&[obs(0.3, 0.3)]);
+        }
+        assert_eq!(confirmed_ids(&t), vec![2]);
+    }
+
+    #[test]
+    fn two_sources_are_matched_by_distance() {
+        let mut t = tracker();
+        for i in 0..10 {
+            let d = 0.01 * i as f32;
+            t.update(&[obs(0.2 + d, 0.5), obs(0.8 - d, 0.5)]);
+        }
+        let tracks: Vec<(u64, f32)> = t.confirmed().map(|t| (t.id, t.x)).collect();
+        assert_eq!(tracks.len(), 2);
+        assert!(tracks[0].1 < 0.35 && tracks[1].1 > 0.65, "{tracks:?}");
+        assert_eq!((tracks[0].0, tracks[1].0), (1, 2));
+    }
+
+    #[test]
+    fn inactive_frames_keep_the_track_and_lower_its_activity() {
+        let mut t = tracker();
+        for _ in 0..6 {
+            t.update(&[obs(0.4, 0.4)]);
+        }
+        let quiet = Observation {
+            active: false,
+            ..obs(0.4, 0.4)
+        };
+        for _ in 0..6 {
+            t.update(&[quiet]);
+        }
+        let track = t.confirmed().next().unwrap();
+        assert_eq!(track.id, 1);
+        assert!(track.activity <= 0.2, "{}", track.activity);
+    }
+
+    #[test]
+    fn capacity_is_bounded() {
+        let mut t = tracker();
+        let many: Vec<Observation> = (0..MAX_OBSERVATIONS + 4)
+            .map(|i| obs(i as f32 / 20.0, 0.5))
+            .collect();
+        for _ in 0..(MAX_TRACKS + 4) {
+            t.update(&many);
+        }
+        assert!(t.tracks().len() <= MAX_TRACKS);
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let err = Tracker::new(TrackerConfig {
+            smoothing: 0.0,
+            ..TrackerConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.field, "smoothing");
+        let err = Tracker::new(TrackerConfig {
+            gate: f32::NAN,
+            ..TrackerConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.field, "gate");
+    }
+}

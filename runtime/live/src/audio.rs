@@ -1,0 +1,361 @@
+//! Live audio capture: ALSA or ffmpeg in, mono 16 kHz chunks with capture timestamps out, reopened with backoff when the source fails.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use heapless::spsc::Producer;
+use tracing::{info, warn};
+
+use cavsync_core::preprocess::audio::StreamResampler;
+
+use crate::child::{FfmpegChild, ReadOutcome};
+use crate::clock::{OriginEstimator, now_ns};
+use crate::pipeline::{Backoff, Shared};
+use crate::source::{AudioSpec, SourceError, ffmpeg_command};
+
+/// Samples (at the model's rate) per queued chunk: 20 ms at 16 kHz.
+pub const CHUNK: usize = 320;
+/// Longest wait for the device before the capture loop looks at the stop flag again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A piece of the mono model-rate stream as the capture thread hands it to inference.
+#[derive(Debug, Clone)]
+pub struct AudioChunk {
+    /// Samples; the first `len` are valid.
+    pub samples: [f32; CHUNK],
+    /// Valid samples.
+    pub len: usize,
+    /// Zero samples to insert before this chunk: the stretch the source was away.
+    pub gap: u64,
+    /// Estimated capture time (monotonic ns) of sample 0 of the stream.
+    pub origin_ns: u64,
+    /// Non-finite samples found in the chunk (replaced by zeros, flagged downstream).
+    pub bad: u32,
+}
+
+impl Default for AudioChunk {
+    fn default() -> Self {
+        Self {
+            samples: [0.0; CHUNK],
+            len: 0,
+            gap: 0,
+            origin_ns: 0,
+            bad: 0,
+        }
+    }
+}
+
+/// What the audio device actually delivers after negotiation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioFormat {
+    /// Sample rate, Hz.
+    pub rate: u32,
+    /// Interleaved channels.
+    pub channels: u16,
+}
+
+/// An open audio input delivering interleaved native-rate samples.
+pub enum AudioInput {
+    /// An ALSA capture PCM.
+    Alsa(AlsaCapture),
+    /// An ffmpeg child writing mono f32 at the model's rate.
+    Ffmpeg(FfmpegChild),
+}
+
+impl AudioInput {
+    /// Opens `spec`, asking for `rate` Hz and `channels` (ALSA takes the nearest it offers; ffmpeg converts to mono `model_rate`).
+    pub fn open(
+        spec: &AudioSpec,
+        rate: u32,
+        channels: u16,
+        model_rate: u32,
+    ) -> Result<(Self, AudioFormat), SourceError> {
+        match spec {
+            AudioSpec::Alsa(pcm) => {
+                let capture = AlsaCapture::open(pcm, rate, channels)?;
+                let format = capture.format;
+                Ok((Self::Alsa(capture), format))
+            }
+            AudioSpec::Ffmpeg(input) => {
+                let mut cmd = ffmpeg_command(input);
+                cmd.args(["-vn", "-ac", "1", "-ar", &model_rate.to_string()]);
+                cmd.args(["-f", "f32le", "pipe:1"]);
+                let child = FfmpegChild::spawn(cmd, &spec.to_string())?;
+                Ok((
+                    Self::Ffmpeg(child),
+                    AudioFormat {
+                        rate: model_rate,
+                        channels: 1,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Reads mono samples into `mono` (using `raw` as byte scratch); returns how many, 0 when nothing arrived within the poll time.
+    fn read_mono(&mut self, raw: &mut [u8], mono: &mut [f32]) -> Result<usize, SourceError> {
+        match self {
+            Self::Alsa(capture) => capture.read_mono(mono),
+            Self::Ffmpeg(child) => {
+                let want = (mono.len() * 4).min(raw.len());
+                match child.read(&mut raw[..want], POLL)? {
+                    ReadOutcome::Idle => Ok(0),
+                    ReadOutcome::Data(n) => {
+                        // f32 samples may straddle reads: keep reading the remainder of the last one.
+                        let mut n = n;
+                        while n % 4 != 0 {
+                            match child.read(&mut raw[n..n + (4 - n % 4)], POLL)? {
+                                ReadOutcome::Data(m) => n += m,
+                                ReadOutcome::Idle => {}
+                            }
+                        }
+                        for (dst, b) in mono.iter_mut().zip(raw[..n].chunks_exact(4)) {
+                            *dst = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        }
+                        Ok(n / 4)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An ALSA capture PCM opened for interleaved 16-bit samples.
+pub struct AlsaCapture {
+    name: String,
+    pcm: alsa::PCM,
+    format: AudioFormat,
+    xruns: u64,
+    buf: Vec<i16>,
+}
+
+impl AlsaCapture {
+    /// Opens PCM `name` for capture at the nearest rate to `rate` and `channels` channels, S16.
+    pub fn open(name: &str, rate: u32, channels: u16) -> Result<Self, SourceError> {
+        let fail = |what: &str, e: alsa::Error| SourceError::Open {
+            source_name: format!("alsa:{name}"),
+            reason: format!("{what}: {e}"),
+        };
+        let pcm = alsa::PCM::new(name, alsa::Direction::Capture, false)
+            .map_err(|e| fail("no such capture device", e))?;
+        {
+            let hwp = alsa::pcm::HwParams::any(&pcm).map_err(|e| fail("hardware parameters", e))?;
+            hwp.set_access(alsa::pcm::Access::RWInterleaved)
+                .map_err(|e| fail("interleaved access", e))?;
+            hwp.set_format(alsa::pcm::Format::s16())
+                .map_err(|e| fail("16-bit samples", e))?;
+            hwp.set_channels(u32::from(channels))
+                .map_err(|e| fail(&format!("{channels} channels"), e))?;
+            hwp.set_rate(rate, alsa::ValueOr::Nearest)
+                .map_err(|e| fail(&format!("rate {rate} Hz"), e))?;
+            let period = i64::from(rate / 100).max(32);
+            hwp.set_period_size_near(period, alsa::ValueOr::Nearest)
+                .map_err(|e| fail("period size", e))?;
+            hwp.set_buffer_size_near(period * 16)
+                .map_err(|e| fail("buffer size", e))?;
+            pcm.hw_params(&hwp)
+                .map_err(|e| fail("applying parameters", e))?;
+        }
+        let (got_rate, got_channels, period) = {
+            let hwp = pcm
+                .hw_params_current()
+                .map_err(|e| fail("reading parameters back", e))?;
+            (
+                hwp.get_rate().map_err(|e| fail("rate", e))?,
+                hwp.get_channels().map_err(|e| fail("channels", e))?,
+                hwp.get_period_size().map_err(|e| fail("period size", e))?,
+            )
+        };
+        Ok(Self {
+            name: format!("alsa:{name}"),
+            pcm,
+            format: AudioFormat {
+                rate: got_rate,
+                channels: got_channels as u16,
+            },
+            xruns: 0,
+            // One period per read, as the device delivers it (longer reads confuse some plugins).
+            buf: vec![
+                0;
+                usize::try_from(period).unwrap_or(1).clamp(1, 8192)
+                    * got_channels.max(1) as usize
+            ],
+        })
+    }
+
+    /// The negotiated format.
+    pub fn format(&self) -> AudioFormat {
+        self.format
+    }
+
+    /// Overruns recovered so far.
+    pub fn xruns(&self) -> u64 {
+        self.xruns
+    }
+
+    /// Reads up to `mono.len()` frames, mixed to mono in [-1, 1]; recovers from overruns.
+    pub fn read_mono(&mut self, mono: &mut [f32]) -> Result<usize, SourceError> {
+        let channels = usize::from(self.format.channels.max(1));
+        let ready = self.pcm.wait(Some(POLL.as_millis() as u32)).unwrap_or(true);
+        if !ready {
+            return Ok(0);
+        }
+        let frames = mono.len().min(self.buf.len() / channels);
+        let samples = &mut self.buf[..frames * channels];
+        let io = self.pcm.io_i16().map_err(|e| SourceError::Read {
+            source_name: self.name.clone(),
+            reason: e.to_string(),
+        })?;
+        match io.readi(samples) {
+            Ok(n) => {
+                for (dst, frame) in mono
+                    .iter_mut()
+                    .zip(samples[..n * channels].chunks_exact(channels))
+                {
+                    let sum: i32 = frame.iter().map(|&s| i32::from(s)).sum();
+                    *dst = sum as f32 / (32768.0 * channels as f32);
+                }
+                Ok(n)
+            }
+            Err(e) => match self.pcm.try_recover(e, true) {
+                Ok(()) => {
+                    self.xruns += 1;
+                    warn!(source = %self.name, xruns = self.xruns, "audio overrun recovered");
+                    Ok(0)
+                }
+                Err(e) => Err(SourceError::Read {
+                    source_name: self.name.clone(),
+                    reason: e.to_string(),
+                }),
+            },
+        }
+    }
+}
+
+/// The audio capture thread: reads `input`, resamples to the model rate, and queues chunks until stopped; reopens `spec` with backoff when it fails.
+pub fn capture_audio(
+    spec: &AudioSpec,
+    opened: (AudioInput, AudioFormat),
+    request: AudioFormat,
+    model_rate: u32,
+    producer: &mut Producer<'_, Box<AudioChunk>>,
+    free: &mut heapless::spsc::Consumer<'_, Box<AudioChunk>>,
+    shared: &Shared,
+) {
+    let (mut input, mut format) = opened;
+    let mut raw = vec![0u8; 8192 * 8];
+    let mut mono = vec![0.0f32; 8192];
+    let mut offset: u64 = 0;
+    let mut pending_gap: u64 = 0;
+    let mut last_origin: Option<u64> = None;
+    let mut backoff = Backoff::new();
+    'session: loop {
+        let mut resampler = match StreamResampler::new(format.rate, model_rate) {
+            Ok(r) => r,
+            Err(e) => {
+                shared.fatal(format!("{spec}: {e}"));
+                return;
+            }
+        };
+        let delay_ns = resampler.delay_samples() as u64 * 1_000_000_000 / u64::from(model_rate);
+        let mut estimator = OriginEstimator::new(f64::from(format.rate));
+        let mut native: u64 = 0;
+        let mut produced: u64 = 0;
+        let mut chunk: Option<Box<AudioChunk>> = None;
+        let mut failure: Option<SourceError> = None;
+        while !shared.stopping() {
+            let n = match input.read_mono(&mut raw, &mut mono) {
+                Ok(n) => n,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            if n == 0 {
+                continue;
+            }
+            backoff.reset();
+            native += n as u64;
+            let origin_native = estimator.observe(now_ns(), native);
+            // Sample k of the model-rate stream (k counted from this session's start) was captured at origin + (k - delay) / rate.
+            let offset_ns = offset * 1_000_000_000 / u64::from(model_rate);
+            let origin = origin_native.saturating_sub(delay_ns + offset_ns);
+            last_origin = Some(origin);
+            let mut bad = 0u32;
+            for s in &mut mono[..n] {
+                if !s.is_finite() {
+                    *s = 0.0;
+                    bad += 1;
+                }
+            }
+            let result = resampler.push(&mono[..n], |block| {
+                for piece in block.chunks(CHUNK) {
+                    let mut c = match chunk.take().or_else(|| free.dequeue()) {
+                        Some(c) => c,
+                        None => {
+                            shared
+                                .counters
+                                .audio_overflow
+                                .fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    };
+                    c.samples[..piece.len()].copy_from_slice(piece);
+                    c.len = piece.len();
+                    c.gap = std::mem::take(&mut pending_gap);
+                    c.origin_ns = origin;
+                    c.bad = std::mem::take(&mut bad);
+                    produced += piece.len() as u64;
+                    if let Err(back) = producer.enqueue(c) {
+                        shared
+                            .counters
+                            .audio_overflow
+                            .fetch_add(1, Ordering::Relaxed);
+                        chunk = Some(back);
+                    }
+                }
+            });
+            shared.wake();
+            if let Err(e) = result {
+                shared.fatal(format!("{spec}: {e}"));
+                return;
+            }
+        }
+        if shared.stopping() {
+            return;
+        }
+        let reason = failure.map_or_else(|| "stopped".to_string(), |e| e.to_string());
+        warn!(source = %spec, %reason, "audio source lost; reopening");
+        shared
+            .counters
+            .audio_reopens
+            .fetch_add(1, Ordering::Relaxed);
+        offset += produced;
+        drop(input);
+        loop {
+            if !backoff.sleep(shared) {
+                return;
+            }
+            match AudioInput::open(spec, request.rate, request.channels, model_rate) {
+                Ok((i, f)) => {
+                    info!(source = %spec, rate = f.rate, channels = f.channels, "audio source reopened");
+                    // The stretch it was away becomes silence, so sample indices keep following the clock.
+                    if let Some(origin) = last_origin {
+                        let now_index =
+                            now_ns().saturating_sub(origin) * u64::from(model_rate) / 1_000_000_000;
+                        pending_gap = now_index.saturating_sub(offset);
+                        offset += pending_gap;
+                        shared
+                            .counters
+                            .audio_gap_samples
+                            .fetch_add(pending_gap, Ordering::Relaxed);
+                    }
+                    input = i;
+                    format = f;
+                    continue 'session;
+                }
+                Err(e) => warn!(source = %spec, error = %e, "audio source still unavailable"),
+            }
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! End-to-end tests of `cavsync run`: a live run on the demo clip through ffmpeg sources (real processes, real pacing), checked against offline localization of the same frames and audio, against the clip's annotations, and for clean stops, reopened sources and clear errors.
+//!
+//! Needs the `ffmpeg` executable (CI installs it); without it the tests say so and pass.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cavsync_core::annotations::Annotations;
+use cavsync_core::localize::FrameSize;
+use cavsync_core::preprocess::audio::load_wav_16k;
+use cavsync_core::preprocess::image::ImagePreprocessor;
+use cavsync_core::preprocess::segment::{NORM_MEAN, NORM_STD};
+use cavsync_device::bundle::{Bundle, PlanOptions};
+use cavsync_device::encode::clip_fbank;
+use cavsync_device::session::FrameLocalizer;
+use serde_json::Value;
+
+/// Frames per second of the test video.
+const FPS: f64 = 30.0;
+/// Seconds per frame of the synthetic clip (16 frames in 10 s).
+const CLIP_FRAME_S: f64 = 0.625;
+/// The demo clip's id.
+const ID: &str = "s2001_00000";
+/// Side of the synthetic frames (the camera is configured to match, so nothing is cropped).
+const SIDE: usize = 224;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn have_ffmpeg() -> bool {
+    let ok = Command::new("ffmpeg").arg("-version").output().is_ok();
+    if !ok {
+        eprintln!("ffmpeg not installed: the live test did not run");
+    }
+    ok
+}
+
+fn ffmpeg(args: &[&str]) {
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ffmpeg {args:?}");
+}
+
+/// The demo clip as a 30 fps MJPEG AVI (each of its 16 frames held 0.625 s) with its audio in 10 ms packets, cut to `seconds`.
+fn demo_video(dir: &Path, seconds: f64) -> PathBuf {
+    let clip = root().join("models/demo/clip");
+    for k in 0..16 {
+        std::fs::copy(
+            clip.join(format!("frames/frame_{k}/{ID}.jpg")),
+            dir.join(format!("f_{k}.jpg")),
+        )
+        .unwrap();
+    }
+    let out = dir.join("clip.avi");
+    let pattern = dir.join("f_%d.jpg");
+    let wav = clip.join(format!("audio/{ID}.wav"));
+    ffmpeg(&[
+        "-framerate",
+        "1.6",
+        "-start_number",
+        "0",
+        "-i",
+        pattern.to_str().unwrap(),
+        "-i",
+        wav.to_str().unwrap(),
+        "-vf",
+        "fps=30",
+        "-c:v",
+        "mjpeg",
+        "-q:v",
+        "2",
+        "-af",
+        "asetnsamples=n=160",
+        "-c:a",
+        "pcm_s16le",
+        "-t",
+        &seconds.to_string(),
+        out.to_str().unwrap(),
+    ]);
+    out
+}
+
+/// A profile override for square synthetic frames at 30 fps.
+fn config(dir: &Path) -> PathBuf {
+    let path = dir.join("camera.toml");
+    std::fs::write(
+        &path,
+        format!("[camera]\nwidth = {SIDE}\nheight = {SIDE}\nfps = 30\n"),
+    )
+    .unwrap();
+    path
+}
+
+fn cavsync() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cavsync"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// `cavsync run` on `video` (audio and frames) with the square-camera config, writing JSON lines to `out`, plus `extra` arguments.
+fn live_run(dir: &Path, video: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = cavsync();
+    c.current_dir(root())
+        .args(["run", "--threads", "1"])
+        .arg("--config")
+        .arg(config(dir))
+        .arg("--video")
+        .arg(format!("ffmpeg:{}", video.display()))
+        .arg("--audio")
+        .arg(format!("ffmpeg:{}", video.display()))
+        .arg("--out")
+        .arg(format!("file:{}", out.display()))
+        .args(extra);
+    c
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The video's frames as ffmpeg decodes them offline (same decoder and scaling as the live source).
+fn decoded_frames(video: &Path) -> Vec<image::RgbImage> {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
+        .arg(video)
+        .args(["-an", "-vf", &format!("scale={SIDE}:{SIDE}")])
+        .args([
+            "-fps_mode",
+            "passthrough",
+            "-pix_fmt",
+            "rgb24",
+            "-f",
+            "rawvideo",
+            "pipe:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+        .chunks_exact(SIDE * SIDE * 3)
+        .map(|c| image::RgbImage::from_raw(SIDE as u32, SIDE as u32, c.to_vec()).unwrap())
+        .collect()
+}
+
+/// Whether normalised point (x, y) lies in any of `boxes`.
+fn inside(x: f64, y: f64, boxes: &[[f32; 4]]) -> bool {
+    boxes.iter().any(|b| {
+        x >= f64::from(b[0]) && x < f64::from(b[2]) && y >= f64::from(b[1]) && y < f64::from(b[3])
+    })
+}
+
+#[test]
+fn a_live_run_equals_offline_localization_and_tracks_the_sounding_objects() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let video = demo_video(dir.path(), 10.0);
+    let out = dir.path().join("live.jsonl");
+    let summary = dir.path().join("summary.json");
+    let status = cavsync()
+        .current_dir(root())
+        .args([
+            "run",
+            "--threads",
+            "1",
+            "--duration",
+            "11",
+            "--report-every",
+            "2",
+        ])
+        .arg("--config")
+        .arg(config(dir.path()))
+        .arg("--video")
+        .arg(format!("ffmpeg:{}", video.display()))
+        .arg("--audio")
+        .arg(format!("ffmpeg:{}", video.display()))
+        .arg("--out")
+        .arg(format!("file:{}", out.display()))
+        .arg("--summary")
+        .arg(&summary)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let counters = &summary["counters"];
+    let captured = counters["frames_captured"].as_u64().unwrap();
+    let records = read_lines(&out);
+    eprintln!(
+        "live: {captured} frames captured, {} processed, {} dropped, {} late; summary {summary}",
+        records.len(),
+        counters["frames_dropped"],
+        counters["frames_late"]
+    );
+    assert!(
+        captured >= 280,
+        "the 10 s source gives 300 frames: {captured}"
+    );
+    assert!(
+        records.len() as u64 * 2 >= captured,
+        "most frames processed (timing on a loaded machine is checked by scripts/live_check.sh)"
+    );
+
+    // Offline: the same frames and audio through the offline path, segment for segment.
+    let bundle = Bundle::open_with(
+        &root().join("models/demo/bundle"),
+        &PlanOptions { threads: 1 },
+    )
+    .unwrap();
+    let frames = decoded_frames(&video);
+    let samples = load_wav_16k(&root().join(format!("models/demo/clip/audio/{ID}.wav"))).unwrap();
+    let mel = clip_fbank(ID, &samples).unwrap();
+    let mut localizer = FrameLocalizer::new(&bundle).unwrap();
+    let mut images = ImagePreprocessor::new();
+    let mut image = vec![0.0; 3 * 224 * 224];
+    let size = FrameSize {
+        width: SIDE,
+        height: SIDE,
+    };
+    let truth = Annotations::read(&root().join("models/demo/clip/annotations.json")).unwrap();
+    let clip = truth.clip(ID).unwrap();
+    let (mut same, mut compared) = (0, 0);
+    let (mut sounding, mut offline_hits, mut track_hits) = (0, 0, 0);
+    for r in &records {
+        let seq = r["timeStamp"].as_u64().unwrap() as usize;
+        let Some(frame) = frames.get(seq) else {
+            continue;
+        };
+        let (start, end) = (
+            r["segment"][0].as_i64().unwrap(),
+            r["segment"][1].as_i64().unwrap(),
+        );
+        if end > mel.nrows() as i64 {
+            continue;
+        }
+        let mut segment = Vec::new();
+        for row in start..end {
+            if row < 0 {
+                segment.extend(std::iter::repeat_n((0.0 - NORM_MEAN) / NORM_STD, 128));
+            } else {
+                segment.extend(
+                    mel.row(row as usize)
+                        .iter()
+                        .map(|v| (v - NORM_MEAN) / NORM_STD),
+                );
+            }
+        }
+        let level = segment.iter().map(|&v| f64::from(v)).sum::<f64>() / segment.len() as f64;
+        let audio = bundle.embed_audio(&segment).unwrap();
+        images.run_into(frame, &mut image).unwrap();
+        let visual = bundle.embed_visual(&image).unwrap();
+        let loc = localizer
+            .localize_pair(&audio, level as f32, &visual, size)
+            .unwrap();
+        let offline_peak = loc
+            .peaks
+            .first()
+            .map(|p| (f64::from(p.x) / SIDE as f64, f64::from(p.y) / SIDE as f64));
+        let live_peak = r["peak"]
+            .as_array()
+            .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()));
+        compared += 1;
+        let close = match (offline_peak, live_peak) {
+            (Some(a), Some(b)) => {
+                (a.0 - b.0).abs() <= 0.5 / SIDE as f64 && (a.1 - b.1).abs() <= 0.5 / SIDE as f64
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        same += usize::from(close);
+
+        // Ground truth of the synthetic frame on screen.
+        let k = ((seq as f64 / FPS) / CLIP_FRAME_S).floor() as usize;
+        let gt = &clip.frames[k.min(clip.frames.len() - 1)];
+        let boxes: Vec<[f32; 4]> = gt.sounding.iter().map(|o| o.bbox).collect();
+        if boxes.is_empty() {
+            continue;
+        }
+        sounding += 1;
+        if let Some((x, y)) = offline_peak {
+            offline_hits += usize::from(inside(x, y, &boxes));
+        }
+        let best = r["src"].as_array().unwrap().iter().max_by(|a, b| {
+            a["activity"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["activity"].as_f64().unwrap())
+        });
+        if let Some(t) = best {
+            track_hits += usize::from(inside(
+                t["x"].as_f64().unwrap(),
+                t["y"].as_f64().unwrap(),
+                &boxes,
+            ));
+        }
+    }
+    let agreement = same as f64 / compared.max(1) as f64;
+    let offline_pointing = offline_hits as f64 / sounding.max(1) as f64;
+    let track_pointing = track_hits as f64 / sounding.max(1) as f64;
+    eprintln!(
+        "same peak as offline in {same}/{compared} frames ({:.1}%); pointing over {sounding} sounding frames: offline peaks {:.1}%, live tracks {:.1}%",
+        100.0 * agreement,
+        100.0 * offline_pointing,
+        100.0 * track_pointing
+    );
+    assert!(compared >= 100, "{compared} frames compared");
+    assert!(
+        agreement >= 0.99,
+        "live and offline peaks agree in {agreement}"
+    );
+    assert!(
+        track_pointing >= offline_pointing - 0.05,
+        "tracks point at {track_pointing}, offline peaks at {offline_pointing}"
+    );
+}
+
+#[test]
+fn sigterm_stops_within_a_second_with_outputs_flushed() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let video = demo_video(dir.path(), 10.0);
+    let out = dir.path().join("live.jsonl");
+    let mut child = live_run(dir.path(), &video, &out, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = sent.elapsed();
+    eprintln!("exited {status} {took:?} after SIGTERM");
+    assert!(status.success());
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let records = read_lines(&out);
+    assert!(
+        records.len() > 20,
+        "{} lines, each complete JSON",
+        records.len()
+    );
+}
+
+#[test]
+fn a_source_that_ends_is_reopened() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let video = demo_video(dir.path(), 2.0);
+    let out = dir.path().join("live.jsonl");
+    let summary = dir.path().join("summary.json");
+    let status = live_run(dir.path(), &video, &out, &["--duration", "5"])
+        .arg("--summary")
+        .arg(&summary)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let c = &summary["counters"];
+    eprintln!("{c}");
+    assert!(c["video_reopens"].as_u64().unwrap() >= 1, "{c}");
+    assert!(c["audio_reopens"].as_u64().unwrap() >= 1, "{c}");
+    assert!(c["audio_gap_samples"].as_u64().unwrap() > 0, "{c}");
+    let last = read_lines(&out)
+        .iter()
+        .filter_map(|r| r["time_s"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(last > 2.5, "frames after the reopen: last at {last} s");
+}
+
+#[test]
+fn absent_sources_and_mismatched_profiles_give_one_clear_error() {
+    let run = |args: &[&str]| {
+        let out = cavsync()
+            .current_dir(root())
+            .arg("run")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&[
+        "--video",
+        "v4l2:/dev/video-cavsync-none",
+        "--audio",
+        "ffmpeg:x.wav",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("v4l2:/dev/video-cavsync-none") && err.contains("no such device"),
+        "{err}"
+    );
+    let (code, err) = run(&[
+        "--audio",
+        "alsa:cavsync_no_such_pcm",
+        "--video",
+        "v4l2:/dev/null",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("alsa:cavsync_no_such_pcm"), "{err}");
+    let (code, err) = run(&["--board", "pi5"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("pi5") && err.contains("`precision`") && err.contains("int8"),
+        "{err}"
+    );
+    let (code, err) = run(&["--board", "jetson-orin"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("`accelerator`"), "{err}");
+    let (code, err) = run(&["--audio", "pulse:x"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("pulse:x") && err.contains("alsa:PCM"), "{err}");
+    let (code, err) = run(&[
+        "--out", "mqtt://x", "--audio", "ffmpeg:a", "--video", "ffmpeg:b",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("mqtt://x"), "{err}");
+}
