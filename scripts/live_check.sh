@@ -41,19 +41,23 @@ ffmpeg -nostdin -loglevel error -y -f concat -safe 0 -i "$list" -c copy "$video"
 seconds=$((clips * 10))
 
 printf '[camera]\nwidth = 224\nheight = 224\nfps = 30\n' > "$out/camera.toml"
-port=18080
 echo "== cavsync run: $seconds s, $threads threads, $mode ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
 target/release/cavsync run --threads "$threads" --mode "$mode" --duration "$seconds" \
     --config "$out/camera.toml" --video "ffmpeg:$video" --audio "ffmpeg:$video" \
-    --out "file:$out/live.jsonl" --http "127.0.0.1:$port" --summary "$out/summary.json" \
-    --report-every 10 &
-pid=$!
+    --out "file:$out/live.jsonl" --summary "$out/summary.json" --report-every 10
+python3 scripts/live_score.py "$out/live.jsonl" "$data/annotations.json" "$data/datafile.json" 30 "$out/summary.json"
+
+# The live page, in a second short run (a browser starting would take the CPU from the first).
 if command -v chromium >/dev/null 2>&1; then
-    sleep 8
-    timeout 30 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=900,900 \
+    port=18080
+    target/release/cavsync run --threads "$threads" --mode "$mode" --duration 15 \
+        --config "$out/camera.toml" --video "ffmpeg:$video" --audio "ffmpeg:$video" \
+        --out "file:$out/page_run.jsonl" --http "127.0.0.1:$port" 2>/dev/null &
+    pid=$!
+    sleep 6
+    timeout 30 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=900,700 \
         --virtual-time-budget=3000 --screenshot="$out/live_page.png" "http://127.0.0.1:$port/" \
         >/dev/null 2>&1 || echo "screenshot failed"
     [ -f "$out/live_page.png" ] && echo "live page screenshot: $out/live_page.png"
+    wait "$pid"
 fi
-wait "$pid"
-python3 scripts/live_score.py "$out/live.jsonl" "$data/annotations.json" "$data/datafile.json" 30 "$out/summary.json"

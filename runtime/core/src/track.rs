@@ -50,6 +50,8 @@ pub struct TrackerConfig {
     pub hold: u32,
     /// Smallest normalised peak value that counts as an observation, in [0, 1] (default 0.75).
     pub min_peak: f32,
+    /// Smallest distance, in normalised image units, between two observations of one frame: a weaker peak closer than this to a stronger one is taken as the same source and ignored (default 0.2).
+    pub min_separation: f32,
     /// Weight, in [0, 1], of a peak on a frame judged inactive: its track keeps a small activity, above tracks the map no longer points at (default 0.1).
     pub inactive_evidence: f32,
 }
@@ -63,6 +65,7 @@ impl Default for TrackerConfig {
             confirm: 3,
             hold: 15,
             min_peak: 0.75,
+            min_separation: 0.2,
             inactive_evidence: 0.1,
         }
     }
@@ -96,6 +99,13 @@ impl TrackerConfig {
                 field: "gate",
                 value: self.gate,
                 expected: "a finite distance > 0",
+            });
+        }
+        if !(self.min_separation >= 0.0 && self.min_separation.is_finite()) {
+            return Err(TrackerConfigError {
+                field: "min_separation",
+                value: self.min_separation,
+                expected: "a finite distance >= 0",
             });
         }
         unit("smoothing", self.smoothing, true)?;
@@ -183,8 +193,8 @@ impl Tracker {
 
     /// Advances one frame with its localization (on a frame of `size`) and returns the tracks.
     ///
-    /// Each peak at or above `min_peak` is an observation, with the box that holds it (or a
-    /// point box) and the frame's activity.
+    /// Each peak at or above `min_peak`, at least `min_separation` from every stronger one and
+    /// outside their boxes (one region of the map is one source), is an observation, with the box that holds it (or a point box) and the frame's activity.
     pub fn update_frame(&mut self, loc: &FrameLocalization, size: FrameSize) -> &[Track] {
         let mut observations = core::mem::take(&mut self.observations);
         observations.clear();
@@ -198,9 +208,18 @@ impl Tracker {
                     .map_or([peak.x, peak.y, peak.x, peak.y], |b| {
                         [b.x0, b.y0, b.x1, b.y1]
                     });
+                let (x, y) = (peak.x / w, peak.y / h);
+                let separation = self.config.min_separation;
+                let same_source = |o: &Observation| {
+                    (o.x - x).hypot(o.y - y) < separation
+                        || (x >= o.bbox[0] && x < o.bbox[2] && y >= o.bbox[1] && y < o.bbox[3])
+                };
+                if observations.iter().any(same_source) {
+                    continue;
+                }
                 let observation = Observation {
-                    x: peak.x / w,
-                    y: peak.y / h,
+                    x,
+                    y,
                     bbox: [bbox[0] / w, bbox[1] / h, bbox[2] / w, bbox[3] / h],
                     strength: peak.value,
                     active: loc.active,
@@ -425,6 +444,37 @@ mod tests {
         let track = t.confirmed().next().unwrap();
         assert_eq!(track.id, 1);
         assert!(track.activity <= 0.2, "{}", track.activity);
+    }
+
+    #[test]
+    fn close_weaker_peaks_of_one_frame_are_one_source() {
+        use crate::localize::{BoundingBox, FrameLocalization, Peak};
+        let peak = |x: f32, value: f32| Peak { x, y: 50.0, value };
+        let loc = FrameLocalization {
+            active: true,
+            peaks: vec![peak(40.0, 1.0), peak(55.0, 0.9), peak(90.0, 0.8)],
+            boxes: vec![BoundingBox {
+                x0: 30.0,
+                y0: 40.0,
+                x1: 60.0,
+                y1: 60.0,
+                score: 0.9,
+            }],
+            ..FrameLocalization::default()
+        };
+        let size = FrameSize {
+            width: 100,
+            height: 100,
+        };
+        let mut t = tracker();
+        for _ in 0..3 {
+            t.update_frame(&loc, size);
+        }
+        let tracks: Vec<(f32, [f32; 4])> = t.confirmed().map(|t| (t.x, t.bbox)).collect();
+        assert_eq!(tracks.len(), 2, "{tracks:?}");
+        assert!((tracks[0].0 - 0.4).abs() < 1e-6);
+        assert_eq!(tracks[0].1, [0.3, 0.4, 0.6, 0.6]);
+        assert!((tracks[1].0 - 0.9).abs() < 1e-6);
     }
 
     #[test]

@@ -274,7 +274,11 @@ impl<'b> FrameWorker<'b> {
             visual: Embedding::default(),
             loc: FrameLocalization::default(),
             line: Vec::with_capacity(64 * 1024),
-            status: Vec::with_capacity(4096),
+            status: {
+                let mut status = Vec::with_capacity(4096);
+                status.extend_from_slice(b"{}");
+                status
+            },
             page_tracks: heapless::Vec::new(),
             confirmed: heapless::Vec::new(),
             stamps: [0; 6],
@@ -535,6 +539,9 @@ pub fn run(
         let zeros = [0.0f32; 320];
         let mut last_report = started;
         let mut window_frames = 0u64;
+        let mut page_window = StageStats::default();
+        let mut page_frames = 0u64;
+        let mut last_page = started;
         let outcome = loop {
             if shared.stopping() {
                 break Ok(());
@@ -638,22 +645,40 @@ pub fn run(
             stats.add(&durations);
             window.add(&durations);
             window_frames += 1;
+            page_window.add(&durations);
+            page_frames += 1;
             shared
                 .counters
                 .frames_processed
                 .fetch_add(1, Ordering::Relaxed);
             let now = now_ns();
+            // The page's status follows the last second; the log's the last report period.
+            let since_page = now.saturating_sub(last_page);
+            if since_page >= 1_000_000_000 {
+                let fps = page_frames as f64 * 1e9 / since_page as f64;
+                write_status(
+                    &mut worker.status,
+                    fps,
+                    &page_window,
+                    &shared.counters,
+                    settings.alignment,
+                );
+                page_window.clear();
+                page_frames = 0;
+                last_page = now;
+            }
             let elapsed = now.saturating_sub(last_report);
             if elapsed >= settings.report_every.as_nanos() as u64 {
                 let fps = window_frames as f64 * 1e9 / elapsed as f64;
-                let status = write_status(
-                    &mut worker.status,
+                let mut line = Vec::with_capacity(256);
+                write_status(
+                    &mut line,
                     fps,
                     &window,
                     &shared.counters,
                     settings.alignment,
                 );
-                info!(target: "cavsync::live", "{}", String::from_utf8_lossy(status));
+                info!(target: "cavsync::live", "{}", String::from_utf8_lossy(&line));
                 window.clear();
                 window_frames = 0;
                 last_report = now;
@@ -695,14 +720,14 @@ pub fn run(
     })
 }
 
-/// Writes the status object into `buf` and returns it.
-fn write_status<'b>(
-    buf: &'b mut Vec<u8>,
+/// Writes the status object into `buf`.
+fn write_status(
+    buf: &mut Vec<u8>,
     fps: f64,
     window: &StageStats,
     counters: &Counters,
     alignment: LiveAlignment,
-) -> &'b [u8] {
+) {
     let c = counters.snapshot();
     let total = window.percentiles()[7];
     let status = Status {
@@ -724,5 +749,4 @@ fn write_status<'b>(
         buf.clear();
         buf.extend_from_slice(b"{}");
     }
-    buf
 }
