@@ -1,0 +1,118 @@
+//! The demo model in every precision a board runs, against f32 on the demo clip, through the device crate alone: int8 (integer matmuls: AVX2 / AVX-512 VNNI here) and f16 (stored in half precision; x86 computes it in f32).
+//!
+//! The Arm kernels (SDOT on Cortex-A76, SMLAL on Cortex-A72, native fp16) are checked the same
+//! way by `scripts/cross_aarch64.sh`, which runs the aarch64 `cavsync eval` under qemu.
+
+use std::path::{Path, PathBuf};
+
+use cavsync_core::clip::{clip_from_datafile_entry, read_datafile};
+use cavsync_core::model::{Modality, Precision};
+use cavsync_core::preprocess::image::{ImagePreprocessor, load_rgb};
+use cavsync_core::preprocess::segment::{Alignment, FramePosition, segment_rows_into};
+use cavsync_core::similarity::cosine;
+use cavsync_device::bundle::{Bundle, Embedding};
+use cavsync_device::encode::clip_fbank;
+use cavsync_formats::bundle::{BundleOptions, write_bundle};
+use cavsync_formats::checkpoint::Checkpoint;
+use cavsync_formats::layout::ModelConfig;
+use cavsync_formats::quantize::{QuantizeOptions, quantize_bundle};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Audio and visual embeddings of four frames of the demo clip through `bundle`.
+fn embeddings(bundle: &Bundle) -> Vec<(Embedding, Embedding)> {
+    let clip_dir = root().join("models/demo/clip");
+    let entries = read_datafile(&clip_dir.join("datafile.json")).unwrap();
+    let total = bundle.manifest.audio_preprocessing.total_frames;
+    let target = bundle.manifest.audio_preprocessing.target_length;
+    let clip = clip_from_datafile_entry(&entries[0], total).unwrap();
+    assert_eq!(clip.alignment, Alignment::Official);
+    let mel = clip_fbank(&clip.id, &clip.audio).unwrap();
+    let mut images = ImagePreprocessor::new();
+    let mut image = vec![0.0; bundle.input_len(Modality::Visual)];
+    let mut segment = Vec::new();
+    [0usize, 5, 10, 15]
+        .iter()
+        .map(|&k| {
+            let frame = &clip.frames[k];
+            let position = FramePosition {
+                index: frame.index,
+                total_frames: clip.total_frames,
+                time_s: frame.time_s,
+                duration_s: clip.audio.len() as f64 / 16_000.0,
+            };
+            let bounds = clip.alignment.bounds(position, mel.nrows(), target);
+            segment_rows_into(mel.view(), bounds, target, &mut segment);
+            images
+                .run_into(&load_rgb(&frame.path).unwrap(), &mut image)
+                .unwrap();
+            (
+                bundle.embed_audio(&segment).unwrap(),
+                bundle.embed_visual(&image).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Smallest global-token cosine and mean patch-token cosine of `candidate` against `reference`, over both encoders.
+fn agreement(
+    reference: &[(Embedding, Embedding)],
+    candidate: &[(Embedding, Embedding)],
+    dim: usize,
+) -> (f32, f64) {
+    let mut worst_global = 1.0f32;
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for ((ra, rv), (ca, cv)) in reference.iter().zip(candidate) {
+        for (r, c) in [(ra, ca), (rv, cv)] {
+            worst_global = worst_global.min(cosine(&r.global, &c.global));
+            for (rt, ct) in r.tokens.chunks(dim).zip(c.tokens.chunks(dim)) {
+                sum += f64::from(cosine(rt, ct));
+                n += 1;
+            }
+        }
+    }
+    (worst_global, sum / n as f64)
+}
+
+#[test]
+fn int8_and_f16_bundles_follow_f32_on_the_demo_clip() {
+    // The datafile's paths are relative to the repository root (this binary's only test).
+    std::env::set_current_dir(root()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f32_dir = root().join("models/demo/bundle");
+    let reference = Bundle::open(&f32_dir).unwrap();
+    let dim = reference.dim();
+    let expected = embeddings(&reference);
+
+    let int8_dir = dir.path().join("int8");
+    let options = QuantizeOptions {
+        per_channel: true,
+        ..QuantizeOptions::default()
+    };
+    quantize_bundle(&f32_dir, &int8_dir, &options).unwrap();
+    let int8 = Bundle::open(&int8_dir).unwrap();
+    assert_eq!(int8.manifest.model.precision, Precision::Int8);
+    let (global, tokens) = agreement(&expected, &embeddings(&int8), dim);
+    eprintln!(
+        "int8 (dynamic, per channel): worst global cosine {global:.5}, mean token cosine {tokens:.5}"
+    );
+    assert!(global >= 0.99, "int8 global cosine {global}");
+    assert!(tokens >= 0.98, "int8 token cosine {tokens}");
+
+    let ck = Checkpoint::load(&root().join("models/demo/run/demo.pth")).unwrap();
+    let config = ModelConfig::detect(&ck, Some(reference.manifest.model.heads)).unwrap();
+    let f16_dir = dir.path().join("f16");
+    let bundle_options = BundleOptions {
+        precision: Precision::F16,
+        total_frames: reference.manifest.audio_preprocessing.total_frames,
+        localization: reference.manifest.localization.clone(),
+    };
+    write_bundle(&ck, &config, &bundle_options, &f16_dir).unwrap();
+    let f16 = Bundle::open(&f16_dir).unwrap();
+    let (global, tokens) = agreement(&expected, &embeddings(&f16), dim);
+    eprintln!("f16: worst global cosine {global:.5}, mean token cosine {tokens:.5}");
+    assert!(global >= 0.999, "f16 global cosine {global}");
+    assert!(tokens >= 0.995, "f16 token cosine {tokens}");
+}
