@@ -256,7 +256,7 @@ pub fn capture_video(
         let mut failure = None;
         while !shared.stopping() {
             let Some(mut frame) = spare.take().or_else(|| free.dequeue()) else {
-                // Inference holds every buffer: read into nothing and count the frame as dropped.
+                // Inference holds every buffer: wait for one to come back (the source buffers meanwhile).
                 shared.wait_for_buffer();
                 continue;
             };

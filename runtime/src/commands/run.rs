@@ -152,10 +152,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let page = match &args.http {
         Some(addr) => {
+            // A camera may negotiate a larger size than asked: room for at least 1080p.
             let page = LivePage::start(
                 addr,
-                profile.camera.width as usize,
-                profile.camera.height as usize,
+                profile.camera.width.max(1920) as usize,
+                profile.camera.height.max(1080) as usize,
             )?;
             tracing::info!(url = %format!("http://{}/", page.local_addr()), "live page");
             Some(page)
