@@ -4,7 +4,7 @@
 # 2 threads, causal), the live page open in headless Chromium for a screenshot, then the
 # output scored against the clips' annotations (scripts/live_score.py) and the summary printed.
 #
-# usage: scripts/live_check.sh OUT_DIR [CLIPS (default 6 = 60 s)] [THREADS (default 2)] [MODE (causal)]
+# usage: scripts/live_check.sh OUT_DIR [CLIPS (default 6 = 60 s)] [THREADS (default 2)] [MODE (causal)] [SEED (3001)]
 # needs: ffmpeg, python3; chromium for the screenshot (skipped without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,13 +12,14 @@ out=${1:?usage: live_check.sh OUT_DIR [CLIPS] [THREADS] [MODE]}
 clips=${2:-6}
 threads=${3:-2}
 mode=${4:-causal}
+seed=${5:-3001}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
 cargo build --release -q -p cavsync -p cavsync-export
 data="$out/clips"
 if [ ! -f "$data/datafile.json" ]; then
-    target/release/cavsync-export synth --out "$data" --clips "$clips" --seed 3001
+    target/release/cavsync-export synth --out "$data" --clips "$clips" --seed "$seed"
 fi
 
 # Each clip: its 16 frames at 1.6 fps, resampled to 30 fps, audio in 10 ms packets; then all joined.
