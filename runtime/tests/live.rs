@@ -119,6 +119,10 @@ fn live_run(dir: &Path, video: &Path, out: &Path, extra: &[&str]) -> Command {
     c
 }
 
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 fn read_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -167,31 +171,18 @@ fn a_live_run_equals_offline_localization_and_tracks_the_sounding_objects() {
     let video = demo_video(dir.path(), 10.0);
     let out = dir.path().join("live.jsonl");
     let summary = dir.path().join("summary.json");
-    let status = cavsync()
-        .current_dir(root())
-        .args([
-            "run",
-            "--threads",
-            "1",
-            "--duration",
-            "11",
-            "--report-every",
-            "2",
-        ])
-        .arg("--config")
-        .arg(config(dir.path()))
-        .arg("--video")
-        .arg(format!("ffmpeg:{}", video.display()))
-        .arg("--audio")
-        .arg(format!("ffmpeg:{}", video.display()))
-        .arg("--out")
-        .arg(format!("file:{}", out.display()))
-        .arg("--summary")
-        .arg(&summary)
-        .status()
-        .unwrap();
+    let status = live_run(
+        dir.path(),
+        &video,
+        &out,
+        &["--duration", "11", "--report-every", "2"],
+    )
+    .arg("--summary")
+    .arg(&summary)
+    .status()
+    .unwrap();
     assert!(status.success());
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let summary = read_json(&summary);
     let counters = &summary["counters"];
     let captured = counters["frames_captured"].as_u64().unwrap();
     let records = read_lines(&out);
@@ -377,7 +368,7 @@ fn a_source_that_ends_is_reopened() {
         .status()
         .unwrap();
     assert!(status.success());
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let summary = read_json(&summary);
     let c = &summary["counters"];
     eprintln!("{c}");
     assert!(c["video_reopens"].as_u64().unwrap() >= 1, "{c}");

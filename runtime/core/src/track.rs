@@ -169,7 +169,6 @@ pub struct Tracker {
     config: TrackerConfig,
     tracks: FixedVec<Track, MAX_TRACKS>,
     pairs: FixedVec<(f32, u8, u8), { MAX_TRACKS * MAX_OBSERVATIONS }>,
-    observations: FixedVec<Observation, MAX_OBSERVATIONS>,
     next_id: u64,
 }
 
@@ -181,7 +180,6 @@ impl Tracker {
             config,
             tracks: FixedVec::new(),
             pairs: FixedVec::new(),
-            observations: FixedVec::new(),
             next_id: 1,
         })
     }
@@ -196,42 +194,37 @@ impl Tracker {
     /// Each peak at or above `min_peak`, at least `min_separation` from every stronger one and
     /// outside their boxes (one region of the map is one source), is an observation, with the box that holds it (or a point box) and the frame's activity.
     pub fn update_frame(&mut self, loc: &FrameLocalization, size: FrameSize) -> &[Track] {
-        let mut observations = core::mem::take(&mut self.observations);
-        observations.clear();
-        {
-            let (w, h) = (size.width.max(1) as f32, size.height.max(1) as f32);
-            for peak in loc.peaks.iter().filter(|p| p.value >= self.config.min_peak) {
-                let bbox = loc
-                    .boxes
-                    .iter()
-                    .find(|b| peak.x >= b.x0 && peak.x < b.x1 && peak.y >= b.y0 && peak.y < b.y1)
-                    .map_or([peak.x, peak.y, peak.x, peak.y], |b| {
-                        [b.x0, b.y0, b.x1, b.y1]
-                    });
-                let (x, y) = (peak.x / w, peak.y / h);
-                let separation = self.config.min_separation;
-                let same_source = |o: &Observation| {
-                    (o.x - x).hypot(o.y - y) < separation
-                        || (x >= o.bbox[0] && x < o.bbox[2] && y >= o.bbox[1] && y < o.bbox[3])
-                };
-                if observations.iter().any(same_source) {
-                    continue;
-                }
-                let observation = Observation {
-                    x,
-                    y,
-                    bbox: [bbox[0] / w, bbox[1] / h, bbox[2] / w, bbox[3] / h],
-                    strength: peak.value,
-                    active: loc.active,
-                };
-                if observations.push(observation).is_err() {
-                    break;
-                }
+        let mut observations: FixedVec<Observation, MAX_OBSERVATIONS> = FixedVec::new();
+        let (w, h) = (size.width.max(1) as f32, size.height.max(1) as f32);
+        for peak in loc.peaks.iter().filter(|p| p.value >= self.config.min_peak) {
+            let bbox = loc
+                .boxes
+                .iter()
+                .find(|b| peak.x >= b.x0 && peak.x < b.x1 && peak.y >= b.y0 && peak.y < b.y1)
+                .map_or([peak.x, peak.y, peak.x, peak.y], |b| {
+                    [b.x0, b.y0, b.x1, b.y1]
+                });
+            let (x, y) = (peak.x / w, peak.y / h);
+            let separation = self.config.min_separation;
+            let same_source = |o: &Observation| {
+                (o.x - x).hypot(o.y - y) < separation
+                    || (x >= o.bbox[0] && x < o.bbox[2] && y >= o.bbox[1] && y < o.bbox[3])
+            };
+            if observations.iter().any(same_source) {
+                continue;
+            }
+            let observation = Observation {
+                x,
+                y,
+                bbox: [bbox[0] / w, bbox[1] / h, bbox[2] / w, bbox[3] / h],
+                strength: peak.value,
+                active: loc.active,
+            };
+            if observations.push(observation).is_err() {
+                break;
             }
         }
-        self.update(&observations);
-        self.observations = observations;
-        self.tracks()
+        self.update(&observations)
     }
 
     /// Advances one frame with `observations` (the first [`MAX_OBSERVATIONS`] are used); returns the tracks.

@@ -131,6 +131,11 @@ fn encode_audio(
     let bounds = alignment.bounds(frame, clip_mel.nrows(), target);
     segment_rows_into(clip_mel, bounds, target, segment);
     bundle.embed_into(Modality::Audio, segment, out)?;
+    Ok(segment_level(segment))
+}
+
+/// How loud a normalised audio segment is: the mean of its values (the activity head's audio level).
+pub fn segment_level(segment: &[f32]) -> f32 {
     let sum: f64 = segment.iter().map(|&v| f64::from(v)).sum();
-    Ok((sum / segment.len().max(1) as f64) as f32)
+    (sum / segment.len().max(1) as f64) as f32
 }

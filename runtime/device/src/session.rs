@@ -210,14 +210,9 @@ impl FrameLocalizer {
         visual: &Embedding,
         size: FrameSize,
     ) -> Result<FrameLocalization, LocalizeError> {
-        similarity_map(&audio.global, &visual.tokens, &mut self.raw_map)?;
-        self.localizer.run(
-            &self.raw_map,
-            audio_level,
-            self.grid,
-            size,
-            &mut self.heatmap,
-        )
+        let mut out = FrameLocalization::default();
+        self.localize_pair_into(audio, audio_level, visual, size, &mut out)?;
+        Ok(out)
     }
 
     /// [`FrameLocalizer::localize_pair`] into `out`, reusing its vectors: allocation-free once warm.

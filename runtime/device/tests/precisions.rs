@@ -6,12 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use cavsync_core::clip::{clip_from_datafile_entry, read_datafile};
-use cavsync_core::model::{Modality, Precision};
-use cavsync_core::preprocess::image::{ImagePreprocessor, load_rgb};
-use cavsync_core::preprocess::segment::{Alignment, FramePosition, segment_rows_into};
+use cavsync_core::model::Precision;
+use cavsync_core::preprocess::image::load_rgb;
+use cavsync_core::preprocess::segment::{Alignment, FramePosition};
 use cavsync_core::similarity::cosine;
 use cavsync_device::bundle::{Bundle, Embedding};
-use cavsync_device::encode::clip_fbank;
+use cavsync_device::encode::{FrameEncoder, clip_fbank};
 use cavsync_formats::bundle::{BundleOptions, write_bundle};
 use cavsync_formats::checkpoint::Checkpoint;
 use cavsync_formats::layout::ModelConfig;
@@ -26,13 +26,10 @@ fn embeddings(bundle: &Bundle) -> Vec<(Embedding, Embedding)> {
     let clip_dir = root().join("models/demo/clip");
     let entries = read_datafile(&clip_dir.join("datafile.json")).unwrap();
     let total = bundle.manifest.audio_preprocessing.total_frames;
-    let target = bundle.manifest.audio_preprocessing.target_length;
     let clip = clip_from_datafile_entry(&entries[0], total).unwrap();
     assert_eq!(clip.alignment, Alignment::Official);
     let mel = clip_fbank(&clip.id, &clip.audio).unwrap();
-    let mut images = ImagePreprocessor::new();
-    let mut image = vec![0.0; bundle.input_len(Modality::Visual)];
-    let mut segment = Vec::new();
+    let mut encoder = FrameEncoder::new(bundle);
     [0usize, 5, 10, 15]
         .iter()
         .map(|&k| {
@@ -43,15 +40,11 @@ fn embeddings(bundle: &Bundle) -> Vec<(Embedding, Embedding)> {
                 time_s: frame.time_s,
                 duration_s: clip.audio.len() as f64 / 16_000.0,
             };
-            let bounds = clip.alignment.bounds(position, mel.nrows(), target);
-            segment_rows_into(mel.view(), bounds, target, &mut segment);
-            images
-                .run_into(&load_rgb(&frame.path).unwrap(), &mut image)
+            let rgb = load_rgb(&frame.path).unwrap();
+            let emb = encoder
+                .encode(mel.view(), clip.alignment, position, &rgb)
                 .unwrap();
-            (
-                bundle.embed_audio(&segment).unwrap(),
-                bundle.embed_visual(&image).unwrap(),
-            )
+            (emb.audio.clone(), emb.visual.clone())
         })
         .collect()
 }

@@ -249,7 +249,7 @@ pub fn capture_audio(
     let mut pending_gap: u64 = 0;
     let mut last_origin: Option<u64> = None;
     let mut backoff = Backoff::new();
-    'session: loop {
+    loop {
         let mut resampler = match StreamResampler::new(format.rate, model_rate) {
             Ok(r) => r,
             Err(e) => {
@@ -321,41 +321,31 @@ pub fn capture_audio(
                 return;
             }
         }
-        if shared.stopping() {
-            return;
-        }
-        let reason = failure.map_or_else(|| "stopped".to_string(), |e| e.to_string());
-        warn!(source = %spec, %reason, "audio source lost; reopening");
-        shared
-            .counters
-            .audio_reopens
-            .fetch_add(1, Ordering::Relaxed);
         offset += produced;
         drop(input);
-        loop {
-            if !backoff.sleep(shared) {
-                return;
-            }
-            match AudioInput::open(spec, request.rate, request.channels, model_rate) {
-                Ok((i, f)) => {
-                    info!(source = %spec, rate = f.rate, channels = f.channels, "audio source reopened");
-                    // The stretch it was away becomes silence, so sample indices keep following the clock.
-                    if let Some(origin) = last_origin {
-                        let now_index =
-                            now_ns().saturating_sub(origin) * u64::from(model_rate) / 1_000_000_000;
-                        pending_gap = now_index.saturating_sub(offset);
-                        offset += pending_gap;
-                        shared
-                            .counters
-                            .audio_gap_samples
-                            .fetch_add(pending_gap, Ordering::Relaxed);
-                    }
-                    input = i;
-                    format = f;
-                    continue 'session;
-                }
-                Err(e) => warn!(source = %spec, error = %e, "audio source still unavailable"),
-            }
+        let reopened = backoff.reopen(
+            shared,
+            "audio",
+            spec,
+            failure,
+            &shared.counters.audio_reopens,
+            || AudioInput::open(spec, request.rate, request.channels, model_rate).map(Some),
+        );
+        let Some((i, f)) = reopened else {
+            return;
+        };
+        info!(source = %spec, rate = f.rate, channels = f.channels, "audio format after reopening");
+        // The stretch it was away becomes silence, so sample indices keep following the clock.
+        if let Some(origin) = last_origin {
+            let now_index = now_ns().saturating_sub(origin) * u64::from(model_rate) / 1_000_000_000;
+            pending_gap = now_index.saturating_sub(offset);
+            offset += pending_gap;
+            shared
+                .counters
+                .audio_gap_samples
+                .fetch_add(pending_gap, Ordering::Relaxed);
         }
+        input = i;
+        format = f;
     }
 }

@@ -9,13 +9,13 @@
 //! the output line) is allocated once; tract allocates inside its plans.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::Thread;
 use std::time::Duration;
 
 use heapless::Deque;
 use heapless::spsc::Queue;
-use tracing::info;
+use tracing::{info, warn};
 
 use cavsync_core::localize::{FrameLocalization, FrameSize};
 use cavsync_core::model::Modality;
@@ -25,6 +25,7 @@ use cavsync_core::preprocess::image::ImagePreprocessor;
 use cavsync_core::preprocess::stream::{FbankStream, LiveAlignment};
 use cavsync_core::track::{MAX_TRACKS, Track, Tracker, TrackerConfig, TrackerConfigError};
 use cavsync_device::bundle::{Bundle, BundleError, Embedding};
+use cavsync_device::encode::segment_level;
 use cavsync_device::session::FrameLocalizer;
 
 use crate::audio::{AudioChunk, AudioFormat, AudioInput, capture_audio};
@@ -179,6 +180,39 @@ impl Backoff {
     }
 }
 
+impl Backoff {
+    /// After `what` (`audio` or `video`) from `spec` was lost: logs why, counts it in `reopens`, then retries `open` with backoff until it gives a source (`Ok(None)`: it came back unusable, try again) or the run stops (`None`).
+    pub fn reopen<T>(
+        &mut self,
+        shared: &Shared<'_>,
+        what: &str,
+        spec: &dyn std::fmt::Display,
+        failure: Option<SourceError>,
+        reopens: &AtomicU64,
+        mut open: impl FnMut() -> Result<Option<T>, SourceError>,
+    ) -> Option<T> {
+        if shared.stopping() {
+            return None;
+        }
+        let reason = failure.map_or_else(|| "stopped".to_string(), |e| e.to_string());
+        warn!(source = %spec, %reason, "{what} source lost; reopening");
+        reopens.fetch_add(1, Ordering::Relaxed);
+        loop {
+            if !self.sleep(shared) {
+                return None;
+            }
+            match open() {
+                Ok(Some(source)) => {
+                    info!(source = %spec, "{what} source reopened");
+                    return Some(source);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(source = %spec, error = %e, "{what} source still unavailable"),
+            }
+        }
+    }
+}
+
 impl Default for Backoff {
     fn default() -> Self {
         Self::new()
@@ -299,8 +333,7 @@ impl<'b> FrameWorker<'b> {
         self.images
             .run_into(&frame.image, &mut self.image)
             .map_err(|e| LiveError::Fatal(format!("frame {}: {e}", frame.seq)))?;
-        let sum: f64 = self.segment.iter().map(|&v| f64::from(v)).sum();
-        self.level = (sum / self.segment.len().max(1) as f64) as f32;
+        self.level = segment_level(&self.segment);
         self.stamps[1] = now_ns();
         Ok(())
     }
@@ -538,9 +571,7 @@ pub fn run(
         let mut last_bad_row: Option<u64> = None;
         let zeros = [0.0f32; 320];
         let mut last_report = started;
-        let mut window_frames = 0u64;
         let mut page_window = StageStats::default();
-        let mut page_frames = 0u64;
         let mut last_page = started;
         let outcome = loop {
             if shared.stopping() {
@@ -644,9 +675,7 @@ pub fn run(
             };
             stats.add(&durations);
             window.add(&durations);
-            window_frames += 1;
             page_window.add(&durations);
-            page_frames += 1;
             shared
                 .counters
                 .frames_processed
@@ -655,7 +684,7 @@ pub fn run(
             // The page's status follows the last second; the log's the last report period.
             let since_page = now.saturating_sub(last_page);
             if since_page >= 1_000_000_000 {
-                let fps = page_frames as f64 * 1e9 / since_page as f64;
+                let fps = page_window.frames() as f64 * 1e9 / since_page as f64;
                 write_status(
                     &mut worker.status,
                     fps,
@@ -664,12 +693,11 @@ pub fn run(
                     settings.alignment,
                 );
                 page_window.clear();
-                page_frames = 0;
                 last_page = now;
             }
             let elapsed = now.saturating_sub(last_report);
             if elapsed >= settings.report_every.as_nanos() as u64 {
-                let fps = window_frames as f64 * 1e9 / elapsed as f64;
+                let fps = window.frames() as f64 * 1e9 / elapsed as f64;
                 let mut line = Vec::with_capacity(256);
                 write_status(
                     &mut line,
@@ -680,7 +708,6 @@ pub fn run(
                 );
                 info!(target: "cavsync::live", "{}", String::from_utf8_lossy(&line));
                 window.clear();
-                window_frames = 0;
                 last_report = now;
             }
         };

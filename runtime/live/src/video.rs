@@ -286,33 +286,29 @@ pub fn capture_video(
                 }
             }
         }
-        if shared.stopping() {
-            return;
-        }
-        let reason = failure.map_or_else(|| "stopped".to_string(), |e| e.to_string());
-        warn!(source = %spec, %reason, "video source lost; reopening");
-        shared
-            .counters
-            .video_reopens
-            .fetch_add(1, Ordering::Relaxed);
-        loop {
-            if !backoff.sleep(shared) {
-                return;
-            }
-            match VideoInput::open(spec, request.width, request.height, request.fps) {
-                Ok((i, f)) if (f.width, f.height) == (request.width, request.height) => {
-                    info!(source = %spec, "video source reopened");
-                    input = i;
-                    break;
+        let reopened = backoff.reopen(
+            shared,
+            "video",
+            spec,
+            failure,
+            &shared.counters.video_reopens,
+            || {
+                let (i, f) = VideoInput::open(spec, request.width, request.height, request.fps)?;
+                if (f.width, f.height) == (request.width, request.height) {
+                    return Ok(Some(i));
                 }
-                Ok((_, f)) => warn!(
+                warn!(
                     source = %spec,
                     width = f.width,
                     height = f.height,
                     "video source came back at another size; waiting"
-                ),
-                Err(e) => warn!(source = %spec, error = %e, "video source still unavailable"),
-            }
+                );
+                Ok(None)
+            },
+        );
+        match reopened {
+            Some(i) => input = i,
+            None => return,
         }
     }
 }
