@@ -798,7 +798,7 @@ pub fn render_overlay(
 }
 
 /// The jet colour map at `v` in [0, 1] (dark blue, blue, cyan, yellow, red, dark red), as 0..=255 floats.
-fn jet(v: f32) -> [f32; 3] {
+pub fn jet(v: f32) -> [f32; 3] {
     let v = v.clamp(0.0, 1.0);
     let channel = |centre: f32| (1.5 - (4.0 * v - centre).abs()).clamp(0.0, 1.0) * 255.0;
     [channel(3.0), channel(2.0), channel(1.0)]

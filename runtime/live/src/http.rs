@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use cavsync_core::localize::jet;
 use image::ExtendedColorType;
 use image::codecs::jpeg::JpegEncoder;
 use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
@@ -368,16 +369,9 @@ fn status_body(seq: u64, width: usize, height: usize, tracks: &str, status: &str
     body
 }
 
-/// Jet-like colormap: blue (0) through cyan, yellow to red (1).
+/// The overlays' jet colour map ([`cavsync_core::localize::jet`]) at 256 levels.
 fn jet_lut() -> [[u8; 3]; 256] {
-    let mut lut = [[0u8; 3]; 256];
-    for (i, entry) in lut.iter_mut().enumerate() {
-        let v = i as f32 / 255.0;
-        let channel =
-            |centre: f32| ((1.5 - (4.0 * v - centre).abs()).clamp(0.0, 1.0) * 255.0).round() as u8;
-        *entry = [channel(3.0), channel(2.0), channel(1.0)];
-    }
-    lut
+    std::array::from_fn(|i| jet(i as f32 / 255.0).map(|c| c.round() as u8))
 }
 
 /// Blends `heatmap` through `lut` over `rgb` at alpha 0.5 into `out`.
