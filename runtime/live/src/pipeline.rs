@@ -252,7 +252,7 @@ struct Latency {
 
 /// The status object the live page and the periodic log show.
 #[derive(serde::Serialize)]
-struct Status<'a> {
+struct Status {
     fps: f64,
     frames: u64,
     dropped: u64,
@@ -261,7 +261,7 @@ struct Status<'a> {
     latency_p50_ms: f64,
     latency_p95_ms: f64,
     latency_p99_ms: f64,
-    mode: &'a str,
+    mode: LiveAlignment,
 }
 
 /// Everything inference owns for one frame at a time, allocated once: the per-frame work is [`FrameWorker::prepare`], [`FrameWorker::encode`] (tract) and [`FrameWorker::finish`].
@@ -766,10 +766,7 @@ fn write_status(
         latency_p50_ms: total.p50,
         latency_p95_ms: total.p95,
         latency_p99_ms: total.p99,
-        mode: match alignment {
-            LiveAlignment::Causal => "causal",
-            LiveAlignment::Centred => "centred",
-        },
+        mode: alignment,
     };
     buf.clear();
     if serde_json::to_writer(&mut *buf, &status).is_err() {
