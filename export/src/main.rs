@@ -33,6 +33,8 @@ enum Command {
     Synth(commands::synth::SynthArgs),
     /// Pretrain a CAV-MAE Sync model with the paper's objective (masked autoencoding + InfoNCE) on the CPU.
     Train(commands::train::TrainArgs),
+    /// Distil a teacher (checkpoint or bundle) into a smaller student that keeps its localization and retrieval.
+    Distill(commands::distill::DistillArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,5 +49,6 @@ fn main() -> ExitCode {
         Command::RandomCheckpoint(args) => commands::random_checkpoint::run(args),
         Command::Synth(args) => commands::synth::run(args),
         Command::Train(args) => commands::train::run(args),
+        Command::Distill(args) => commands::distill::run(args),
     })
 }

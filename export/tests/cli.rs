@@ -715,3 +715,207 @@ fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
     );
     assert!(!int8_bundle.exists());
 }
+
+/// A distillation config small enough for a test: the smallest student, 4 pairs per batch.
+const TINY_DISTILL: &str = "[student]\ndim = 64\ndepth = 1\njoint_depth = 1\nregisters = 1\nmlp_ratio = 2\n\n[optim]\nsteps = 4\nbatch_size = 4\nwarmup_steps = 1\n\n[data]\nframes_per_clip = 2\n\n[run]\nseed = 5\ncheckpoint_every = 2\n";
+
+#[test]
+fn distill_learns_from_a_checkpoint_or_a_bundle_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synth_data(&data);
+    let teacher = dir.path().join("teacher.safetensors");
+    let res = run(exe()
+        .args(["random-checkpoint", "--dim", "128", "--depth", "11"])
+        .args([
+            "--registers",
+            "2",
+            "--audio-length",
+            "32",
+            "--seed",
+            "4",
+            "--out",
+        ])
+        .arg(&teacher));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let config = dir.path().join("distill.toml");
+    std::fs::write(&config, TINY_DISTILL).unwrap();
+    let distill = |out: &Path, extra: &[&str]| {
+        let mut cmd = exe();
+        cmd.args(["distill", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .args(extra);
+        let res = run(&mut cmd);
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        String::from_utf8_lossy(&res.stdout).into_owned()
+    };
+    let teacher_arg = teacher.to_str().unwrap();
+    let config_arg = config.to_str().unwrap();
+
+    // Uninterrupted from the checkpoint teacher: cost printed, cache filled once.
+    let full = dir.path().join("full/student.safetensors");
+    let stdout = distill(&full, &["--teacher", teacher_arg, "--config", config_arg]);
+    assert!(stdout.contains("GFLOP per frame pair"), "{stdout}");
+    assert!(
+        stdout.contains("teacher cache: 12 pairs (2 frames x 6 clips)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("step      4") && stdout.contains("peak memory"),
+        "{stdout}"
+    );
+
+    // Stopped after 2 steps, resumed without the teacher (its cache is beside the checkpoint).
+    let part = dir.path().join("part/student.safetensors");
+    let stdout = distill(
+        &part,
+        &[
+            "--teacher",
+            teacher_arg,
+            "--config",
+            config_arg,
+            "--stop-after",
+            "2",
+        ],
+    );
+    assert!(stdout.contains("stopped after step 2 of 4"), "{stdout}");
+    let stdout = distill(&part, &["--resume"]);
+    assert!(
+        !stdout.contains("teacher cache:"),
+        "cache recomputed: {stdout}"
+    );
+    let load = |p: &Path| {
+        cavsync_formats::checkpoint::Checkpoint::load(p)
+            .unwrap()
+            .tensors
+    };
+    assert_eq!(
+        load(&full),
+        load(&part),
+        "resumed run differs from the uninterrupted one"
+    );
+    let proj = |p: &Path| {
+        let mut name = p.as_os_str().to_os_string();
+        name.push(".proj.safetensors");
+        load(Path::new(&name))
+    };
+    assert_eq!(proj(&full), proj(&part));
+
+    // The student is an ordinary CAV-MAE Sync checkpoint: inspect and convert take it.
+    let out = run(exe().arg("inspect").arg("--checkpoint").arg(&full));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("dim 64"),
+        "{stdout}"
+    );
+    let bundle = dir.path().join("student-bundle");
+    let res = run(exe()
+        .arg("convert")
+        .arg("--checkpoint")
+        .arg(&full)
+        .arg("--out")
+        .arg(&bundle));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let manifest = std::fs::read_to_string(bundle.join("manifest.toml")).unwrap();
+    assert!(manifest.contains("gflops_per_pair"), "{manifest}");
+
+    // A bundle teacher (the runtime's ONNX graphs) fills the same cache as the burn encoders,
+    // within f16 storage and the 6e-6 encoder parity.
+    let teacher_bundle = dir.path().join("teacher-bundle");
+    let res = run(exe()
+        .arg("convert")
+        .arg("--checkpoint")
+        .arg(&teacher)
+        .arg("--out")
+        .arg(&teacher_bundle));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let from_bundle = dir.path().join("from-bundle/student.safetensors");
+    let stdout = distill(
+        &from_bundle,
+        &[
+            "--teacher",
+            teacher_bundle.to_str().unwrap(),
+            "--config",
+            config_arg,
+            "--stop-after",
+            "1",
+        ],
+    );
+    assert!(stdout.contains("teacher cache: 12 pairs"), "{stdout}");
+    let cache = |ck: &Path| {
+        let mut name = ck.as_os_str().to_os_string();
+        name.push(".teacher.safetensors");
+        cavsync_train::distill::TeacherCache::load(Path::new(&name)).unwrap()
+    };
+    let (a, b) = (cache(&full), cache(&from_bundle));
+    assert_eq!(a.pairs, b.pairs);
+    assert_eq!(a.shape, b.shape);
+    for i in 0..a.pairs.len() {
+        let (x, y) = (a.pair(i), b.pair(i));
+        for (u, v) in [
+            (&x.global_a, &y.global_a),
+            (&x.tokens_a, &y.tokens_a),
+            (&x.global_v, &y.global_v),
+            (&x.tokens_v, &y.tokens_v),
+        ] {
+            let worst = u
+                .iter()
+                .zip(v)
+                .map(|(p, q)| (p - q).abs() / p.abs().max(1.0))
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 2e-3,
+                "pair {i}: bundle and checkpoint teachers differ by {worst}"
+            );
+        }
+    }
+
+    // Clear errors: an unknown preset, a bad weight, a run with nothing to resume.
+    let mut cmd = exe();
+    cmd.args([
+        "distill",
+        "--student",
+        "huge",
+        "--teacher",
+        teacher_arg,
+        "--data",
+    ])
+    .arg(&data)
+    .arg("--out")
+    .arg(dir.path().join("x.safetensors"));
+    assert_clean_failure(&run(&mut cmd), "--student huge");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[loss]\naffinity = -1.0\n").unwrap();
+    let mut cmd = exe();
+    cmd.args(["distill", "--teacher", teacher_arg, "--config"])
+        .arg(&bad)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("y.safetensors"));
+    assert_clean_failure(&run(&mut cmd), "loss weights");
+    let mut cmd = exe();
+    cmd.args(["distill", "--resume", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("none.safetensors"));
+    assert_clean_failure(&run(&mut cmd), "none.safetensors.distill.toml");
+}

@@ -155,6 +155,8 @@ fn write_into(
             patch: config.patch,
             precision: options.precision,
             batch: 1,
+            parameters: Some(config.encoder_parameters()),
+            gflops_per_pair: Some(config.pair_gflops()),
         },
         audio,
         visual,

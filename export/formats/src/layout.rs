@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use cavsync_core::model::Layout;
+use cavsync_core::model::{Layout, Modality};
 use cavsync_core::preprocess::fbank::NUM_MEL_BINS;
 use cavsync_core::preprocess::image::IMAGE_SIZE;
 
@@ -339,6 +339,27 @@ impl ModelConfig {
             .sum()
     }
 
+    /// Multiply-adds of one modality's encoder pass as the runtime runs it: patch embedding, modality blocks (with global and register tokens), the last joint block and the contrastive head (without registers); norms and softmax not counted.
+    pub fn encoder_macs(&self, modality: Modality) -> u64 {
+        let (patches, channels, depth) = match modality {
+            Modality::Audio => (self.audio_patches(), 1, self.depth_a),
+            Modality::Visual => (self.visual_patches(), 3, self.depth_v),
+        };
+        let (d, h) = (self.dim as u64, self.mlp_hidden as u64);
+        let block = |n: u64| 4 * n * d * d + 2 * n * d * h + 2 * n * n * d;
+        let with_global = patches as u64 + u64::from(self.has_global_tokens());
+        let embed = (patches * channels * self.patch * self.patch) as u64 * d;
+        embed
+            + depth as u64 * block(with_global + self.registers as u64)
+            + (1 + self.contrastive_depth as u64) * block(with_global)
+    }
+
+    /// GFLOP (2 x multiply-adds) of one frame pair: one audio segment and one image.
+    pub fn pair_gflops(&self) -> f64 {
+        let macs = self.encoder_macs(Modality::Audio) + self.encoder_macs(Modality::Visual);
+        2.0 * macs as f64 / 1e9
+    }
+
     /// Decoder parameter count (0 without a decoder).
     pub fn decoder_parameters(&self) -> usize {
         self.expected_shapes()
@@ -542,6 +563,26 @@ fn list_section(report: &mut String, title: &str, items: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pair_cost_counts_every_product_of_the_runtime_pass() {
+        // Audio of a (64-dim, 1 block + joint, 1 register, L = 16) model, counted by hand:
+        // patch embedding 8 patches x 256 pixels x 64; the modality block on 8 + 1 + 1 tokens;
+        // the joint block on 8 + 1 tokens (registers dropped).
+        let c = ModelConfig::sync(64, 1, 1, 16);
+        let block = |n: u64| 4 * n * 64 * 64 + 2 * n * 64 * 256 + 2 * n * n * 64;
+        assert_eq!(
+            c.encoder_macs(Modality::Audio),
+            8 * 256 * 64 + block(10) + block(9)
+        );
+        assert_eq!(
+            c.encoder_macs(Modality::Visual),
+            196 * 768 * 64 + block(198) + block(197)
+        );
+        // The published model: about 72 GFLOP per frame pair.
+        let full = ModelConfig::sync(768, 11, 8, 416).pair_gflops();
+        assert!((70.0..74.0).contains(&full), "{full}");
+    }
     use crate::checkpoint::{CheckpointFormat, RawTensor};
 
     fn synthetic(config: &ModelConfig) -> Checkpoint {

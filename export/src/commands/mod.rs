@@ -1,6 +1,7 @@
 //! One file per subcommand: its arguments and a `run` that is thin over the library crates.
 
 pub mod convert;
+pub mod distill;
 pub mod embed;
 pub mod inspect;
 pub mod quantize;

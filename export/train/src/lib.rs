@@ -5,6 +5,8 @@
 //! exported bundles are checked against; [`pretrain`] is the official pretraining forward pass
 //! and losses, and [`train`] the training loop with checkpoints under the official key names.
 
+/// Distillation of a teacher into a smaller student.
+pub mod distill;
 /// The CAV-MAE (Sync) audio and visual encoders in burn.
 pub mod model;
 /// The CAV-MAE Sync pretraining forward pass and losses.

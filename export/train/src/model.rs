@@ -598,6 +598,27 @@ impl CavMae {
     }
 }
 
+/// A linear layer from checkpoint tensors `PREFIX.weight` (torch layout, out x in) and `PREFIX.bias`, with parameter ids from the keys.
+pub fn linear_from_checkpoint(
+    ck: &Checkpoint,
+    prefix: &str,
+    device: &Device,
+) -> Result<Linear, ModelError> {
+    Loader { ck, device }.linear(prefix)
+}
+
+/// Adds a linear layer's tensors to `out` as `PREFIX.weight` (torch layout) and `PREFIX.bias`.
+pub fn linear_state(
+    out: &mut BTreeMap<String, RawTensor>,
+    prefix: &str,
+    layer: &Linear,
+) -> Result<(), ModelError> {
+    let mut sd = StateDict(std::mem::take(out));
+    sd.linear(prefix, layer)?;
+    *out = sd.0;
+    Ok(())
+}
+
 /// Convert a burn tensor to a row-major f32 vector and its shape.
 pub fn to_raw<const D: usize>(t: Tensor<D>) -> Result<RawTensor, ModelError> {
     let shape = t.dims().to_vec();

@@ -168,7 +168,7 @@ fn mae_loss(pred: Tensor<3>, target: Tensor<3>, mask: Tensor<2>, norm_pix: bool)
 }
 
 /// InfoNCE between L2-normalised audio and visual embeddings, log-softmax over the audio axis for each visual item (the official `forward_contrastive`, train mode).
-fn info_nce(
+pub(crate) fn info_nce(
     audio: Tensor<2>,
     visual: Tensor<2>,
     temperature: f64,

@@ -72,6 +72,14 @@ pub enum TrainError {
     /// A resumed checkpoint does not have the configured layout.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// The teacher of a distillation could not be loaded or run.
+    #[error("teacher {path}: {message}")]
+    Teacher {
+        /// The teacher's file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
     /// The loss became NaN or infinite.
     #[error("loss is {value} at step {step}; lower optim.lr or check the data")]
     Diverged {
@@ -82,7 +90,8 @@ pub enum TrainError {
     },
 }
 
-fn io_err(path: &Path, action: &'static str, e: impl ToString) -> TrainError {
+/// The I/O error of `action` on `path`.
+pub(crate) fn io_err(path: &Path, action: &'static str, e: impl ToString) -> TrainError {
     TrainError::Io {
         path: path.to_path_buf(),
         action,
@@ -167,6 +176,42 @@ impl Default for OptimSection {
     }
 }
 
+impl OptimSection {
+    /// Checks steps, batch size and learning rates; `origin` names the file in errors.
+    pub fn validate(&self, origin: &str) -> Result<(), TrainError> {
+        let fail = |detail: String| {
+            Err(TrainError::Config {
+                path: origin.to_string(),
+                detail,
+            })
+        };
+        if self.steps == 0 || self.batch_size < 2 {
+            return fail(format!(
+                "optim.steps = {}, optim.batch_size = {}; expected steps >= 1 and batch_size >= 2 (in-batch negatives)",
+                self.steps, self.batch_size
+            ));
+        }
+        if !(self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return fail(format!(
+                "optim.lr = {}, optim.min_lr = {}; expected 0 <= min_lr <= lr, lr > 0",
+                self.lr, self.min_lr
+            ));
+        }
+        Ok(())
+    }
+
+    /// Learning rate at `step` (0-based): linear warm-up to `lr`, then cosine decay to `min_lr` at the last step.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        self.min_lr
+            + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
 /// Seed and checkpointing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -248,19 +293,7 @@ impl TrainConfig {
                 "model.depth, joint_depth, decoder_depth and mlp_ratio must be at least 1".into(),
             );
         }
-        let o = &self.optim;
-        if o.steps == 0 || o.batch_size < 2 {
-            return fail(format!(
-                "optim.steps = {}, optim.batch_size = {}; expected steps >= 1 and batch_size >= 2 (InfoNCE needs negatives)",
-                o.steps, o.batch_size
-            ));
-        }
-        if !(o.lr > 0.0 && o.min_lr >= 0.0 && o.min_lr <= o.lr) {
-            return fail(format!(
-                "optim.lr = {}, optim.min_lr = {}; expected 0 <= min_lr <= lr, lr > 0",
-                o.lr, o.min_lr
-            ));
-        }
+        self.optim.validate(origin)?;
         let l = &self.loss;
         for (name, r) in [
             ("mask_ratio_a", l.mask_ratio_a),
@@ -296,15 +329,9 @@ impl TrainConfig {
         }
     }
 
-    /// Learning rate at `step` (0-based): linear warm-up to `lr`, then cosine decay to `min_lr` at the last step.
+    /// Learning rate at `step` (0-based), as [`OptimSection::lr_at`].
     pub fn lr_at(&self, step: usize) -> f64 {
-        let o = &self.optim;
-        if step < o.warmup_steps {
-            return o.lr * (step + 1) as f64 / o.warmup_steps as f64;
-        }
-        let span = o.steps.saturating_sub(o.warmup_steps).max(1) as f64;
-        let progress = ((step - o.warmup_steps) as f64 / span).min(1.0);
-        o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+        self.optim.lr_at(step)
     }
 }
 
@@ -396,6 +423,7 @@ struct TrainClip {
 pub struct TrainData {
     clips: Vec<TrainClip>,
     total_frames: usize,
+    identity: String,
 }
 
 impl TrainData {
@@ -404,7 +432,11 @@ impl TrainData {
 
     /// Loads `dir/datafile.json` and computes every clip's fbank; `progress` is called per clip.
     pub fn load(dir: &Path, mut progress: impl FnMut(usize, usize)) -> Result<Self, TrainError> {
-        let entries: Vec<DatafileEntry> = clip::read_datafile(&dir.join("datafile.json"))?;
+        let datafile = dir.join("datafile.json");
+        let entries: Vec<DatafileEntry> = clip::read_datafile(&datafile)?;
+        let identity = std::fs::read(&datafile)
+            .map(|b| cavsync_core::manifest::sha256_hex(&b))
+            .map_err(|e| io_err(&datafile, "read", e))?;
         let mut clips = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             let c = clip::clip_from_datafile_entry(e, Self::FRAMES)?;
@@ -429,7 +461,29 @@ impl TrainData {
         Ok(Self {
             clips,
             total_frames: Self::FRAMES,
+            identity,
         })
+    }
+
+    /// The sha256 of the datafile the clips came from.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Appends clip `clip`'s frame `frame`: its normalised `audio_length`-frame segment to `audio` and its preprocessed image to `images`.
+    pub fn pair_inputs(
+        &self,
+        clip: usize,
+        frame: usize,
+        audio_length: usize,
+        audio: &mut Vec<f32>,
+        images: &mut Vec<f32>,
+    ) -> Result<(), TrainError> {
+        let c = &self.clips[clip];
+        let seg = frame_segment(c.mel.view(), frame, self.total_frames, audio_length);
+        audio.extend(seg.iter());
+        images.extend(preprocess_image_file(&c.frames[frame])?.iter());
+        Ok(())
     }
 
     /// Number of clips.
@@ -453,11 +507,8 @@ impl TrainData {
         let picks = rand::seq::index::sample(rng, self.clips.len(), size);
         let (mut audio, mut images) = (Vec::new(), Vec::new());
         for i in picks {
-            let clip = &self.clips[i];
             let k = rng.random_range(0..self.total_frames);
-            let seg = frame_segment(clip.mel.view(), k, self.total_frames, audio_length);
-            audio.extend(seg.iter());
-            images.extend(preprocess_image_file(&clip.frames[k])?.iter());
+            self.pair_inputs(i, k, audio_length, &mut audio, &mut images)?;
         }
         Ok((audio, images))
     }

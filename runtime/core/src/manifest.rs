@@ -180,6 +180,12 @@ pub struct ModelInfo {
     pub precision: Precision,
     /// Batch size the graphs take (items are encoded one at a time).
     pub batch: usize,
+    /// Encoder parameters (both modalities, no decoder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<usize>,
+    /// GFLOP of one frame pair (one audio segment and one image) as the runtime runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gflops_per_pair: Option<f64>,
 }
 
 /// One encoder graph: file, hash, input and outputs.

@@ -26,6 +26,12 @@ pub fn run(args: &BundleArgs) -> anyhow::Result<()> {
         "precision         {} (batch {})",
         m.model.precision, m.model.batch
     );
+    if let (Some(params), Some(gflops)) = (m.model.parameters, m.model.gflops_per_pair) {
+        println!(
+            "cost              {:.2} M encoder parameters, {gflops:.3} GFLOP per frame pair",
+            params as f64 / 1e6
+        );
+    }
     for (name, e) in [("audio", &m.audio), ("visual", &m.visual)] {
         println!(
             "{name:<17} {} {:?} -> {} (1, {}), {} (1, {}, {}); grid {}x{}; sha256 {}",
