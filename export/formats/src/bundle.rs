@@ -164,7 +164,7 @@ fn write_into(
             config.audio_length,
             options.total_frames,
         ),
-        image_preprocessing: ImagePreprocessing::official(),
+        image_preprocessing: ImagePreprocessing::official(config.image_size),
         localization: options.localization.clone(),
         provenance: Provenance {
             checkpoint: ck

@@ -25,7 +25,7 @@ pub struct DistillArgs {
     /// Attention heads of a checkpoint teacher (default: embedding dim / 64).
     #[arg(long)]
     heads: Option<usize>,
-    /// Student size: a preset (tiny, small, micro; see --list-presets) or a TOML file with the [student] fields (dim, depth, joint_depth, registers, mlp_ratio). Overrides --config's [student].
+    /// Student size: a preset (tiny, small, micro, nano; see --list-presets) or a TOML file with the [student] fields (dim, depth, joint_depth, registers, mlp_ratio). Overrides --config's [student].
     #[arg(long)]
     student: Option<String>,
     /// Training data folder written by `synth` (or any folder with a CAV-MAE datafile.json and 16 frames per clip).
@@ -81,6 +81,7 @@ impl Teacher for BundleTeacher {
         TeacherShape {
             dim: m.model.dim,
             audio_length: m.audio_preprocessing.target_length,
+            image_size: m.image_preprocessing.size,
             audio_tokens: m.audio.tokens,
             visual_tokens: m.visual.tokens,
         }
@@ -158,12 +159,13 @@ fn cost_line(student: &StudentSection, audio_length: usize, teacher_gflops: Opti
         format!(", {:.1}x fewer than the teacher's {t:.3}", t / g)
     });
     format!(
-        "student dim {}, depth {} + joint {}, registers {}, MLP {}x: {:.3} M parameters, {g:.4} GFLOP per frame pair{ratio}",
+        "student dim {}, depth {} + joint {}, registers {}, MLP {}x, {} px: {:.3} M parameters, {g:.4} GFLOP per frame pair{ratio}",
         student.dim,
         student.depth,
         student.joint_depth,
         student.registers,
         student.mlp_ratio,
+        student.image_size,
         c.encoder_parameters() as f64 / 1e6
     )
 }

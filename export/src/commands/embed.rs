@@ -46,7 +46,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     let model = load_model(&args.model)?;
     let inputs = &args.inputs;
     let audio_in = inputs.audio_batch(model.config.audio_length, OFFICIAL_FRAMES)?;
-    let image_in = inputs.image_batch()?;
+    let image_in = inputs.image_batch(model.config.image_size)?;
     let audio_out = model
         .embed_audio(&audio_in)
         .with_context(|| inputs.source(true))?;

@@ -216,7 +216,7 @@ fn for_each_frame(
 ) -> anyhow::Result<(usize, usize)> {
     let target = manifest.audio_preprocessing.target_length;
     let total = manifest.audio_preprocessing.total_frames;
-    let mut images = ImagePreprocessor::new();
+    let mut images = ImagePreprocessor::with_size(manifest.image_preprocessing.size as u32);
     let mut image = vec![0.0f32; manifest.visual.input_shape.iter().product()];
     let mut segment = Vec::new();
     let (mut clips, mut frames) = (0, 0);

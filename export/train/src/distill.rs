@@ -32,7 +32,7 @@ use crate::model::{CavMae, linear_from_checkpoint, linear_state};
 use crate::pretrain::info_nce;
 use crate::train::{OptimSection, TrainData, TrainError, init_tensors, io_err};
 
-/// Size of a student: width, depth and registers (the audio segment length and image size are the teacher's).
+/// Size of a student: width, depth, registers and image size (the audio segment length is the teacher's).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StudentSection {
@@ -46,10 +46,17 @@ pub struct StudentSection {
     pub registers: usize,
     /// MLP hidden width as a multiple of dim.
     pub mlp_ratio: usize,
+    /// Square image side in pixels, a multiple of 16 whose patch grid divides the teacher's (224 unless smaller images are wanted).
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+}
+
+fn default_image_size() -> usize {
+    cavsync_core::preprocess::image::IMAGE_SIZE as usize
 }
 
 /// The named student sizes, with what each is for.
-pub const PRESETS: [(&str, StudentSection, &str); 3] = [
+pub const PRESETS: [(&str, StudentSection, &str); 4] = [
     (
         "small",
         StudentSection {
@@ -58,6 +65,7 @@ pub const PRESETS: [(&str, StudentSection, &str); 3] = [
             joint_depth: 1,
             registers: 2,
             mlp_ratio: 4,
+            image_size: 224,
         },
         "64-dim, 2 + 1 blocks, 2 registers: about 4x fewer FLOPs than the demo teacher",
     ),
@@ -69,8 +77,9 @@ pub const PRESETS: [(&str, StudentSection, &str); 3] = [
             joint_depth: 1,
             registers: 2,
             mlp_ratio: 4,
+            image_size: 224,
         },
-        "64-dim, 1 + 1 blocks, 2 registers: about 5.6x fewer FLOPs than the demo teacher (the demo student)",
+        "64-dim, 1 + 1 blocks, 2 registers: about 5.7x fewer FLOPs than the demo teacher (the demo student)",
     ),
     (
         "micro",
@@ -80,8 +89,21 @@ pub const PRESETS: [(&str, StudentSection, &str); 3] = [
             joint_depth: 1,
             registers: 1,
             mlp_ratio: 2,
+            image_size: 224,
         },
         "64-dim, 1 + 1 blocks, 1 register, MLP 2x: the smallest 224-pixel student",
+    ),
+    (
+        "nano",
+        StudentSection {
+            dim: 64,
+            depth: 1,
+            joint_depth: 1,
+            registers: 1,
+            mlp_ratio: 4,
+            image_size: 112,
+        },
+        "64-dim, 1 + 1 blocks, 1 register, 112-pixel images (a 7 x 7 map): about 20x fewer FLOPs than the demo teacher",
     ),
 ];
 
@@ -114,6 +136,7 @@ impl StudentSection {
         ModelConfig {
             mlp_hidden: self.dim * self.mlp_ratio,
             depth_u: self.joint_depth,
+            image_size: self.image_size,
             ..ModelConfig::sync(self.dim, self.depth, self.registers, audio_length)
         }
     }
@@ -241,6 +264,12 @@ impl DistillConfig {
         if s.depth == 0 || s.joint_depth == 0 || s.mlp_ratio == 0 {
             return fail("student.depth, joint_depth and mlp_ratio must be at least 1".into());
         }
+        if s.image_size == 0 || !s.image_size.is_multiple_of(16) {
+            return fail(format!(
+                "student.image_size = {}; expected a positive multiple of the 16-pixel patch",
+                s.image_size
+            ));
+        }
         self.optim.validate(origin)?;
         let l = &self.loss;
         let weights = [l.global, l.patch, l.map, l.affinity, l.contrastive];
@@ -282,6 +311,8 @@ pub struct TeacherShape {
     pub dim: usize,
     /// Audio segment length L the teacher takes.
     pub audio_length: usize,
+    /// Square image side the teacher takes.
+    pub image_size: usize,
     /// Audio patch tokens.
     pub audio_tokens: usize,
     /// Visual patch tokens.
@@ -307,7 +338,7 @@ pub trait Teacher {
     fn shape(&self) -> TeacherShape;
     /// A string that changes whenever the teacher's weights do (its file's sha256).
     fn identity(&self) -> &str;
-    /// Encodes `batch` normalised segments (B, L, 128) and images (B, 3, 224, 224).
+    /// Encodes `batch` normalised segments (B, L, 128) and images (B, 3, S, S) of its shape.
     fn encode(
         &mut self,
         audio: &[f32],
@@ -341,6 +372,7 @@ impl Teacher for CheckpointTeacher {
         TeacherShape {
             dim: c.dim,
             audio_length: c.audio_length,
+            image_size: c.image_size,
             audio_tokens: c.audio_patches(),
             visual_tokens: c.visual_patches(),
         }
@@ -441,7 +473,13 @@ impl TeacherCache {
             audio.clear();
             images.clear();
             for &(c, f) in chunk {
-                data.pair_inputs(c, f, shape.audio_length, &mut audio, &mut images)?;
+                data.pair_inputs(
+                    c,
+                    f,
+                    (shape.audio_length, shape.image_size),
+                    &mut audio,
+                    &mut images,
+                )?;
             }
             let out = teacher.encode(&audio, &images, chunk.len())?;
             let expect = [
@@ -530,6 +568,7 @@ impl TeacherCache {
             ("teacher".to_string(), self.teacher.clone()),
             ("data".to_string(), self.data.clone()),
             ("audio_length".to_string(), s.audio_length.to_string()),
+            ("image_size".to_string(), s.image_size.to_string()),
         ]);
         let bytes = safetensors::serialize(views, Some(metadata))
             .map_err(|e| io_err(path, "serialise the teacher cache", e))?;
@@ -597,9 +636,13 @@ impl TeacherCache {
         let audio_length = field("audio_length")?
             .parse()
             .map_err(|e| bad(format!("metadata `audio_length`: {e}")))?;
+        let image_size = field("image_size")?
+            .parse()
+            .map_err(|e| bad(format!("metadata `image_size`: {e}")))?;
         let shape = TeacherShape {
             dim: ga[1],
             audio_length,
+            image_size,
             audio_tokens: ta[1],
             visual_tokens: tv[1],
         };
@@ -729,6 +772,36 @@ fn map_logits(global_a: Tensor<2>, tokens_v: Tensor<3>, temperature: f64) -> Ten
     sims.reshape([b * b, n]) / temperature
 }
 
+/// The teacher's (B, (g k)^2, D) patch tokens averaged over k x k blocks into the student's g x g grid.
+fn pool_tokens(tokens: Tensor<3>, k: usize) -> Tensor<3> {
+    if k == 1 {
+        return tokens;
+    }
+    let [b, n, d] = tokens.dims();
+    let g = n.isqrt() / k;
+    tokens
+        .reshape([b, g, k, g, k, d])
+        .mean_dim(4)
+        .mean_dim(2)
+        .reshape([b, g * g, d])
+}
+
+/// Similarity-map logits on a (g k)^2 grid turned into logits of the g x g grid: the log of the probability of each k x k block.
+fn pool_map(logits: Tensor<2>, k: usize) -> Tensor<2> {
+    if k == 1 {
+        return logits;
+    }
+    let [rows, n] = logits.dims();
+    let g = n.isqrt() / k;
+    activation::softmax(logits, 1)
+        .reshape([rows, g, k, g, k])
+        .sum_dim(4)
+        .sum_dim(2)
+        .reshape([rows, g * g])
+        .clamp_min(1e-30)
+        .log()
+}
+
 /// Losses of one batch and two agreement rates.
 struct StepOutput {
     loss: Tensor<1>,
@@ -744,6 +817,7 @@ fn objective(
     images: Tensor<4>,
     teacher: TeacherTensors,
     loss: &DistillLoss,
+    pool: usize,
 ) -> StepOutput {
     let device = audio.device();
     let sa = model.student.forward_audio(audio);
@@ -759,13 +833,16 @@ fn objective(
     let patch = (cosine_distance(model.proj_a.forward(sa.tokens), teacher.tokens_a)
         + cosine_distance(
             model.proj_v.forward(sv.tokens.clone()),
-            teacher.tokens_v.clone(),
+            pool_tokens(teacher.tokens_v.clone(), pool),
         ))
         / 2.0;
-    let t_map = map_logits(
-        teacher.global_a.clone(),
-        teacher.tokens_v,
-        loss.map_temperature,
+    let t_map = pool_map(
+        map_logits(
+            teacher.global_a.clone(),
+            teacher.tokens_v,
+            loss.map_temperature,
+        ),
+        pool,
     );
     let s_map = map_logits(sa.global.clone(), sv.tokens, loss.map_temperature);
     let matched: Vec<i64> = (0..b).map(|i| (i * b + i) as i64).collect();
@@ -978,7 +1055,9 @@ impl Distiller {
             teacher_shape: Some(teacher),
             ..DistillState::default()
         };
-        Self::build(config, &ck, &proj, checkpoint, state, None)
+        let distiller = Self::build(config, &ck, &proj, checkpoint, state, None)?;
+        distiller.pool()?;
+        Ok(distiller)
     }
 
     /// Continues the run whose student checkpoint is `checkpoint` (config, state, projections and optimiser beside it).
@@ -1023,6 +1102,7 @@ impl Distiller {
         let teacher = state.teacher_shape.unwrap_or(TeacherShape {
             dim: config.student.dim,
             audio_length: 0,
+            image_size: 0,
             audio_tokens: 0,
             visual_tokens: 0,
         });
@@ -1070,6 +1150,26 @@ impl Distiller {
         stop_after.map_or(self.config.optim.steps, |s| s.min(self.config.optim.steps))
     }
 
+    /// How many teacher patches per side make one student patch (1 when the grids agree).
+    pub fn pool(&self) -> Result<usize, TrainError> {
+        let teacher = self.state.teacher_shape.ok_or_else(|| TrainError::Config {
+            path: self.files.state.display().to_string(),
+            detail: "no teacher dimensions".into(),
+        })?;
+        let t = teacher.visual_tokens.isqrt();
+        let s = self.student_config().visual_grid();
+        if s == 0 || t * t != teacher.visual_tokens || !t.is_multiple_of(s) {
+            return Err(TrainError::Config {
+                path: self.files.config.display().to_string(),
+                detail: format!(
+                    "student.image_size = {} gives a {s} x {s} patch grid, which does not divide the teacher's {} tokens ({t} x {t}); expected a grid side dividing {t}",
+                    self.config.student.image_size, teacher.visual_tokens
+                ),
+            });
+        }
+        Ok(t / s)
+    }
+
     /// Checks that `cache` was made by this run's teacher, with its dimensions.
     pub fn check_cache(&self, cache: &TeacherCache, path: &Path) -> Result<(), TrainError> {
         let fail = |detail: String| {
@@ -1111,6 +1211,7 @@ impl Distiller {
         let b = self.config.optim.batch_size.min(cache.pairs.len());
         let l = cache.shape.audio_length;
         let size = self.student_config().image_size;
+        let pool = self.pool()?;
         let mut acc = DistillStats::default();
         let mut count = 0usize;
         let mut interval_start = std::time::Instant::now();
@@ -1126,7 +1227,7 @@ impl Distiller {
             images.clear();
             for &i in &picks {
                 let (c, f) = cache.pairs[i];
-                data.pair_inputs(c, f, l, &mut audio, &mut images)?;
+                data.pair_inputs(c, f, (l, size), &mut audio, &mut images)?;
             }
             let a = Tensor::<3>::from_data(
                 TensorData::new(audio.clone(), [b, l, NUM_MEL_BINS]),
@@ -1137,7 +1238,7 @@ impl Distiller {
                 &self.device,
             );
             let teacher = cache.batch(&picks, &self.device);
-            let out = objective(&self.model, a, v, teacher, &self.config.loss);
+            let out = objective(&self.model, a, v, teacher, &self.config.loss, pool);
             let grads = out.loss.backward();
             let [g, p, m, af, n] = out.parts;
             let values = [
@@ -1261,6 +1362,42 @@ mod tests {
             .try_to_vec::<f32>()
             .unwrap();
         assert_eq!(logits, vec![2.0, 0.0, 0.0, 2.0, 0.0, 2.0, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn pooling_maps_a_teacher_grid_onto_a_coarser_student_grid() {
+        // A 4 x 4 teacher grid onto 2 x 2: block (0, 1) holds teacher cells (0..2, 2..4).
+        let device = Device::default();
+        let values: Vec<f32> = (0..16).map(|i| i as f32).collect();
+        let tokens = Tensor::<3>::from_data(TensorData::new(values.clone(), [1, 16, 1]), &device);
+        let pooled = pool_tokens(tokens, 2)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let mean = |cells: [usize; 4]| cells.iter().map(|&c| c as f32).sum::<f32>() / 4.0;
+        assert_eq!(
+            pooled,
+            vec![
+                mean([0, 1, 4, 5]),
+                mean([2, 3, 6, 7]),
+                mean([8, 9, 12, 13]),
+                mean([10, 11, 14, 15])
+            ]
+        );
+        // Block probabilities: softmax over 16 cells summed per block, returned as log-probabilities.
+        let logits = tensor2(1, 16, &values);
+        let pooled = pool_map(logits, 2).into_data().try_to_vec::<f32>().unwrap();
+        let z: f32 = values.iter().map(|v| v.exp()).sum();
+        let block =
+            |cells: [usize; 4]| (cells.iter().map(|&c| values[c].exp()).sum::<f32>() / z).ln();
+        for (got, want) in pooled.iter().zip([
+            block([0, 1, 4, 5]),
+            block([2, 3, 6, 7]),
+            block([8, 9, 12, 13]),
+            block([10, 11, 14, 15]),
+        ]) {
+            assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        }
     }
 
     #[test]

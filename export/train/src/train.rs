@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use cavsync_core::atomic::write_atomic;
 use cavsync_core::clip::{self, DatafileEntry};
 use cavsync_core::preprocess::fbank::{FbankError, NUM_MEL_BINS, ShortInput, clip_log_mel};
-use cavsync_core::preprocess::image::{ImageError, preprocess_image_file};
+use cavsync_core::preprocess::image::{ImageError, preprocess_image_file_at};
 use cavsync_core::preprocess::segment::frame_segment;
 use cavsync_formats::checkpoint::{Checkpoint, CheckpointError, CheckpointFormat, RawTensor};
 use cavsync_formats::layout::{DecoderConfig, LayoutError, ModelConfig};
@@ -470,19 +470,19 @@ impl TrainData {
         &self.identity
     }
 
-    /// Appends clip `clip`'s frame `frame`: its normalised `audio_length`-frame segment to `audio` and its preprocessed image to `images`.
+    /// Appends clip `clip`'s frame `frame`: its normalised `audio_length`-frame segment to `audio` and its image, preprocessed to `image_size` x `image_size`, to `images`.
     pub fn pair_inputs(
         &self,
         clip: usize,
         frame: usize,
-        audio_length: usize,
+        (audio_length, image_size): (usize, usize),
         audio: &mut Vec<f32>,
         images: &mut Vec<f32>,
     ) -> Result<(), TrainError> {
         let c = &self.clips[clip];
         let seg = frame_segment(c.mel.view(), frame, self.total_frames, audio_length);
         audio.extend(seg.iter());
-        images.extend(preprocess_image_file(&c.frames[frame])?.iter());
+        images.extend(preprocess_image_file_at(&c.frames[frame], image_size as u32)?.iter());
         Ok(())
     }
 
@@ -496,19 +496,19 @@ impl TrainData {
         self.clips.is_empty()
     }
 
-    /// A batch of distinct clips, one random frame each: (audio (B, L, 128), images (B, 3, 224, 224)) as flat buffers.
+    /// A batch of distinct clips, one random frame each: (audio (B, L, 128), images (B, 3, S, S)) as flat buffers for `inputs` = (L, S).
     fn batch(
         &self,
         rng: &mut StdRng,
         size: usize,
-        audio_length: usize,
+        inputs: (usize, usize),
     ) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
         let size = size.min(self.clips.len());
         let picks = rand::seq::index::sample(rng, self.clips.len(), size);
         let (mut audio, mut images) = (Vec::new(), Vec::new());
         for i in picks {
             let k = rng.random_range(0..self.total_frames);
-            self.pair_inputs(i, k, audio_length, &mut audio, &mut images)?;
+            self.pair_inputs(i, k, inputs, &mut audio, &mut images)?;
         }
         Ok((audio, images))
     }
@@ -754,7 +754,7 @@ impl Trainer {
             let mut rng = StdRng::seed_from_u64(
                 self.config.run.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step as u64,
             );
-            let (audio, images) = data.batch(&mut rng, b, l)?;
+            let (audio, images) = data.batch(&mut rng, b, (l, size))?;
             let audio =
                 Tensor::<3>::from_data(TensorData::new(audio, [b, l, NUM_MEL_BINS]), &self.device);
             let images =

@@ -143,11 +143,11 @@ impl EmbedInputs {
         Ok(seg.insert_axis(Axis(0)).into_dyn())
     }
 
-    /// The image batch (batch, 3, H, W): read from --image-npy, or --image preprocessed.
-    pub fn image_batch(&self) -> anyhow::Result<ArrayD<f32>> {
+    /// The image batch (batch, 3, H, W): read from --image-npy, or --image preprocessed to `size` x `size`.
+    pub fn image_batch(&self, size: usize) -> anyhow::Result<ArrayD<f32>> {
         match (&self.image_npy, &self.image) {
             (Some(path), _) => Ok(npy::read_f32(path)?),
-            (None, Some(path)) => Ok(image::preprocess_image_file(path)?
+            (None, Some(path)) => Ok(image::preprocess_image_file_at(path, size as u32)?
                 .insert_axis(Axis(0))
                 .into_dyn()),
             (None, None) => bail!("give --image-npy or --image"),

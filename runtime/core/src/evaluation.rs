@@ -1,7 +1,7 @@
 //! How closely a candidate model (quantized, half-precision, distilled) follows a reference model on the same frames.
 //!
-//! Per frame: the cosine of the global tokens of both modalities and of every patch token,
-//! whether the heatmap peaks fall in the same patch of the reference's grid (or a neighbouring
+//! Per frame: the cosine of the global tokens of both modalities and of every patch token
+//! (when both models have the same width and grid: not for a distilled student), whether the heatmap peaks fall in the same patch of the reference's grid (or a neighbouring
 //! one), the IoU of the two top-half masks (the field's median rule, as cIoU uses), and
 //! whether both models call the frame active. [`AgreementTally`] collects frames and
 //! [`AgreementSummary`] states mean, 5th percentile and worst value of each.
@@ -51,11 +51,11 @@ pub struct FrameOutputs<'a> {
 /// How one frame's candidate outputs compare with the reference's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FrameAgreement {
-    /// Cosine of the audio global tokens.
-    pub audio_global: f64,
-    /// Cosine of the visual global tokens.
-    pub visual_global: f64,
-    /// Cosine of each visual patch token with the reference's, in patch order.
+    /// Cosine of the audio global tokens (none when the models' widths differ).
+    pub audio_global: Option<f64>,
+    /// Cosine of the visual global tokens (none when the models' widths differ).
+    pub visual_global: Option<f64>,
+    /// Cosine of each visual patch token with the reference's, in patch order (empty when the widths or grids differ).
     pub patches: Vec<f64>,
     /// Chebyshev distance in reference patches between the two strongest peaks (none when either map has no peak).
     pub peak_distance: Option<usize>,
@@ -63,6 +63,8 @@ pub struct FrameAgreement {
     pub mask_iou: f64,
     /// Whether both models judge the frame alike (active or not).
     pub activity_agrees: bool,
+    /// Whether the reference judges the frame active.
+    pub reference_active: bool,
 }
 
 impl FrameAgreement {
@@ -115,21 +117,14 @@ pub fn compare_frame(
     grid: Grid,
     size: FrameSize,
 ) -> Result<FrameAgreement, AgreementError> {
-    check_len(
-        "audio global token",
-        reference.audio_global,
-        candidate.audio_global,
-    )?;
-    check_len(
-        "visual global token",
-        reference.visual_global,
-        candidate.visual_global,
-    )?;
-    check_len(
-        "visual patch tokens",
-        reference.visual_tokens,
-        candidate.visual_tokens,
-    )?;
+    let comparable = reference.audio_global.len() == candidate.audio_global.len();
+    if comparable {
+        check_len(
+            "visual global token",
+            reference.visual_global,
+            candidate.visual_global,
+        )?;
+    }
     check_len("heatmap", reference.heatmap, candidate.heatmap)?;
     let pixels = size.width * size.height;
     if reference.heatmap.len() != pixels || pixels == 0 {
@@ -139,12 +134,17 @@ pub fn compare_frame(
         });
     }
     let dim = reference.audio_global.len().max(1);
-    let patches = reference
-        .visual_tokens
-        .chunks_exact(dim)
-        .zip(candidate.visual_tokens.chunks_exact(dim))
-        .map(|(r, c)| f64::from(cosine(r, c)))
-        .collect();
+    let patches = if comparable && reference.visual_tokens.len() == candidate.visual_tokens.len() {
+        reference
+            .visual_tokens
+            .chunks_exact(dim)
+            .zip(candidate.visual_tokens.chunks_exact(dim))
+            .map(|(r, c)| f64::from(cosine(r, c)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let global = |r: &[f32], c: &[f32]| comparable.then(|| f64::from(cosine(r, c)));
     let peak_distance = match (
         reference.localization.peaks.first(),
         candidate.localization.peaks.first(),
@@ -168,8 +168,8 @@ pub fn compare_frame(
         .filter(|(a, b)| **a || **b)
         .count();
     Ok(FrameAgreement {
-        audio_global: f64::from(cosine(reference.audio_global, candidate.audio_global)),
-        visual_global: f64::from(cosine(reference.visual_global, candidate.visual_global)),
+        audio_global: global(reference.audio_global, candidate.audio_global),
+        visual_global: global(reference.visual_global, candidate.visual_global),
         patches,
         peak_distance,
         mask_iou: if either == 0 {
@@ -178,6 +178,7 @@ pub fn compare_frame(
             both as f64 / either as f64
         },
         activity_agrees: reference.localization.active == candidate.localization.active,
+        reference_active: reference.localization.active,
     })
 }
 
@@ -219,23 +220,28 @@ pub struct AgreementTally {
     same_peak: usize,
     near_peak: usize,
     activity_agrees: usize,
+    active: usize,
+    near_peak_active: usize,
 }
 
 impl AgreementTally {
     /// Add one frame.
     pub fn add(&mut self, frame: &FrameAgreement) {
-        self.audio_global.push(frame.audio_global);
-        self.visual_global.push(frame.visual_global);
+        self.audio_global.extend(frame.audio_global);
+        self.visual_global.extend(frame.visual_global);
         self.patches.extend_from_slice(&frame.patches);
         self.mask_iou.push(frame.mask_iou);
         self.same_peak += usize::from(frame.peak_distance == Some(0));
-        self.near_peak += usize::from(frame.peak_distance.is_some_and(|d| d <= 1));
+        let near = frame.peak_distance.is_some_and(|d| d <= 1);
+        self.near_peak += usize::from(near);
         self.activity_agrees += usize::from(frame.activity_agrees);
+        self.active += usize::from(frame.reference_active);
+        self.near_peak_active += usize::from(near && frame.reference_active);
     }
 
     /// Frames added.
     pub fn frames(&self) -> usize {
-        self.audio_global.len()
+        self.mask_iou.len()
     }
 
     /// The summary (none before the first frame).
@@ -244,12 +250,15 @@ impl AgreementTally {
         let rate = |n: usize| n as f64 / frames as f64;
         Some(AgreementSummary {
             frames,
-            audio_global: Spread::of(&self.audio_global)?,
-            visual_global: Spread::of(&self.visual_global)?,
-            patches: Spread::of(&self.patches)?,
+            audio_global: Spread::of(&self.audio_global),
+            visual_global: Spread::of(&self.visual_global),
+            patches: Spread::of(&self.patches),
             mask_iou: Spread::of(&self.mask_iou)?,
             same_peak_rate: rate(self.same_peak),
             near_peak_rate: rate(self.near_peak),
+            reference_active_frames: self.active,
+            near_peak_rate_active: (self.active > 0)
+                .then(|| self.near_peak_active as f64 / self.active as f64),
             activity_agreement_rate: rate(self.activity_agrees),
         })
     }
@@ -260,18 +269,22 @@ impl AgreementTally {
 pub struct AgreementSummary {
     /// Frames compared.
     pub frames: usize,
-    /// Cosine of the audio global tokens.
-    pub audio_global: Spread,
-    /// Cosine of the visual global tokens.
-    pub visual_global: Spread,
-    /// Cosine of the visual patch tokens (every patch of every frame).
-    pub patches: Spread,
+    /// Cosine of the audio global tokens (none when the models' widths differ).
+    pub audio_global: Option<Spread>,
+    /// Cosine of the visual global tokens (none when the models' widths differ).
+    pub visual_global: Option<Spread>,
+    /// Cosine of the visual patch tokens, every patch of every frame (none when the widths or grids differ).
+    pub patches: Option<Spread>,
     /// IoU of the top-half masks.
     pub mask_iou: Spread,
     /// Share of frames whose strongest peaks lie in the same patch.
     pub same_peak_rate: f64,
     /// Share of frames whose strongest peaks lie in the same or a neighbouring patch.
     pub near_peak_rate: f64,
+    /// Frames the reference judges active.
+    pub reference_active_frames: usize,
+    /// The same-or-neighbouring share among the frames the reference judges active.
+    pub near_peak_rate_active: Option<f64>,
     /// Share of frames both models judge alike (active or not).
     pub activity_agreement_rate: f64,
 }
@@ -323,7 +336,7 @@ mod tests {
             height: 4,
         };
         let a = compare_frame(&out, &out, Grid { rows: 2, cols: 2 }, size).unwrap();
-        assert!((a.audio_global - 1.0).abs() < 1e-6);
+        assert!((a.audio_global.unwrap() - 1.0).abs() < 1e-6);
         assert_eq!(a.patches.len(), 2);
         assert_eq!(a.peak_distance, Some(0));
         assert_eq!(a.mask_iou, 1.0);
@@ -356,8 +369,8 @@ mod tests {
             height: 4,
         };
         let a = compare_frame(&reference, &candidate, Grid { rows: 2, cols: 2 }, size).unwrap();
-        assert!((a.audio_global - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-6);
-        assert!(a.visual_global.abs() < 1e-9);
+        assert!((a.audio_global.unwrap() - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+        assert!(a.visual_global.unwrap().abs() < 1e-9);
         assert_eq!(a.patches, vec![1.0, -1.0]);
         assert_eq!(a.peak_distance, Some(1));
         assert!((a.mask_iou - 4.0 / 12.0).abs() < 1e-12);
@@ -373,13 +386,18 @@ mod tests {
             ),
             (0.0, 1.0, 0.0)
         );
-        assert_eq!(s.patches.worst, -1.0);
+        assert_eq!(s.patches.unwrap().worst, -1.0);
+        assert_eq!(
+            (s.reference_active_frames, s.near_peak_rate_active),
+            (1, Some(1.0))
+        );
     }
 
     #[test]
-    fn mismatched_lengths_are_named() {
+    fn models_of_different_widths_compare_maps_but_not_embeddings() {
+        // A 3-dim student against a 2-dim teacher: no cosines, but peaks, masks and activity.
         let loc = localization(0.5, 0.5, true);
-        let heat = [0.0f32; 4];
+        let heat = [1.0f32, 0.0, 0.0, 0.0];
         let a = FrameOutputs {
             audio_global: &[1.0, 0.0],
             visual_global: &[1.0, 0.0],
@@ -389,19 +407,29 @@ mod tests {
         };
         let b = FrameOutputs {
             audio_global: &[1.0, 0.0, 0.0],
+            visual_global: &[1.0, 0.0, 0.0],
+            visual_tokens: &[1.0, 0.0, 0.0, 1.0, 0.0, 0.0],
             ..a
         };
-        let err = compare_frame(
-            &a,
-            &b,
-            Grid { rows: 1, cols: 1 },
-            FrameSize {
-                width: 2,
-                height: 2,
-            },
-        )
-        .unwrap_err();
-        assert!(err.to_string().starts_with("audio global token"), "{err}");
+        let size = FrameSize {
+            width: 2,
+            height: 2,
+        };
+        let f = compare_frame(&a, &b, Grid { rows: 1, cols: 1 }, size).unwrap();
+        assert_eq!((f.audio_global, f.visual_global), (None, None));
+        assert!(f.patches.is_empty());
+        assert_eq!((f.peak_distance, f.mask_iou), (Some(0), 1.0));
+        let mut tally = AgreementTally::default();
+        tally.add(&f);
+        let s = tally.summary().unwrap();
+        assert_eq!((s.frames, s.audio_global, s.patches), (1, None, None));
+        // Same width, different visual global length: a named error.
+        let c = FrameOutputs {
+            visual_global: &[1.0, 0.0, 0.0],
+            ..a
+        };
+        let err = compare_frame(&a, &c, Grid { rows: 1, cols: 1 }, size).unwrap_err();
+        assert!(err.to_string().starts_with("visual global token"), "{err}");
     }
 
     #[test]

@@ -397,6 +397,8 @@ pub struct LocalizeConfig {
     pub max_peaks: usize,
     /// Smallest distance between two reported peaks, as a fraction (>= 0) of the frame diagonal (default 0.1).
     pub min_peak_separation: f32,
+    /// Side of the model's square input, which fixes where it lies in the frame (default 224).
+    pub image_size: u32,
 }
 
 impl Default for LocalizeConfig {
@@ -407,6 +409,7 @@ impl Default for LocalizeConfig {
             region_threshold: 0.5,
             max_peaks: 3,
             min_peak_separation: 0.1,
+            image_size: IMAGE_SIZE,
         }
     }
 }
@@ -442,6 +445,13 @@ impl LocalizeConfig {
                 expected: "a finite fraction >= 0 of the frame diagonal",
             });
         }
+        if self.image_size == 0 {
+            return Err(LocalizeError::Config {
+                field: "image_size",
+                value: 0.0,
+                expected: "a model input side of at least 1 pixel",
+            });
+        }
         Ok(())
     }
 }
@@ -450,7 +460,7 @@ impl LocalizeConfig {
 #[derive(Debug, Default)]
 struct Placement {
     /// Frame width, frame height, grid rows, grid columns this placement was computed for (all zero before the first frame).
-    key: (usize, usize, usize, usize),
+    key: (usize, usize, usize, usize, u32),
     /// First frame column inside the model's view.
     x_start: usize,
     /// Grid taps of the frame columns `x_start..x_start + cols.len()`.
@@ -462,28 +472,28 @@ struct Placement {
 }
 
 impl Placement {
-    /// Recomputes the taps unless they already match this frame and grid size.
-    fn update(&mut self, frame_w: usize, frame_h: usize, gh: usize, gw: usize) {
-        let key = (frame_w, frame_h, gh, gw);
+    /// Recomputes the taps unless they already match this frame, grid and model input size.
+    fn update(&mut self, frame_w: usize, frame_h: usize, gh: usize, gw: usize, size: u32) {
+        let key = (frame_w, frame_h, gh, gw, size);
         if self.key == key {
             return;
         }
         self.key = key;
-        let (resized_w, resized_h) = resized_dims(frame_w as u32, frame_h as u32, IMAGE_SIZE);
-        self.x_start = axis_taps(&mut self.cols, frame_w, resized_w, gw);
-        self.y_start = axis_taps(&mut self.rows, frame_h, resized_h, gh);
+        let (resized_w, resized_h) = resized_dims(frame_w as u32, frame_h as u32, size);
+        self.x_start = axis_taps(&mut self.cols, frame_w, resized_w, gw, size);
+        self.y_start = axis_taps(&mut self.rows, frame_h, resized_h, gh, size);
     }
 }
 
 /// Fills `taps` for the frame pixels of one axis that fall inside the centre crop; returns the first such pixel.
 ///
 /// Frame pixel `p` (centre `p + 0.5`) lies at `c = (p + 0.5) * resized / len - offset` in the
-/// 224-pixel crop, with torchvision's crop offset `round((resized - 224) / 2)`; it is inside
-/// when `0 <= c < 224`, and samples the grid at `c * cells / 224 - 0.5`, which is where the
-/// torch upsample to 224 would sample it.
-fn axis_taps(taps: &mut Vec<Tap>, len: usize, resized: u64, cells: usize) -> usize {
-    let size = f64::from(IMAGE_SIZE);
-    let offset = crop_offset(resized, IMAGE_SIZE) as f64;
+/// model's crop of side S (224 for the published models), with torchvision's crop offset
+/// `round((resized - S) / 2)`; it is inside when `0 <= c < S`, and samples the grid at
+/// `c * cells / S - 0.5`, which is where the torch upsample to S would sample it.
+fn axis_taps(taps: &mut Vec<Tap>, len: usize, resized: u64, cells: usize, side: u32) -> usize {
+    let size = f64::from(side);
+    let offset = crop_offset(resized, side) as f64;
     let scale = resized as f64 / len as f64;
     taps.clear();
     let mut start = len;
@@ -634,7 +644,7 @@ impl Localizer {
     ) {
         let (gh, gw, frame_w, frame_h) = (grid.rows, grid.cols, frame.width, frame.height);
         let placement = &mut self.placement;
-        placement.update(frame_w, frame_h, gh, gw);
+        placement.update(frame_w, frame_h, gh, gw, self.config.image_size);
         heatmap.clear();
         heatmap.resize(frame_w * frame_h, 0.0);
         let (x0, x1) = (placement.x_start, placement.x_start + placement.cols.len());
@@ -888,11 +898,14 @@ mod tests {
     fn axis_taps_cover_the_centre_crop() {
         let mut taps = Vec::new();
         // 320 wide -> 298 resized, crop offset 37: frame columns 40..=279 are inside.
-        let start = axis_taps(&mut taps, 320, 298, 14);
+        let start = axis_taps(&mut taps, 320, 298, 14, 224);
         assert_eq!(start, 40);
         assert_eq!(taps.len(), 240);
         // The short axis is covered entirely.
-        assert_eq!(axis_taps(&mut taps, 240, 224, 14), 0);
+        assert_eq!(axis_taps(&mut taps, 240, 224, 14, 224), 0);
+        assert_eq!(taps.len(), 240);
+        // A 112-pixel model: 320 wide -> 149 resized, offset 18 (half to even): columns 39..=278.
+        assert_eq!(axis_taps(&mut taps, 320, 149, 7, 112), 39);
         assert_eq!(taps.len(), 240);
     }
 

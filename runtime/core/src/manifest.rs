@@ -316,10 +316,10 @@ impl AudioPreprocessing {
 }
 
 impl ImagePreprocessing {
-    /// The constants this runtime implements.
-    pub fn official() -> Self {
+    /// The constants this runtime implements, for a model of `size` x `size` inputs (224 in the published models).
+    pub fn official(size: usize) -> Self {
         Self {
-            size: image::IMAGE_SIZE as usize,
+            size,
             resize: "pil-bicubic-shorter-side".into(),
             crop: "center".into(),
             mean: image::MEAN,
@@ -398,12 +398,21 @@ impl Manifest {
                 format!("this runtime implements {ours:?}"),
             ));
         }
-        if self.image_preprocessing != ImagePreprocessing::official() {
+        let size = self.image_preprocessing.size;
+        let ours = ImagePreprocessing::official(size);
+        if self.image_preprocessing != ours {
             return Err(field(
                 "image_preprocessing",
+                format!("this runtime implements {ours:?}"),
+            ));
+        }
+        let side = size / self.model.patch.max(1);
+        if size == 0 || side * self.model.patch != size || self.visual.grid != [side, side] {
+            return Err(field(
+                "image_preprocessing.size",
                 format!(
-                    "this runtime implements {:?}",
-                    ImagePreprocessing::official()
+                    "{size} with patch {} and visual grid {:?}; expected a positive multiple of the patch whose grid the visual graph gives",
+                    self.model.patch, self.visual.grid
                 ),
             ));
         }

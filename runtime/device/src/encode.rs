@@ -62,7 +62,7 @@ impl<'a> FrameEncoder<'a> {
     pub fn new(bundle: &'a Bundle) -> Self {
         Self {
             bundle,
-            images: ImagePreprocessor::new(),
+            images: ImagePreprocessor::with_size(bundle.manifest.image_preprocessing.size as u32),
             image_buf: vec![0.0; bundle.input_len(Modality::Visual)],
             segment_buf: Vec::with_capacity(bundle.input_len(Modality::Audio)),
             embeddings: FrameEmbeddings::default(),

@@ -182,6 +182,7 @@ impl FrameLocalizer {
         let config = LocalizeConfig {
             active_threshold: bundle.manifest.localization.active_threshold,
             activity: bundle.manifest.localization.activity,
+            image_size: bundle.manifest.image_preprocessing.size as u32,
             ..LocalizeConfig::default()
         };
         let grid = Grid::from_rows_cols(bundle.manifest.visual.grid);

@@ -298,7 +298,7 @@ impl<'b> FrameWorker<'b> {
             bundle,
             size,
             started_ns,
-            images: ImagePreprocessor::new(),
+            images: ImagePreprocessor::with_size(bundle.manifest.image_preprocessing.size as u32),
             localizer: FrameLocalizer::new(bundle)?,
             tracker: Tracker::new(tracker)?,
             segment: vec![0.0; target * NUM_MEL_BINS],

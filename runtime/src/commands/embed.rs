@@ -55,7 +55,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         (Modality::Audio, audio_batch, inputs.source(true)),
         (
             Modality::Visual,
-            inputs.image_batch()?,
+            inputs.image_batch(m.image_preprocessing.size)?,
             inputs.source(false),
         ),
     ];

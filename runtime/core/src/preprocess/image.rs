@@ -56,7 +56,7 @@ pub enum ImageError {
     /// The output buffer given to [`ImagePreprocessor::run_into`] has the wrong length.
     #[error("image output buffer holds {actual} values, expected {expected}")]
     OutputLength {
-        /// The required length, [`TENSOR_LEN`].
+        /// The required length, 3 x size x size.
         expected: usize,
         /// The length that was given.
         actual: usize,
@@ -104,12 +104,22 @@ pub fn normalize(img: &RgbImage) -> Array3<f32> {
 
 /// The official eval transform on a decoded image: resize_center_crop(IMAGE_SIZE) then normalize.
 pub fn preprocess_rgb(img: &RgbImage) -> Array3<f32> {
-    normalize(&resize_center_crop(img, IMAGE_SIZE))
+    preprocess_rgb_at(img, IMAGE_SIZE)
+}
+
+/// The eval transform for a model of `size` x `size` inputs: resize_center_crop(size) then normalize.
+pub fn preprocess_rgb_at(img: &RgbImage, size: u32) -> Array3<f32> {
+    normalize(&resize_center_crop(img, size))
 }
 
 /// load_rgb + preprocess_rgb.
 pub fn preprocess_image_file(path: &Path) -> Result<Array3<f32>, ImageError> {
-    Ok(preprocess_rgb(&load_rgb(path)?))
+    preprocess_image_file_at(path, IMAGE_SIZE)
+}
+
+/// load_rgb + preprocess_rgb_at(size).
+pub fn preprocess_image_file_at(path: &Path, size: u32) -> Result<Array3<f32>, ImageError> {
+    Ok(preprocess_rgb_at(&load_rgb(path)?, size))
 }
 
 /// Reusable eval-transform state that writes into a caller-owned buffer without per-frame allocation.
@@ -128,20 +138,30 @@ impl Default for ImagePreprocessor {
 impl ImagePreprocessor {
     /// Create a preprocessor for [`IMAGE_SIZE`] x [`IMAGE_SIZE`] model inputs.
     pub fn new() -> Self {
+        Self::with_size(IMAGE_SIZE)
+    }
+
+    /// Create a preprocessor for `size` x `size` model inputs.
+    pub fn with_size(size: u32) -> Self {
         Self {
-            resizer: CropResizer::new(IMAGE_SIZE),
-            crop: RgbImage::new(IMAGE_SIZE, IMAGE_SIZE),
+            resizer: CropResizer::new(size),
+            crop: RgbImage::new(size, size),
             table: normalization_table(),
         }
     }
 
-    /// Run [`preprocess_rgb`] on `img`, writing the (3, 224, 224) tensor into `out` (length [`TENSOR_LEN`]).
+    /// Values of one output tensor, 3 x size x size.
+    pub fn tensor_len(&self) -> usize {
+        self.crop.as_raw().len()
+    }
+
+    /// Run [`preprocess_rgb_at`] on `img`, writing the (3, size, size) tensor into `out` (length [`Self::tensor_len`]).
     ///
     /// Reuses its buffers between frames of one size (what the frame encoder relies on).
     pub fn run_into(&mut self, img: &RgbImage, out: &mut [f32]) -> Result<(), ImageError> {
-        if out.len() != TENSOR_LEN {
+        if out.len() != self.tensor_len() {
             return Err(ImageError::OutputLength {
-                expected: TENSOR_LEN,
+                expected: self.tensor_len(),
                 actual: out.len(),
             });
         }

@@ -313,8 +313,11 @@ fn agreement_rows(report: &EvalReport) -> Vec<(String, Vec<String>)> {
     let col = |f: &dyn Fn(&super::CandidateReport) -> String| -> Vec<String> {
         report.candidates.iter().map(f).collect()
     };
-    let spread = |s: &cavsync_core::evaluation::Spread| {
-        format!("{:.5} / {:.5} / {:.5}", s.mean, s.p5, s.worst)
+    let spread = |s: &Option<cavsync_core::evaluation::Spread>| {
+        s.map_or_else(
+            || "- (widths differ)".to_string(),
+            |s| format!("{:.5} / {:.5} / {:.5}", s.mean, s.p5, s.worst),
+        )
     };
     vec![
         ("frames".into(), col(&|c| c.agreement.frames.to_string())),
@@ -337,6 +340,15 @@ fn agreement_rows(report: &EvalReport) -> Vec<(String, Vec<String>)> {
         (
             "peak in the same or a neighbouring patch".into(),
             col(&|c| pct(c.agreement.near_peak_rate)),
+        ),
+        (
+            "same or neighbouring patch, frames the reference calls active".into(),
+            col(&|c| {
+                c.agreement.near_peak_rate_active.map_or_else(
+                    || "-".into(),
+                    |r| format!("{} of {}", pct(r), c.agreement.reference_active_frames),
+                )
+            }),
         ),
         (
             "top-50% mask IoU: mean / p5 / worst".into(),
