@@ -378,3 +378,47 @@ fn calibrate_reads_the_records_localize_writes() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bench_times_compared_bundles_in_the_same_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let demo = root.join("models/demo/bundle");
+    let out = cavsync()
+        .args(["bench", "--iterations", "2", "--bundle"])
+        .arg(&demo)
+        .arg("--compare")
+        .arg(&demo)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("bundle (same run"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("peak RSS"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    let ratio = |row: &str| -> f64 { row.split_whitespace().last().unwrap().parse().unwrap() };
+    assert_eq!(ratio(rows[0]), 1.0, "{stdout}");
+    // The same bundle twice: the second run's ratio is near 1 (timing noise only).
+    assert!((0.3..3.0).contains(&ratio(rows[1])), "{stdout}");
+    let missing = root.join("models/none");
+    let out = cavsync()
+        .args(["bench", "--iterations", "1", "--bundle"])
+        .arg(&demo)
+        .arg("--compare")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("models/none"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -24,6 +24,23 @@ pub struct Args {
     /// With --profile: how many of the slowest nodes to list per encoder.
     #[arg(long, default_value_t = 12, requires = "profile")]
     top: usize,
+    /// Another bundle timed in the same run with the same threads (repeatable): a table of each one's pair latency and its ratio to --bundle's.
+    #[arg(long)]
+    compare: Vec<std::path::PathBuf>,
+}
+
+/// One bundle's line of the comparison table.
+fn compare_line(name: &str, bundle: &cavsync_device::bundle::Bundle, pair_s: f64, base_s: f64) {
+    let m = &bundle.manifest;
+    println!(
+        "{name:<40} {:>5} {:>9} {:>10.2} {:>10.4}",
+        m.model.precision.to_string(),
+        m.model
+            .gflops_per_pair
+            .map_or_else(|| "-".into(), |g| format!("{g:.3}")),
+        1e3 * pair_s,
+        pair_s / base_s
+    );
 }
 
 /// Matrix size of the f32 floor measurement.
@@ -125,6 +142,27 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!(
             "f32 floor: tract's {FLOOR_N}^3 f32 product reaches {floor:.1} GFLOP/s on this machine with the same threads"
         );
+    }
+    if !args.compare.is_empty() {
+        println!(
+            "\n{:<40} {:>5} {:>9} {:>10} {:>10}",
+            "bundle (same run, same threads)", "prec", "GFLOP", "pair ms", "/ first"
+        );
+        compare_line(
+            &args.bundle.bundle.display().to_string(),
+            &bundle,
+            lat.pair_s,
+            lat.pair_s,
+        );
+        for dir in &args.compare {
+            let other = BundleArgs {
+                bundle: dir.clone(),
+                threads: args.bundle.threads,
+            }
+            .open()?;
+            let l = measure(&other, args.iterations)?;
+            compare_line(&dir.display().to_string(), &other, l.pair_s, lat.pair_s);
+        }
     }
     match latency::peak_rss_mib() {
         Some(mib) => println!("peak RSS          {mib:>10.1} MiB"),
