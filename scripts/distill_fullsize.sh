@@ -3,11 +3,12 @@
 # checkpoint of the published layout (768-dim, 11 + 1 blocks, 8 registers, L = 416) as the
 # teacher, the `tiny` student, 8 synthetic clips, 5 steps of 8 pairs. Prints the teacher-cache
 # time per pair, the seconds per step and the peak memory (kept in models/demo-student/fullsize.log).
+# Also writes that teacher's f32 bundle, which scripts/make_demo_student.sh times beside the students.
 #
-#   bash scripts/distill_fullsize.sh [WORK]      # WORK=/tmp/cavsync-fullsize by default
+#   WORK=/tmp/cavsync-demo bash scripts/distill_fullsize.sh      # files in $WORK/fullsize
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORK=${1:-/tmp/cavsync-fullsize}
+WORK=${WORK:-/tmp/cavsync-demo}/fullsize
 EXPORT=target/release/cavsync-export
 mkdir -p "$WORK"
 cargo build -q --release -p cavsync-export
@@ -38,3 +39,4 @@ TOML
 rm -rf "$WORK/run"
 $EXPORT inspect --checkpoint "$WORK/full.safetensors" | grep -E "embedding|depth|parameters"
 $EXPORT distill --teacher "$WORK/full.safetensors" --data "$WORK/data" --config "$WORK/full.toml" --out "$WORK/run/student.safetensors"
+[ -f "$WORK/bundle-f32/manifest.toml" ] || $EXPORT convert --checkpoint "$WORK/full.safetensors" --out "$WORK/bundle-f32"

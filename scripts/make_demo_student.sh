@@ -50,6 +50,7 @@ step $RUNTIME localize --bundle "$RUN/bundle-uncalibrated" --threads 2 --datafil
 step $RUNTIME calibrate --results "$RUN/calib-results/localization.jsonl" --out "$RUN/activity.toml"
 step $EXPORT convert --checkpoint "$CKPT" --out "$OUT/bundle" --localization "$RUN/activity.toml"
 step $EXPORT quantize --bundle "$OUT/bundle" --calibration "$WORK/calib/datafile.json" --per-channel --out "$OUT/bundle-int8"
+step $EXPORT convert --checkpoint "$CKPT" --out "$OUT/bundle-f16" --precision f16 --localization "$RUN/activity.toml"
 
 # Held-out: each model's localization beside its baselines, retrieval, and the side-by-side
 # comparison with the teacher (agreement, metrics and latency of every model in one run).
@@ -66,4 +67,12 @@ done
 
 # Keep the checkpoint and its history (the teacher cache and optimiser state stay in $WORK).
 cp "$CKPT" "$CKPT.state.json" "$CKPT.distill.toml" "$OUT/"
-du -sh "$OUT"/bundle "$OUT"/bundle-int8 "$OUT"/student.safetensors
+# Latency of the int8 student against the teacher and a published-size f32 bundle (random
+# weights; scripts/distill_fullsize.sh makes its checkpoint), same run, same threads.
+if [ -f "$WORK/fullsize/bundle-f32/manifest.toml" ]; then
+  step $RUNTIME bench --bundle "$OUT/bundle-int8" --threads 2 --iterations 30 \
+    --compare "$OUT/bundle" --compare models/demo/bundle --compare "$WORK/fullsize/bundle-f32"
+else
+  step $RUNTIME bench --bundle "$OUT/bundle-int8" --threads 2 --iterations 30 --compare "$OUT/bundle" --compare models/demo/bundle
+fi
+du -sh "$OUT"/bundle "$OUT"/bundle-int8 "$OUT"/bundle-f16 "$OUT"/student.safetensors
