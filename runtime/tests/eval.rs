@@ -153,3 +153,71 @@ fn eval_refuses_bundles_that_cannot_be_compared() {
         "nothing is written for bundles that cannot be compared"
     );
 }
+
+/// The demo clip and a copy of it under another id, as a two-clip datafile in `dir` (absolute paths).
+fn two_clip_datafile(dir: &Path) -> PathBuf {
+    let clip = root().join("models/demo/clip");
+    let mut entries = Vec::new();
+    for id in ["s2001_00000", "copy_00001"] {
+        let frames = dir.join("frames");
+        for k in 0..16 {
+            let folder = frames.join(format!("frame_{k}"));
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::copy(
+                clip.join(format!("frames/frame_{k}/s2001_00000.jpg")),
+                folder.join(format!("{id}.jpg")),
+            )
+            .unwrap();
+        }
+        let wav = dir.join(format!("{id}.wav"));
+        std::fs::copy(clip.join("audio/s2001_00000.wav"), &wav).unwrap();
+        entries.push(serde_json::json!({
+            "labels": "whistle,drum",
+            "video_id": id,
+            "video_path": frames,
+            "wav": wav,
+        }));
+    }
+    let path = dir.join("datafile.json");
+    std::fs::write(&path, serde_json::json!({ "data": entries }).to_string()).unwrap();
+    path
+}
+
+#[test]
+fn eval_compares_a_student_of_another_width_and_grid_with_its_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let datafile = two_clip_datafile(dir.path());
+    let report = dir.path().join("report");
+    let out = Command::new(env!("CARGO_BIN_EXE_cavsync"))
+        .env("RUST_LOG", "warn")
+        .current_dir(root())
+        .args(["eval", "--reference", "models/demo/bundle"])
+        .args(["--candidate", "models/demo-student-nano/bundle"])
+        .args(["--iterations", "1", "--worst", "1", "--datafile"])
+        .arg(&datafile)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("widths differ"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let candidate = &json["candidates"][0];
+    let agreement = &candidate["agreement"];
+    assert_eq!(agreement["frames"], 32);
+    assert!(agreement["audio_global"].is_null() && agreement["patches"].is_null());
+    let near = agreement["near_peak_rate"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&near), "{agreement}");
+    // Each model's retrieval uses its own width (64 for the student, 128 for the teacher).
+    for model in [&json["reference"], &candidate["model"]] {
+        let r1 = model["retrieval"]["audio_to_visual"]["r1"].as_f64();
+        assert!(r1.is_some(), "{model}");
+    }
+}

@@ -344,7 +344,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let reference = &models[0].bundle;
     let grid = Grid::from_rows_cols(reference.manifest.visual.grid);
-    let dim = reference.dim();
     let total_frames = reference.manifest.audio_preprocessing.total_frames;
     let clips = super::file_clips(args.clip.as_deref(), args.datafile.as_deref(), total_frames)?
         .context("give --clip or --datafile")?;
@@ -420,6 +419,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for (model, run) in models.iter_mut().zip(runs) {
         let latency = latency::measure(&model.bundle, args.iterations)?;
+        let dim = model.bundle.dim();
         let m = &model.bundle.manifest;
         reports.push(ModelReport {
             name: model.name.clone(),
