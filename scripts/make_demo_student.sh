@@ -18,15 +18,15 @@ CONFIG=${1:-models/demo-student/distill.toml}
 NAME=${2:-demo-student}
 OUT=models/$NAME
 RUN="$WORK/$NAME"
-EXPORT=target/release/cavsync-export
-RUNTIME=target/release/cavsync
+EXPORT=${EXPORT:-target/release/cavsync-export}   # prebuilt binaries may be given instead
+RUNTIME=${RUNTIME:-target/release/cavsync}
 mkdir -p "$WORK" "$OUT" "$RUN"
 LOG=$OUT/record.log
 exec > >(tee "$LOG") 2>&1
 
 echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD) on $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
 step() { echo; echo "\$ $*"; "$@"; }
-cargo build -q --release -p cavsync-export -p cavsync
+[ "$EXPORT$RUNTIME" != target/release/cavsync-exporttarget/release/cavsync ] || cargo build -q --release -p cavsync-export -p cavsync
 
 # The demo world's data: the teacher's training clips, calibration clips and the two held-out sets.
 [ -f "$WORK/train/datafile.json" ] || step $EXPORT synth --out "$WORK/train" --clips 2000 --seed 1 --backgrounds assets/backgrounds/train --photo-share 0.3
