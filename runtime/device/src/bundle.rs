@@ -9,12 +9,22 @@ use cavsync_core::model::Modality;
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 
+use crate::device::{self, Device, DeviceError};
+
 /// Errors raised while opening or running a bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     /// The manifest, or a file it names, failed verification.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The plans cannot run on the device asked for.
+    #[error("device {device}: {source}")]
+    Device {
+        /// The device asked for.
+        device: Device,
+        /// Why it cannot be used.
+        source: DeviceError,
+    },
     /// The plan options cannot be honoured.
     #[error("plan options: {0}")]
     Options(String),
@@ -74,10 +84,17 @@ impl PlanOptions {
     }
 }
 
-/// One encoder's optimised tract plan with its expected shapes.
+/// A plan on its device: tract's optimised CPU plan, or what tract-cuda prepared.
+#[derive(Debug)]
+enum Plan {
+    Cpu(Arc<TypedRunnableModel>),
+    Cuda(Box<dyn Runnable>),
+}
+
+/// One encoder's plan with its expected shapes.
 #[derive(Debug)]
 struct EncoderPlan {
-    plan: Arc<TypedRunnableModel>,
+    plan: Plan,
     input_shape: Vec<usize>,
     tokens: usize,
 }
@@ -117,6 +134,8 @@ pub struct Bundle {
     pub manifest: Manifest,
     /// The options the plans were built with.
     pub options: PlanOptions,
+    /// The device the plans run on.
+    pub device: Device,
     audio: EncoderPlan,
     visual: EncoderPlan,
 }
@@ -127,17 +146,23 @@ impl Bundle {
         Self::open_with(dir, &PlanOptions::default())
     }
 
-    /// Open a bundle directory: parse the manifest, verify hashes and graph signatures, optimise both plans.
+    /// Open a bundle directory: parse the manifest, verify hashes and graph signatures, optimise both plans for the CPU.
     pub fn open_with(dir: &Path, options: &PlanOptions) -> Result<Self, BundleError> {
+        Self::open_on(dir, options, Device::Cpu)
+    }
+
+    /// Open a bundle directory with both plans prepared for `device` (CUDA only where [`device::cuda_check`] passes).
+    pub fn open_on(dir: &Path, options: &PlanOptions, device: Device) -> Result<Self, BundleError> {
         let run_options = options.run_options()?;
         let manifest = Manifest::read(dir)?;
         let dim = manifest.model.dim;
-        let audio = load_plan(dir, &manifest.audio, dim, &run_options)?;
-        let visual = load_plan(dir, &manifest.visual, dim, &run_options)?;
+        let audio = load_plan(dir, &manifest.audio, dim, &run_options, device)?;
+        let visual = load_plan(dir, &manifest.visual, dim, &run_options, device)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
             options: options.clone(),
+            device,
             audio,
             visual,
         })
@@ -181,7 +206,7 @@ impl Bundle {
         Ok(out)
     }
 
-    /// Run one normalised input of `modality` `iterations` times (after one warm-up run), timing every node of the optimised plan.
+    /// Run one normalised input of `modality` `iterations` times (after one warm-up run), timing every node of the optimised plan (CPU plans only).
     pub fn profile(
         &self,
         modality: Modality,
@@ -189,6 +214,12 @@ impl Bundle {
         iterations: usize,
     ) -> Result<Vec<NodeProfile>, BundleError> {
         let enc = self.plan(modality);
+        let Plan::Cpu(plan) = &enc.plan else {
+            return Err(BundleError::Options(format!(
+                "profiling times the nodes of CPU plans, and this bundle's plans run on {}",
+                self.device
+            )));
+        };
         let expected: usize = enc.input_shape.iter().product();
         if input.len() != expected {
             return Err(BundleError::Input {
@@ -198,7 +229,7 @@ impl Bundle {
             });
         }
         let run_err = |e: TractError| BundleError::Run(format!("{e:#}"));
-        let model = enc.plan.model();
+        let model = plan.model();
         let mut nodes: Vec<NodeProfile> = model
             .nodes()
             .iter()
@@ -222,7 +253,7 @@ impl Bundle {
             })
             .collect::<Result<_, _>>()?;
         let tensor = Tensor::from_shape(&enc.input_shape, input).map_err(run_err)?;
-        let mut state = enc.plan.spawn().map_err(run_err)?;
+        let mut state = plan.spawn().map_err(run_err)?;
         for round in 0..=iterations {
             let mut times = vec![0.0f64; nodes.len()];
             state
@@ -266,6 +297,7 @@ fn load_plan(
     info: &EncoderInfo,
     dim: usize,
     options: &RunOptions,
+    device: Device,
 ) -> Result<EncoderPlan, BundleError> {
     let path = info.verified_path(dir)?;
     let model_err = |message: String| BundleError::Model {
@@ -290,24 +322,49 @@ fn load_plan(
             "graph outputs {outputs:?}, manifest says {wanted:?}"
         )));
     }
-    let plan = model
+    let model = model
         .with_input_fact(0, f32::fact(&info.input_shape).into())
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable_with_options(options))
         .map_err(tract_err)?;
-    let expected: [(&str, Vec<usize>); 2] = [
-        ("global", vec![1, dim]),
-        ("tokens", vec![1, info.tokens, dim]),
-    ];
-    for (slot, (what, want)) in expected.iter().enumerate() {
-        let fact = plan.model().output_fact(slot).map_err(tract_err)?;
-        let shape = fact.shape.as_concrete().map(<[usize]>::to_vec);
-        if shape.as_ref() != Some(want) {
-            return Err(model_err(format!(
-                "{what} output has shape {shape:?}, manifest implies {want:?}"
-            )));
+    let check_outputs = |typed: &TypedModel| -> Result<(), BundleError> {
+        let expected: [(&str, Vec<usize>); 2] = [
+            ("global", vec![1, dim]),
+            ("tokens", vec![1, info.tokens, dim]),
+        ];
+        for (slot, (what, want)) in expected.iter().enumerate() {
+            let fact = typed.output_fact(slot).map_err(tract_err)?;
+            let shape = fact.shape.as_concrete().map(<[usize]>::to_vec);
+            if shape.as_ref() != Some(want) {
+                return Err(model_err(format!(
+                    "{what} output has shape {shape:?}, manifest implies {want:?}"
+                )));
+            }
         }
-    }
+        Ok(())
+    };
+    let plan = match device {
+        Device::Cpu => {
+            let plan = model
+                .into_optimized()
+                .and_then(|m| m.into_runnable_with_options(options))
+                .map_err(tract_err)?;
+            check_outputs(plan.model())?;
+            Plan::Cpu(plan)
+        }
+        Device::Cuda => {
+            let runtime =
+                device::cuda_runtime().map_err(|source| BundleError::Device { device, source })?;
+            let typed = model
+                .into_typed()
+                .and_then(|m| m.into_decluttered())
+                .map_err(tract_err)?;
+            check_outputs(&typed)?;
+            Plan::Cuda(
+                runtime
+                    .prepare_with_options(typed, options)
+                    .map_err(tract_err)?,
+            )
+        }
+    };
     Ok(EncoderPlan {
         plan,
         input_shape: info.input_shape.clone(),
@@ -348,10 +405,12 @@ fn run_plan(
     }
     let tensor = Tensor::from_shape(&enc.input_shape, input)
         .map_err(|e| BundleError::Run(format!("{e:#}")))?;
-    let outputs = enc
-        .plan
-        .run(tvec!(tensor.into()))
-        .map_err(|e| BundleError::Run(format!("{e:#}")))?;
+    let inputs = tvec!(tensor.into());
+    let outputs = match &enc.plan {
+        Plan::Cpu(plan) => plan.run(inputs),
+        Plan::Cuda(plan) => plan.run(inputs),
+    }
+    .map_err(|e| BundleError::Run(format!("{e:#}")))?;
     copy_output(&outputs[0], dim, &mut out.global)?;
     copy_output(&outputs[1], enc.tokens * dim, &mut out.tokens)
 }

@@ -4,6 +4,7 @@
 //! Lean on purpose (no burn, no CLI): this is what a board links.
 
 pub mod bundle;
+pub mod device;
 pub mod encode;
 pub mod latency;
 pub mod session;
