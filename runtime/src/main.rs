@@ -21,7 +21,7 @@ enum Command {
     /// Compute the Kaldi-compatible log-mel filterbank of a WAV file, exactly as the official loader.
     Fbank(fbank::Args),
     /// Print what a bundle's manifest says, after verifying hashes and graphs.
-    Info(commands::BundleArgs),
+    Info(info::Args),
     /// Run a bundle's encoders and write global embeddings and patch tokens as .npy files.
     Embed(embed::Args),
     /// Localize sound sources in every frame of a clip: JSON lines, heatmaps and overlay PNGs.

@@ -420,9 +420,20 @@ fn absent_sources_and_mismatched_profiles_give_one_clear_error() {
         err.contains("pi5") && err.contains("`precision`") && err.contains("int8"),
         "{err}"
     );
-    let (code, err) = run(&["--board", "jetson-orin"]);
+    // A GPU board's profile: CUDA where usable, else the CPU with one warning saying why.
+    let (code, err) = run(&["--board", "jetson-orin", "--bundle", "models/demo/bundle"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("`accelerator`"), "{err}");
+    assert!(
+        err.contains("jetson-orin") && err.contains("`precision`") && err.contains("f16"),
+        "{err}"
+    );
+    let fell_back =
+        "board profile jetson-orin: accelerator cuda: CUDA unavailable, running on the CPU";
+    assert_eq!(
+        err.contains(fell_back),
+        cavsync_device::device::cuda_check().is_err(),
+        "{err}"
+    );
     let (code, err) = run(&["--audio", "pulse:x"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("pulse:x") && err.contains("alsa:PCM"), "{err}");

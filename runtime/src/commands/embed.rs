@@ -8,13 +8,15 @@ use cavsync_core::model::Modality;
 use cavsync_core::npy;
 use cavsync_device::bundle::Embedding;
 
-use super::BundleArgs;
+use super::{BundleArgs, DeviceArgs};
 
 /// Arguments of `cavsync embed`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     bundle: BundleArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     #[command(flatten)]
     inputs: EmbedInputs,
 }
@@ -44,7 +46,7 @@ fn batch_items(
 
 /// Encode the inputs and write `{audio,visual}_{global,tokens}.npy`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let bundle = args.bundle.open()?;
+    let bundle = args.bundle.open_on(&args.device)?;
     let m = &bundle.manifest;
     let inputs = &args.inputs;
     let audio_batch = inputs.audio_batch(

@@ -1,10 +1,19 @@
 //! `cavsync info`: what a verified bundle's manifest says.
 
-use super::BundleArgs;
+use super::{BundleArgs, DeviceArgs};
 
-/// Open the bundle (verifying it) and print its manifest.
-pub fn run(args: &BundleArgs) -> anyhow::Result<()> {
-    let bundle = args.open()?;
+/// Arguments of `cavsync info`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    bundle: BundleArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// Open the bundle (verifying it and preparing its plans on `--device`) and print its manifest.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let bundle = args.bundle.open_on(&args.device)?;
     let m = &bundle.manifest;
     println!(
         "bundle            {} (format {}, verified)",

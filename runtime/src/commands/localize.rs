@@ -11,7 +11,7 @@ use cavsync_core::record::{baseline_line, clip_line, overall_line};
 use cavsync_device::session::{ClipResult, FrameOutput, GroundTruth, RunSummary, Session};
 use cavsync_device::sink::{self, Heatmaps, JsonLines, Metrics, Report, Sink, SinkError};
 
-use super::{BundleArgs, MismatchedAudio};
+use super::{BundleArgs, DeviceArgs, MismatchedAudio};
 
 /// Arguments of `cavsync localize`.
 #[derive(clap::Args, Debug)]
@@ -19,6 +19,8 @@ use super::{BundleArgs, MismatchedAudio};
 pub struct Args {
     #[command(flatten)]
     bundle: BundleArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Clip folder: frames/*.jpg|png plus audio.wav.
     #[arg(long)]
     clip: Option<PathBuf>,
@@ -108,7 +110,7 @@ impl Sink for Terminal {
 
 /// Localize every clip, write the outputs, print the results.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let bundle = args.bundle.open()?;
+    let bundle = args.bundle.open_on(&args.device)?;
     sink::create_dir(&args.out)?;
     let annotations = args
         .annotations

@@ -12,9 +12,11 @@ pub mod run;
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use cavsync_core::clip::{self, Clip};
 
 use cavsync_device::bundle::{Bundle, PlanOptions};
+use cavsync_device::device::{self, Device, DeviceChoice};
 use indicatif::ProgressBar;
 
 /// The clips of a clip folder or of a datafile, whichever is given (none when neither is).
@@ -84,16 +86,44 @@ pub struct BundleArgs {
 }
 
 impl BundleArgs {
-    /// Open and verify the bundle with plans for `--threads`.
+    /// Open and verify the bundle with CPU plans for `--threads`.
     pub fn open(&self) -> anyhow::Result<Bundle> {
+        self.open_on(&DeviceArgs {
+            device: DeviceChoice::Cpu,
+        })
+    }
+
+    /// Open and verify the bundle with plans for `--threads` on the device `--device` resolves to.
+    pub fn open_on(&self, device: &DeviceArgs) -> anyhow::Result<Bundle> {
         if self.threads == 0 {
             anyhow::bail!("--threads must be at least 1");
         }
         let options = PlanOptions {
             threads: self.threads,
         };
-        let bundle = Bundle::open_with(&self.bundle, &options)?;
-        tracing::info!(bundle = %self.bundle.display(), threads = self.threads, "opened bundle");
+        let on = resolve_device(device.device, &format!("--device {}", device.device))?;
+        let bundle = Bundle::open_on(&self.bundle, &options, on)?;
+        tracing::info!(bundle = %self.bundle.display(), threads = self.threads, device = %on, "opened bundle");
         Ok(bundle)
     }
+}
+
+/// Where a bundle's encoders run.
+#[derive(clap::Args, Debug)]
+pub struct DeviceArgs {
+    /// Device for the encoders: cpu, cuda (an NVIDIA GPU, in builds with the `cuda` feature; an error where unusable) or auto (cuda where usable, else the CPU with a warning saying why).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+/// The device `choice` resolves to on this build and machine (`origin` says who asked), with one warning when it falls back to the CPU.
+pub fn resolve_device(choice: DeviceChoice, origin: &str) -> anyhow::Result<Device> {
+    let resolved = device::resolve(choice).with_context(|| origin.to_string())?;
+    if resolved.fell_back {
+        tracing::warn!(
+            "{origin}: CUDA unavailable, running on the CPU: {}",
+            resolved.reason
+        );
+    }
+    Ok(resolved.device)
 }

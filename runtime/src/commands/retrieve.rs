@@ -8,13 +8,15 @@ use cavsync_core::preprocess::segment::FramePosition;
 use cavsync_core::retrieval::{ClipEmbeddings, Strategy, evaluate};
 use cavsync_device::encode::{FrameEncoder, clip_fbank};
 
-use super::BundleArgs;
+use super::{BundleArgs, DeviceArgs};
 
 /// Arguments of `cavsync retrieve`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     bundle: BundleArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// CAV-MAE datafile JSON listing the clips.
     #[arg(long)]
     datafile: PathBuf,
@@ -25,7 +27,7 @@ pub struct Args {
 
 /// Embed every frame of every clip, then rank clips in both directions.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let bundle = args.bundle.open()?;
+    let bundle = args.bundle.open_on(&args.device)?;
     let total = bundle.manifest.audio_preprocessing.total_frames;
     let entries = clip::read_datafile(&args.datafile)?;
     let dim = bundle.dim();

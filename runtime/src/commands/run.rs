@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use cavsync_core::preprocess::stream::LiveAlignment;
 use cavsync_device::bundle::{Bundle, PlanOptions};
+use cavsync_device::device::DeviceChoice;
 use cavsync_firmware_config::{Accelerator, BoardProfile};
 use cavsync_live::http::LivePage;
 use cavsync_live::output::Output;
@@ -50,6 +51,9 @@ pub struct Args {
     /// Inference threads (default: the profile's `threads`).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Device for the encoders: cpu, cuda (an error where unusable) or auto (cuda where usable, else the CPU); default: the profile's `accelerator`, cuda meaning auto, so a GPU board's profile falls back to the CPU with a warning where there is no GPU.
+    #[arg(long)]
+    pub device: Option<DeviceChoice>,
     /// Seconds between latency and rate reports in the log.
     #[arg(long, default_value_t = 5.0)]
     pub report_every: f64,
@@ -86,11 +90,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         || format!("board profile {}", profile.name),
         |c| format!("board profile {} with {}", profile.name, c.display()),
     );
-    if profile.accelerator == Accelerator::Cuda {
-        bail!(
-            "{label}: field `accelerator` is cuda, but this build has no CUDA support; set accelerator = \"cpu\" in a --config file"
-        );
-    }
+    let (choice, origin) = match (args.device, profile.accelerator) {
+        (Some(choice), _) => (choice, format!("--device {choice}")),
+        (None, Accelerator::Cpu) => (DeviceChoice::Cpu, format!("{label}: accelerator cpu")),
+        (None, Accelerator::Cuda) => (DeviceChoice::Auto, format!("{label}: accelerator cuda")),
+    };
+    let device = super::resolve_device(choice, &origin)?;
     let threads = args.threads.unwrap_or(profile.threads as usize);
     if threads == 0 {
         bail!("--threads must be at least 1");
@@ -100,7 +105,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .clone()
         .or_else(|| profile.bundle.as_ref().map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_BUNDLE));
-    let bundle = Bundle::open_with(&bundle_dir, &PlanOptions { threads })?;
+    let bundle = Bundle::open_on(&bundle_dir, &PlanOptions { threads }, device)?;
     if bundle.manifest.model.precision != profile.precision {
         bail!(
             "{label}: field `precision` is {} but bundle {} is {}; give a {} bundle with --bundle, or override `precision` with --config",
@@ -173,6 +178,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         board = %profile.name,
         bundle = %bundle_dir.display(),
         threads,
+        %device,
         mode = ?args.mode,
         "live run starting"
     );
