@@ -414,7 +414,7 @@ fn absent_sources_and_mismatched_profiles_give_one_clear_error() {
     ]);
     assert_eq!(code, Some(1));
     assert!(err.contains("alsa:cavsync_no_such_pcm"), "{err}");
-    let (code, err) = run(&["--board", "pi5"]);
+    let (code, err) = run(&["--board", "pi5", "--bundle", "models/demo/bundle"]);
     assert_eq!(code, Some(1));
     assert!(
         err.contains("pi5") && err.contains("`precision`") && err.contains("int8"),
