@@ -60,13 +60,8 @@ if [ "${#need[@]}" -gt 0 ]; then
     fi
 fi
 
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
-export PKG_CONFIG_ALLOW_CROSS=1
-export PKG_CONFIG_PATH=/usr/lib/aarch64-linux-gnu/pkgconfig
-export PKG_CONFIG_LIBDIR=/usr/lib/aarch64-linux-gnu/pkgconfig
-# bindgen (V4L2 bindings) parses the aarch64 kernel headers.
-export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--target=aarch64-linux-gnu -I/usr/aarch64-linux-gnu/include"
+# shellcheck source=scripts/aarch64_env.sh
+. scripts/aarch64_env.sh
 
 echo "== release build of cavsync for $target"
 cargo build --release --locked --target "$target" -p cavsync
