@@ -125,3 +125,43 @@ fn auto_embeds_as_the_cpu_does() {
         }
     }
 }
+
+#[test]
+fn bench_and_eval_take_the_device_too() {
+    let bench = cavsync(&[
+        "bench",
+        "--bundle",
+        "models/demo/bundle",
+        "--iterations",
+        "1",
+        "--device",
+        "cuda",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let eval = cavsync(&[
+        "eval",
+        "--reference",
+        "models/demo/bundle",
+        "--candidate",
+        "models/demo/bundle",
+        "--datafile",
+        "models/demo/clip/datafile.json",
+        "--report",
+        report.to_str().unwrap(),
+        "--device",
+        "cuda",
+    ]);
+    for out in [bench, eval] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if cuda_check().is_err() {
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(stderr.starts_with("error: --device cuda: "), "{stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            assert!(
+                !report.exists(),
+                "nothing is written when the device cannot be used"
+            );
+        }
+    }
+}

@@ -8,13 +8,15 @@ use cavsync_core::model::Modality;
 use cavsync_device::bundle::NodeProfile;
 use cavsync_device::latency::{self, measure, pattern, sgemm_gflops};
 
-use super::BundleArgs;
+use super::{BundleArgs, DeviceArgs, resolve_device};
 
 /// Arguments of `cavsync bench`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     bundle: BundleArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Timed iterations per encoder (after 2 warm-up runs).
     #[arg(long, default_value_t = 20)]
     iterations: usize,
@@ -110,7 +112,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
-    let bundle = args.bundle.open()?;
+    if args.bundle.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let on = resolve_device(
+        args.device.device,
+        &format!("--device {}", args.device.device),
+    )?;
+    let options = cavsync_device::bundle::PlanOptions {
+        threads: args.bundle.threads,
+    };
+    let bundle = cavsync_device::bundle::Bundle::open_on(&args.bundle.bundle, &options, on)?;
     let m = &bundle.manifest;
     let lat = measure(&bundle, args.iterations)?;
     println!(
@@ -155,11 +167,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             lat.pair_s,
         );
         for dir in &args.compare {
-            let other = BundleArgs {
-                bundle: dir.clone(),
-                threads: args.bundle.threads,
-            }
-            .open()?;
+            let other = cavsync_device::bundle::Bundle::open_on(dir, &options, on)?;
             let l = measure(&other, args.iterations)?;
             compare_line(&dir.display().to_string(), &other, l.pair_s, lat.pair_s);
         }

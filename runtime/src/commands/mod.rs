@@ -86,13 +86,6 @@ pub struct BundleArgs {
 }
 
 impl BundleArgs {
-    /// Open and verify the bundle with CPU plans for `--threads`.
-    pub fn open(&self) -> anyhow::Result<Bundle> {
-        self.open_on(&DeviceArgs {
-            device: DeviceChoice::Cpu,
-        })
-    }
-
     /// Open and verify the bundle with plans for `--threads` on the device `--device` resolves to.
     pub fn open_on(&self, device: &DeviceArgs) -> anyhow::Result<Bundle> {
         if self.threads == 0 {

@@ -49,6 +49,8 @@ pub struct Args {
     /// Threads for matrix products, the same for every model.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Timed iterations per encoder for the latency figures (after 2 warm-up runs).
     #[arg(long, default_value_t = 10)]
     iterations: usize,
@@ -214,9 +216,14 @@ fn model_name(path: &Path, index: usize) -> String {
     }
 }
 
-fn open_model(path: &Path, index: usize, threads: usize) -> anyhow::Result<Model> {
+fn open_model(
+    path: &Path,
+    index: usize,
+    threads: usize,
+    device: cavsync_device::device::Device,
+) -> anyhow::Result<Model> {
     let before = latency::rss_mib();
-    let bundle = Bundle::open_with(path, &PlanOptions { threads })?;
+    let bundle = Bundle::open_on(path, &PlanOptions { threads }, device)?;
     let after = latency::rss_mib();
     Ok(Model {
         name: model_name(path, index),
@@ -336,9 +343,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.threads == 0 {
         bail!("--threads must be at least 1");
     }
-    let mut models = vec![open_model(&args.reference, 0, args.threads)?];
+    let device = super::resolve_device(
+        args.device.device,
+        &format!("--device {}", args.device.device),
+    )?;
+    let mut models = vec![open_model(&args.reference, 0, args.threads, device)?];
     for (i, path) in args.candidate.iter().enumerate() {
-        let model = open_model(path, i + 1, args.threads)?;
+        let model = open_model(path, i + 1, args.threads, device)?;
         check_comparable(&models[0].bundle, &model.bundle)?;
         models.push(model);
     }
