@@ -22,6 +22,17 @@ fn run(cmd: &mut Command) -> Output {
     cmd.env("RUST_LOG", "warn").output().unwrap()
 }
 
+/// A run that must succeed; its stdout.
+fn run_ok(cmd: &mut Command) -> String {
+    let res = run(cmd);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    String::from_utf8_lossy(&res.stdout).into_owned()
+}
+
 /// A failed run: non-zero exit, one `error:` line naming `needle`, no panic or backtrace.
 fn assert_clean_failure(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -377,13 +388,7 @@ fn train_writes_official_checkpoints_and_resumes_exactly() {
             .arg("--out")
             .arg(out)
             .args(extra);
-        let res = run(&mut cmd);
-        assert!(
-            res.status.success(),
-            "{}",
-            String::from_utf8_lossy(&res.stderr)
-        );
-        String::from_utf8_lossy(&res.stdout).into_owned()
+        run_ok(&mut cmd)
     };
     let config_arg = config.to_str().unwrap();
 
@@ -725,22 +730,19 @@ fn distill_learns_from_a_checkpoint_or_a_bundle_and_resumes_exactly() {
     let data = dir.path().join("data");
     synth_data(&data);
     let teacher = dir.path().join("teacher.safetensors");
-    let res = run(exe()
-        .args(["random-checkpoint", "--dim", "128", "--depth", "11"])
-        .args([
-            "--registers",
-            "2",
-            "--audio-length",
-            "32",
-            "--seed",
-            "4",
-            "--out",
-        ])
-        .arg(&teacher));
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    run_ok(
+        exe()
+            .args(["random-checkpoint", "--dim", "128", "--depth", "11"])
+            .args([
+                "--registers",
+                "2",
+                "--audio-length",
+                "32",
+                "--seed",
+                "4",
+                "--out",
+            ])
+            .arg(&teacher),
     );
     let config = dir.path().join("distill.toml");
     std::fs::write(&config, TINY_DISTILL).unwrap();
@@ -751,13 +753,7 @@ fn distill_learns_from_a_checkpoint_or_a_bundle_and_resumes_exactly() {
             .arg("--out")
             .arg(out)
             .args(extra);
-        let res = run(&mut cmd);
-        assert!(
-            res.status.success(),
-            "{}",
-            String::from_utf8_lossy(&res.stderr)
-        );
-        String::from_utf8_lossy(&res.stdout).into_owned()
+        run_ok(&mut cmd)
     };
     let teacher_arg = teacher.to_str().unwrap();
     let config_arg = config.to_str().unwrap();
@@ -819,16 +815,13 @@ fn distill_learns_from_a_checkpoint_or_a_bundle_and_resumes_exactly() {
         "{stdout}"
     );
     let bundle = dir.path().join("student-bundle");
-    let res = run(exe()
-        .arg("convert")
-        .arg("--checkpoint")
-        .arg(&full)
-        .arg("--out")
-        .arg(&bundle));
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    run_ok(
+        exe()
+            .arg("convert")
+            .arg("--checkpoint")
+            .arg(&full)
+            .arg("--out")
+            .arg(&bundle),
     );
     let manifest = std::fs::read_to_string(bundle.join("manifest.toml")).unwrap();
     assert!(manifest.contains("gflops_per_pair"), "{manifest}");
@@ -836,16 +829,13 @@ fn distill_learns_from_a_checkpoint_or_a_bundle_and_resumes_exactly() {
     // A bundle teacher (the runtime's ONNX graphs) fills the same cache as the burn encoders,
     // within f16 storage and the 6e-6 encoder parity.
     let teacher_bundle = dir.path().join("teacher-bundle");
-    let res = run(exe()
-        .arg("convert")
-        .arg("--checkpoint")
-        .arg(&teacher)
-        .arg("--out")
-        .arg(&teacher_bundle));
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    run_ok(
+        exe()
+            .arg("convert")
+            .arg("--checkpoint")
+            .arg(&teacher)
+            .arg("--out")
+            .arg(&teacher_bundle),
     );
     let from_bundle = dir.path().join("from-bundle/student.safetensors");
     let stdout = distill(

@@ -91,6 +91,10 @@ impl Teacher for BundleTeacher {
         &self.identity
     }
 
+    fn pair_gflops(&self) -> Option<f64> {
+        self.bundle.manifest.model.gflops_per_pair
+    }
+
     fn encode(
         &mut self,
         audio: &[f32],
@@ -168,18 +172,6 @@ fn cost_line(student: &StudentSection, audio_length: usize, teacher_gflops: Opti
         student.image_size,
         c.encoder_parameters() as f64 / 1e6
     )
-}
-
-/// The teacher's GFLOP per pair, where its layout is known.
-fn teacher_gflops(path: &Path, heads: Option<usize>) -> Option<f64> {
-    if path.is_dir() {
-        let m = cavsync_core::manifest::Manifest::read(path).ok()?;
-        return m.model.gflops_per_pair;
-    }
-    let ck = cavsync_formats::checkpoint::Checkpoint::load(path).ok()?;
-    cavsync_formats::layout::ModelConfig::detect(&ck, heads)
-        .ok()
-        .map(|c| c.pair_gflops())
 }
 
 fn list_presets() {
@@ -283,28 +275,18 @@ pub fn run(args: &DistillArgs) -> anyhow::Result<()> {
         Distiller::new(config, t.shape(), t.identity(), out)?
     };
     let config = distiller.config().clone();
-    let shape = distiller
-        .state
-        .teacher_shape
-        .context("the run records no teacher dimensions")?;
+    let shape = distiller.state.teacher_shape;
     println!(
         "{}",
         cost_line(
             &config.student,
             shape.audio_length,
-            args.teacher
-                .as_deref()
-                .and_then(|t| teacher_gflops(t, args.heads))
+            teacher.as_deref().and_then(|t| t.pair_gflops())
         )
     );
     let last = distiller.target_step(args.stop_after);
     if distiller.state.step < last {
-        let loading = progress_bar(0, "loading [{bar:30}] {pos}/{len} clips (fbank) eta {eta}");
-        let data = TrainData::load(data_dir, |i, n| {
-            loading.set_length(n as u64);
-            loading.set_position(i as u64);
-        })?;
-        loading.finish_and_clear();
+        let data = super::train::load_data(data_dir)?;
         let cache_path = args
             .cache
             .clone()

@@ -46,15 +46,21 @@ fn start_or_resume(args: &TrainArgs) -> anyhow::Result<Trainer> {
     Ok(Trainer::new(config, &args.out)?)
 }
 
-/// Load the data and train to the target step, with progress bars for both.
-fn train_with_progress(trainer: &mut Trainer, args: &TrainArgs) -> anyhow::Result<()> {
-    let config = trainer.config().clone();
+/// The training clips of `dir` with their fbanks computed, behind a progress bar.
+pub fn load_data(dir: &std::path::Path) -> anyhow::Result<TrainData> {
     let loading = progress_bar(0, "loading [{bar:30}] {pos}/{len} clips (fbank) eta {eta}");
-    let data = TrainData::load(&args.data, |i, n| {
+    let data = TrainData::load(dir, |i, n| {
         loading.set_length(n as u64);
         loading.set_position(i as u64);
     })?;
     loading.finish_and_clear();
+    Ok(data)
+}
+
+/// Load the data and train to the target step, with progress bars for both.
+fn train_with_progress(trainer: &mut Trainer, args: &TrainArgs) -> anyhow::Result<()> {
+    let config = trainer.config().clone();
+    let data = load_data(&args.data)?;
     tracing::info!(
         clips = data.len(),
         steps = config.optim.steps,

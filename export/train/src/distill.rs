@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::activation;
 use half::f16;
@@ -30,7 +30,10 @@ use cavsync_formats::random::write_safetensors;
 use crate::LoadedModel;
 use crate::model::{CavMae, linear_from_checkpoint, linear_state};
 use crate::pretrain::info_nce;
-use crate::train::{OptimSection, TrainData, TrainError, init_tensors, io_err};
+use crate::train::{
+    OptimSection, TrainData, TrainError, adamw, beside, init_tensors, io_err, json_text,
+    read_parsed, save_run_files, step_rng, toml_text,
+};
 
 /// Size of a student: width, depth, registers and image size (the audio segment length is the teacher's).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -123,11 +126,7 @@ impl StudentSection {
         struct File {
             student: StudentSection,
         }
-        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, "read", e))?;
-        let file: File = toml::from_str(&text).map_err(|e| TrainError::Config {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let file: File = read_parsed(path, "read", toml_text)?;
         Ok(file.student)
     }
 
@@ -237,11 +236,7 @@ pub struct DistillConfig {
 impl DistillConfig {
     /// Reads a TOML configuration and checks it.
     pub fn read(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, "read the config", e))?;
-        let config: Self = toml::from_str(&text).map_err(|e| TrainError::Config {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let config: Self = read_parsed(path, "read the config", toml_text)?;
         config.validate(&path.display().to_string())?;
         Ok(config)
     }
@@ -338,6 +333,8 @@ pub trait Teacher {
     fn shape(&self) -> TeacherShape;
     /// A string that changes whenever the teacher's weights do (its file's sha256).
     fn identity(&self) -> &str;
+    /// GFLOP of one frame pair, where the teacher's layout tells it.
+    fn pair_gflops(&self) -> Option<f64>;
     /// Encodes `batch` normalised segments (B, L, 128) and images (B, 3, S, S) of its shape.
     fn encode(
         &mut self,
@@ -380,6 +377,10 @@ impl Teacher for CheckpointTeacher {
 
     fn identity(&self) -> &str {
         &self.identity
+    }
+
+    fn pair_gflops(&self) -> Option<f64> {
+        Some(self.model.config.pair_gflops())
     }
 
     fn encode(
@@ -669,18 +670,23 @@ impl TeacherCache {
 
     /// The stored outputs of cached pair `index`, as f32.
     pub fn pair(&self, index: usize) -> TeacherBatch {
+        self.rows(&[index])
+    }
+
+    /// The stored outputs of cached pairs `picks`, in that order, as f32.
+    fn rows(&self, picks: &[usize]) -> TeacherBatch {
         let s = &self.shape;
-        let row = |v: &[f16], width: usize| -> Vec<f32> {
-            v[index * width..(index + 1) * width]
+        let rows = |v: &[f16], width: usize| -> Vec<f32> {
+            picks
                 .iter()
-                .map(|x| x.to_f32())
+                .flat_map(|&i| v[i * width..(i + 1) * width].iter().map(|x| x.to_f32()))
                 .collect()
         };
         TeacherBatch {
-            global_a: row(&self.global_a, s.dim),
-            tokens_a: row(&self.tokens_a, s.audio_tokens * s.dim),
-            global_v: row(&self.global_v, s.dim),
-            tokens_v: row(&self.tokens_v, s.visual_tokens * s.dim),
+            global_a: rows(&self.global_a, s.dim),
+            tokens_a: rows(&self.tokens_a, s.audio_tokens * s.dim),
+            global_v: rows(&self.global_v, s.dim),
+            tokens_v: rows(&self.tokens_v, s.visual_tokens * s.dim),
         }
     }
 
@@ -688,33 +694,16 @@ impl TeacherCache {
     fn batch(&self, picks: &[usize], device: &Device) -> TeacherTensors {
         let s = &self.shape;
         let b = picks.len();
-        let rows = |v: &[f16], width: usize| -> Vec<f32> {
-            picks
-                .iter()
-                .flat_map(|&i| v[i * width..(i + 1) * width].iter().map(|x| x.to_f32()))
-                .collect()
-        };
+        let t = self.rows(picks);
         TeacherTensors {
-            global_a: Tensor::from_data(
-                TensorData::new(rows(&self.global_a, s.dim), [b, s.dim]),
-                device,
-            ),
+            global_a: Tensor::from_data(TensorData::new(t.global_a, [b, s.dim]), device),
             tokens_a: Tensor::from_data(
-                TensorData::new(
-                    rows(&self.tokens_a, s.audio_tokens * s.dim),
-                    [b, s.audio_tokens, s.dim],
-                ),
+                TensorData::new(t.tokens_a, [b, s.audio_tokens, s.dim]),
                 device,
             ),
-            global_v: Tensor::from_data(
-                TensorData::new(rows(&self.global_v, s.dim), [b, s.dim]),
-                device,
-            ),
+            global_v: Tensor::from_data(TensorData::new(t.global_v, [b, s.dim]), device),
             tokens_v: Tensor::from_data(
-                TensorData::new(
-                    rows(&self.tokens_v, s.visual_tokens * s.dim),
-                    [b, s.visual_tokens, s.dim],
-                ),
+                TensorData::new(t.tokens_v, [b, s.visual_tokens, s.dim]),
                 device,
             ),
         }
@@ -944,7 +933,7 @@ impl DistillStats {
 }
 
 /// What a distillation run has done so far, saved beside the checkpoint.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistillState {
     /// Steps completed.
@@ -952,7 +941,7 @@ pub struct DistillState {
     /// The teacher the run learns from (sha256 of its file).
     pub teacher: String,
     /// Its dimensions.
-    pub teacher_shape: Option<TeacherShape>,
+    pub teacher_shape: TeacherShape,
     /// Mean losses per completed checkpoint interval.
     pub history: Vec<DistillStats>,
 }
@@ -977,18 +966,13 @@ pub struct DistillFiles {
 impl DistillFiles {
     /// The files belonging to student checkpoint `checkpoint`.
     pub fn new(checkpoint: &Path) -> Self {
-        let with = |suffix: &str| {
-            let mut name = checkpoint.as_os_str().to_os_string();
-            name.push(suffix);
-            PathBuf::from(name)
-        };
         Self {
             checkpoint: checkpoint.to_path_buf(),
-            config: with(".distill.toml"),
-            state: with(".state.json"),
-            optimizer: with(".optim.bpk"),
-            projections: with(".proj.safetensors"),
-            cache: with(".teacher.safetensors"),
+            config: beside(checkpoint, ".distill.toml"),
+            state: beside(checkpoint, ".state.json"),
+            optimizer: beside(checkpoint, ".optim.bpk"),
+            projections: beside(checkpoint, ".proj.safetensors"),
+            cache: beside(checkpoint, ".teacher.safetensors"),
         }
     }
 }
@@ -1052,8 +1036,9 @@ impl Distiller {
         };
         let state = DistillState {
             teacher: teacher_identity.to_string(),
-            teacher_shape: Some(teacher),
-            ..DistillState::default()
+            teacher_shape: teacher,
+            history: Vec::new(),
+            step: 0,
         };
         let distiller = Self::build(config, &ck, &proj, checkpoint, state, None)?;
         distiller.pool()?;
@@ -1064,16 +1049,8 @@ impl Distiller {
     pub fn resume(checkpoint: &Path) -> Result<Self, TrainError> {
         let files = DistillFiles::new(checkpoint);
         let config = DistillConfig::read(&files.config)?;
-        let text = std::fs::read_to_string(&files.state)
-            .map_err(|e| io_err(&files.state, "read the run state", e))?;
-        let state: DistillState = serde_json::from_str(&text).map_err(|e| TrainError::Config {
-            path: files.state.display().to_string(),
-            detail: e.to_string(),
-        })?;
-        let teacher = state.teacher_shape.ok_or_else(|| TrainError::Config {
-            path: files.state.display().to_string(),
-            detail: "field `teacher_shape` is absent; expected the teacher's dimensions".into(),
-        })?;
+        let state: DistillState = read_parsed(&files.state, "read the run state", json_text)?;
+        let teacher = state.teacher_shape;
         let ck = Checkpoint::load(checkpoint)?;
         let detected = ModelConfig::detect(&ck, Some(config.student.dim / 64))?;
         let expected = config.student.model_config(teacher.audio_length);
@@ -1086,8 +1063,14 @@ impl Distiller {
             });
         }
         let proj = Checkpoint::load(&files.projections)?;
-        let optimizer = files.optimizer.clone();
-        Self::build(config, &ck, &proj, checkpoint, state, Some(optimizer))
+        Self::build(
+            config,
+            &ck,
+            &proj,
+            checkpoint,
+            state,
+            Some(&files.optimizer),
+        )
     }
 
     fn build(
@@ -1096,34 +1079,18 @@ impl Distiller {
         proj: &Checkpoint,
         checkpoint: &Path,
         state: DistillState,
-        optimizer_file: Option<PathBuf>,
+        optimizer_file: Option<&Path>,
     ) -> Result<Self, TrainError> {
         let device = Device::default().autodiff();
-        let teacher = state.teacher_shape.unwrap_or(TeacherShape {
-            dim: config.student.dim,
-            audio_length: 0,
-            image_size: 0,
-            audio_tokens: 0,
-            visual_tokens: 0,
-        });
-        let student_config = config.student.model_config(teacher.audio_length);
+        let student_config = config
+            .student
+            .model_config(state.teacher_shape.audio_length);
         let model = Distilled {
             student: CavMae::from_checkpoint(ck, &student_config, &device)?.freeze_positions(),
             proj_a: linear_from_checkpoint(proj, "proj_a", &device)?,
             proj_v: linear_from_checkpoint(proj, "proj_v", &device)?,
         };
-        let o = &config.optim;
-        let mut optimizer = AdamWConfig::new()
-            .with_beta_1(o.beta1)
-            .with_beta_2(o.beta2)
-            .with_weight_decay(o.weight_decay)
-            .with_epsilon(o.epsilon)
-            .init();
-        if let Some(path) = optimizer_file {
-            optimizer = optimizer
-                .load(&path)
-                .map_err(|e| io_err(&path, "load the optimiser state", format!("{e:?}")))?;
-        }
+        let optimizer = adamw(&config.optim, optimizer_file)?;
         Ok(Self {
             config,
             model,
@@ -1141,8 +1108,9 @@ impl Distiller {
 
     /// The student's checkpoint layout.
     pub fn student_config(&self) -> ModelConfig {
-        let l = self.state.teacher_shape.map_or(0, |t| t.audio_length);
-        self.config.student.model_config(l)
+        self.config
+            .student
+            .model_config(self.state.teacher_shape.audio_length)
     }
 
     /// The step a run stops at: `config.optim.steps`, or `stop_after` when that comes first.
@@ -1152,10 +1120,7 @@ impl Distiller {
 
     /// How many teacher patches per side make one student patch (1 when the grids agree).
     pub fn pool(&self) -> Result<usize, TrainError> {
-        let teacher = self.state.teacher_shape.ok_or_else(|| TrainError::Config {
-            path: self.files.state.display().to_string(),
-            detail: "no teacher dimensions".into(),
-        })?;
+        let teacher = self.state.teacher_shape;
         let t = teacher.visual_tokens.isqrt();
         let s = self.student_config().visual_grid();
         if s == 0 || t * t != teacher.visual_tokens || !t.is_multiple_of(s) {
@@ -1184,7 +1149,7 @@ impl Distiller {
                 cache.teacher, self.state.teacher
             ));
         }
-        if Some(cache.shape) != self.state.teacher_shape {
+        if cache.shape != self.state.teacher_shape {
             return fail(format!(
                 "teacher dimensions {:?}; this run expects {:?}",
                 cache.shape, self.state.teacher_shape
@@ -1215,28 +1180,19 @@ impl Distiller {
         let mut acc = DistillStats::default();
         let mut count = 0usize;
         let mut interval_start = std::time::Instant::now();
-        let (mut audio, mut images) = (Vec::new(), Vec::new());
         while self.state.step < last {
             let step = self.state.step;
-            // Batches depend only on (seed, step), so a resumed run sees what an uninterrupted one would.
-            let mut rng = StdRng::seed_from_u64(
-                self.config.run.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step as u64,
-            );
+            let mut rng = step_rng(self.config.run.seed, step);
             let picks = rand::seq::index::sample(&mut rng, cache.pairs.len(), b).into_vec();
-            audio.clear();
-            images.clear();
+            let (mut audio, mut images) = (Vec::new(), Vec::new());
             for &i in &picks {
                 let (c, f) = cache.pairs[i];
                 data.pair_inputs(c, f, (l, size), &mut audio, &mut images)?;
             }
-            let a = Tensor::<3>::from_data(
-                TensorData::new(audio.clone(), [b, l, NUM_MEL_BINS]),
-                &self.device,
-            );
-            let v = Tensor::<4>::from_data(
-                TensorData::new(images.clone(), [b, 3, size, size]),
-                &self.device,
-            );
+            let a =
+                Tensor::<3>::from_data(TensorData::new(audio, [b, l, NUM_MEL_BINS]), &self.device);
+            let v =
+                Tensor::<4>::from_data(TensorData::new(images, [b, 3, size, size]), &self.device);
             let teacher = cache.batch(&picks, &self.device);
             let out = objective(&self.model, a, v, teacher, &self.config.loss, pool);
             let grads = out.loss.backward();
@@ -1293,23 +1249,11 @@ impl Distiller {
         linear_state(&mut proj, "proj_a", &self.model.proj_a)?;
         linear_state(&mut proj, "proj_v", &self.model.proj_v)?;
         write_safetensors(&proj, &f.projections)?;
-        let toml = toml::to_string_pretty(&self.config)
-            .map_err(|e| io_err(&f.config, "serialise the config", e))?;
-        write_atomic(&f.config, |w| w.write_all(toml.as_bytes()))
-            .map_err(|e| io_err(&f.config, "write the config", e))?;
-        let json = serde_json::to_string_pretty(&self.state)
-            .map_err(|e| io_err(&f.state, "serialise the state", e))?;
-        write_atomic(&f.state, |w| w.write_all(json.as_bytes()))
-            .map_err(|e| io_err(&f.state, "write the state", e))?;
-        let bytes = self.optimizer.into_bytes().map_err(|e| {
-            io_err(
-                &f.optimizer,
-                "serialise the optimiser state",
-                format!("{e:?}"),
-            )
-        })?;
-        write_atomic(&f.optimizer, |w| w.write_all(&bytes))
-            .map_err(|e| io_err(&f.optimizer, "write the optimiser state", e))
+        save_run_files(
+            (&f.config, &self.config),
+            (&f.state, &self.state),
+            (&f.optimizer, &self.optimizer),
+        )
     }
 }
 

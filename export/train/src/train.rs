@@ -99,6 +99,85 @@ pub(crate) fn io_err(path: &Path, action: &'static str, e: impl ToString) -> Tra
     }
 }
 
+/// The file `checkpoint` with `suffix` appended to its name (a run's files sit beside its checkpoint).
+pub(crate) fn beside(checkpoint: &Path, suffix: &str) -> PathBuf {
+    let mut name = checkpoint.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Reads a TOML (`toml`) or JSON file into `T`; parse errors name the file.
+pub(crate) fn read_parsed<T>(
+    path: &Path,
+    what: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, what, e))?;
+    parse(&text).map_err(|detail| TrainError::Config {
+        path: path.display().to_string(),
+        detail,
+    })
+}
+
+/// TOML text into `T`.
+pub(crate) fn toml_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+/// JSON text into `T`.
+pub(crate) fn json_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// AdamW as `optim` configures it, with the state saved in `file` when continuing a run.
+pub(crate) fn adamw(
+    optim: &OptimSection,
+    file: Option<&Path>,
+) -> Result<ModuleOptimizer, TrainError> {
+    let optimizer = AdamWConfig::new()
+        .with_beta_1(optim.beta1)
+        .with_beta_2(optim.beta2)
+        .with_weight_decay(optim.weight_decay)
+        .with_epsilon(optim.epsilon)
+        .init();
+    match file {
+        Some(path) => optimizer
+            .load(path)
+            .map_err(|e| io_err(path, "load the optimiser state", format!("{e:?}"))),
+        None => Ok(optimizer),
+    }
+}
+
+/// The batch (and mask) generator of step `step` of a run seeded `seed`: it depends only on both, so a resumed run sees what an uninterrupted one would.
+pub(crate) fn step_rng(seed: u64, step: usize) -> StdRng {
+    StdRng::seed_from_u64(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step as u64)
+}
+
+/// Writes a run's configuration (TOML), state (JSON) and optimiser state to their files, each atomically.
+pub(crate) fn save_run_files(
+    (config_path, config): (&Path, &impl Serialize),
+    (state_path, state): (&Path, &impl Serialize),
+    (optimizer_path, optimizer): (&Path, &ModuleOptimizer),
+) -> Result<(), TrainError> {
+    let toml = toml::to_string_pretty(config)
+        .map_err(|e| io_err(config_path, "serialise the config", e))?;
+    write_atomic(config_path, |w| w.write_all(toml.as_bytes()))
+        .map_err(|e| io_err(config_path, "write the config", e))?;
+    let json = serde_json::to_string_pretty(state)
+        .map_err(|e| io_err(state_path, "serialise the state", e))?;
+    write_atomic(state_path, |w| w.write_all(json.as_bytes()))
+        .map_err(|e| io_err(state_path, "write the state", e))?;
+    let bytes = optimizer.into_bytes().map_err(|e| {
+        io_err(
+            optimizer_path,
+            "serialise the optimiser state",
+            format!("{e:?}"),
+        )
+    })?;
+    write_atomic(optimizer_path, |w| w.write_all(&bytes))
+        .map_err(|e| io_err(optimizer_path, "write the optimiser state", e))
+}
+
 /// Model size of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -252,11 +331,7 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// Reads a TOML configuration and checks it.
     pub fn read(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, "read the config", e))?;
-        let config: Self = toml::from_str(&text).map_err(|e| TrainError::Config {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let config: Self = read_parsed(path, "read the config", toml_text)?;
         config.validate(&path.display().to_string())?;
         Ok(config)
     }
@@ -562,16 +637,11 @@ pub struct RunFiles {
 impl RunFiles {
     /// The files belonging to checkpoint `checkpoint`.
     pub fn new(checkpoint: &Path) -> Self {
-        let with = |suffix: &str| {
-            let mut name = checkpoint.as_os_str().to_os_string();
-            name.push(suffix);
-            PathBuf::from(name)
-        };
         Self {
             checkpoint: checkpoint.to_path_buf(),
-            config: with(".train.toml"),
-            state: with(".state.json"),
-            optimizer: with(".optim.bpk"),
+            config: beside(checkpoint, ".train.toml"),
+            state: beside(checkpoint, ".state.json"),
+            optimizer: beside(checkpoint, ".optim.bpk"),
         }
     }
 }
@@ -670,12 +740,7 @@ impl Trainer {
     pub fn resume(checkpoint: &Path) -> Result<Self, TrainError> {
         let files = RunFiles::new(checkpoint);
         let config = TrainConfig::read(&files.config)?;
-        let text = std::fs::read_to_string(&files.state)
-            .map_err(|e| io_err(&files.state, "read the run state", e))?;
-        let state: TrainState = serde_json::from_str(&text).map_err(|e| TrainError::Config {
-            path: files.state.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let state: TrainState = read_parsed(&files.state, "read the run state", json_text)?;
         let ck = matching_checkpoint(checkpoint, &config)?;
         let model_config = config.model_config();
         let optimizer = files.optimizer.clone();
@@ -699,18 +764,7 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         let device = Device::default().autodiff();
         let model = CavMae::from_checkpoint(ck, &model_config, &device)?.freeze_positions();
-        let o = &config.optim;
-        let mut optimizer = AdamWConfig::new()
-            .with_beta_1(o.beta1)
-            .with_beta_2(o.beta2)
-            .with_weight_decay(o.weight_decay)
-            .with_epsilon(o.epsilon)
-            .init();
-        if let Some(path) = optimizer_file {
-            optimizer = optimizer
-                .load(&path)
-                .map_err(|e| io_err(&path, "load the optimiser state", format!("{e:?}")))?;
-        }
+        let optimizer = adamw(&config.optim, optimizer_file.as_deref())?;
         Ok(Self {
             config,
             model_config,
@@ -750,10 +804,7 @@ impl Trainer {
         let mut interval_start = std::time::Instant::now();
         while self.state.step < last {
             let step = self.state.step;
-            // Batches and masks depend only on (seed, step), so a resumed run sees what an uninterrupted one would.
-            let mut rng = StdRng::seed_from_u64(
-                self.config.run.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step as u64,
-            );
+            let mut rng = step_rng(self.config.run.seed, step);
             let (audio, images) = data.batch(&mut rng, b, (l, size))?;
             let audio =
                 Tensor::<3>::from_data(TensorData::new(audio, [b, l, NUM_MEL_BINS]), &self.device);
@@ -815,24 +866,12 @@ impl Trainer {
     pub fn save(&self) -> Result<(), TrainError> {
         let tensors = self.model.state_dict()?;
         write_safetensors(&tensors, &self.files.checkpoint)?;
-        let toml = toml::to_string_pretty(&self.config)
-            .map_err(|e| io_err(&self.files.config, "serialise the config", e))?;
-        write_atomic(&self.files.config, |w| w.write_all(toml.as_bytes()))
-            .map_err(|e| io_err(&self.files.config, "write the config", e))?;
-        let json = serde_json::to_string_pretty(&self.state)
-            .map_err(|e| io_err(&self.files.state, "serialise the state", e))?;
-        write_atomic(&self.files.state, |w| w.write_all(json.as_bytes()))
-            .map_err(|e| io_err(&self.files.state, "write the state", e))?;
-        let bytes = self.optimizer.into_bytes().map_err(|e| {
-            io_err(
-                &self.files.optimizer,
-                "serialise the optimiser state",
-                format!("{e:?}"),
-            )
-        })?;
-        write_atomic(&self.files.optimizer, |w| w.write_all(&bytes))
-            .map_err(|e| io_err(&self.files.optimizer, "write the optimiser state", e))?;
-        Ok(())
+        let f = &self.files;
+        save_run_files(
+            (&f.config, &self.config),
+            (&f.state, &self.state),
+            (&f.optimizer, &self.optimizer),
+        )
     }
 }
 

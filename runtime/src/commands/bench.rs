@@ -8,7 +8,7 @@ use cavsync_core::model::Modality;
 use cavsync_device::bundle::NodeProfile;
 use cavsync_device::latency::{self, measure, pattern, sgemm_gflops};
 
-use super::{BundleArgs, DeviceArgs, resolve_device};
+use super::{BundleArgs, DeviceArgs};
 
 /// Arguments of `cavsync bench`.
 #[derive(clap::Args, Debug)]
@@ -112,17 +112,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
-    if args.bundle.threads == 0 {
-        bail!("--threads must be at least 1");
-    }
-    let on = resolve_device(
-        args.device.device,
-        &format!("--device {}", args.device.device),
-    )?;
-    let options = cavsync_device::bundle::PlanOptions {
-        threads: args.bundle.threads,
-    };
-    let bundle = cavsync_device::bundle::Bundle::open_on(&args.bundle.bundle, &options, on)?;
+    let on = args.device.resolve()?;
+    let bundle = args.bundle.open_at(&args.bundle.bundle, on)?;
     let m = &bundle.manifest;
     let lat = measure(&bundle, args.iterations)?;
     println!(
@@ -167,7 +158,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             lat.pair_s,
         );
         for dir in &args.compare {
-            let other = cavsync_device::bundle::Bundle::open_on(dir, &options, on)?;
+            let other = args.bundle.open_at(dir, on)?;
             let l = measure(&other, args.iterations)?;
             compare_line(&dir.display().to_string(), &other, l.pair_s, lat.pair_s);
         }

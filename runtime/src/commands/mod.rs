@@ -88,15 +88,19 @@ pub struct BundleArgs {
 impl BundleArgs {
     /// Open and verify the bundle with plans for `--threads` on the device `--device` resolves to.
     pub fn open_on(&self, device: &DeviceArgs) -> anyhow::Result<Bundle> {
+        self.open_at(&self.bundle, device.resolve()?)
+    }
+
+    /// Open and verify the bundle at `dir` with plans for `--threads` on device `on`.
+    pub fn open_at(&self, dir: &Path, on: Device) -> anyhow::Result<Bundle> {
         if self.threads == 0 {
             anyhow::bail!("--threads must be at least 1");
         }
         let options = PlanOptions {
             threads: self.threads,
         };
-        let on = resolve_device(device.device, &format!("--device {}", device.device))?;
-        let bundle = Bundle::open_on(&self.bundle, &options, on)?;
-        tracing::info!(bundle = %self.bundle.display(), threads = self.threads, device = %on, "opened bundle");
+        let bundle = Bundle::open_on(dir, &options, on)?;
+        tracing::info!(bundle = %dir.display(), threads = self.threads, device = %on, "opened bundle");
         Ok(bundle)
     }
 }
@@ -107,6 +111,13 @@ pub struct DeviceArgs {
     /// Device for the encoders: cpu, cuda (an NVIDIA GPU, in builds with the `cuda` feature; an error where unusable) or auto (cuda where usable, else the CPU with a warning saying why).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+}
+
+impl DeviceArgs {
+    /// The device `--device` resolves to, with one warning when it falls back to the CPU.
+    pub fn resolve(&self) -> anyhow::Result<Device> {
+        resolve_device(self.device, &format!("--device {}", self.device))
+    }
 }
 
 /// The device `choice` resolves to on this build and machine (`origin` says who asked), with one warning when it falls back to the CPU.

@@ -343,10 +343,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.threads == 0 {
         bail!("--threads must be at least 1");
     }
-    let device = super::resolve_device(
-        args.device.device,
-        &format!("--device {}", args.device.device),
-    )?;
+    let device = args.device.resolve()?;
     let mut models = vec![open_model(&args.reference, 0, args.threads, device)?];
     for (i, path) in args.candidate.iter().enumerate() {
         let model = open_model(path, i + 1, args.threads, device)?;
