@@ -58,3 +58,20 @@ fn demo_bundle_localizes_the_demo_clip() {
         s.mean_ciou
     );
 }
+
+#[test]
+fn non_finite_inputs_never_reach_the_encoders() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bundle = Bundle::open(&root.join("models/demo/bundle")).unwrap();
+    let mut segment = vec![0.1f32; bundle.input_len(cavsync_core::model::Modality::Audio)];
+    segment[77] = f32::NAN;
+    let err = bundle.embed_audio(&segment).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "audio segment: value 77 is NaN, expected finite values"
+    );
+    let mut image = vec![0.1f32; bundle.input_len(cavsync_core::model::Modality::Visual)];
+    image[5] = f32::NEG_INFINITY;
+    let err = bundle.embed_visual(&image).unwrap_err().to_string();
+    assert_eq!(err, "image: value 5 is -inf, expected finite values");
+}

@@ -443,3 +443,98 @@ fn absent_sources_and_mismatched_profiles_give_one_clear_error() {
     assert_eq!(code, Some(1));
     assert!(err.contains("mqtt://x"), "{err}");
 }
+
+#[test]
+fn audio_faults_are_flagged_counted_and_never_encoded() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let video = demo_video(dir.path(), 6.0);
+    // The demo clip's audio with 1 s clipped hard at full scale (2.0 to 3.0 s) and 0.5 s of NaN (4.0 to 4.5 s).
+    let wav = root().join(format!("models/demo/clip/audio/{ID}.wav"));
+    let mut x = load_wav_16k(&wav).unwrap();
+    x.truncate(96_000);
+    for (i, s) in x[32_000..48_000].iter_mut().enumerate() {
+        *s = if (i / 40) % 2 == 0 { 1.0 } else { -1.0 };
+    }
+    x[64_000..72_000].fill(f32::NAN);
+    let raw = dir.path().join("faulty.f32");
+    std::fs::write(
+        &raw,
+        x.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let faulty = dir.path().join("faulty.wav");
+    ffmpeg(&[
+        "-f",
+        "f32le",
+        "-ar",
+        "16000",
+        "-ac",
+        "1",
+        "-i",
+        raw.to_str().unwrap(),
+        "-c:a",
+        "pcm_f32le",
+        faulty.to_str().unwrap(),
+    ]);
+    let out = dir.path().join("live.jsonl");
+    let summary = dir.path().join("summary.json");
+    let status = cavsync()
+        .current_dir(root())
+        .args(["run", "--threads", "1", "--duration", "5.8"])
+        .arg("--config")
+        .arg(config(dir.path()))
+        .arg("--video")
+        .arg(format!("ffmpeg:{}", video.display()))
+        .arg("--audio")
+        .arg(format!("ffmpeg:{}", faulty.display()))
+        .arg("--out")
+        .arg(format!("file:{}", out.display()))
+        .arg("--summary")
+        .arg(&summary)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let c = read_json(&summary)["counters"].clone();
+    eprintln!("{c}");
+    let windows = &c["audio_fault_windows"];
+    let clipped = windows["clipped"].as_u64().unwrap();
+    let non_finite = windows["non-finite"].as_u64().unwrap();
+    assert!((9..=11).contains(&clipped), "{c}");
+    assert!((5..=6).contains(&non_finite), "{c}");
+    assert_eq!(windows["stuck"].as_u64(), Some(0), "{c}");
+    assert_eq!(windows["out-of-range"].as_u64(), Some(0), "{c}");
+    let records = read_lines(&out);
+    let fault_of = |r: &Value| r["audio_fault"].as_str().map(str::to_owned);
+    let faulty: Vec<&Value> = records.iter().filter(|r| fault_of(r).is_some()).collect();
+    assert_eq!(
+        faulty.len() as u64,
+        c["frames_audio_fault"].as_u64().unwrap(),
+        "{c}"
+    );
+    let kinds: std::collections::BTreeSet<String> =
+        faulty.iter().filter_map(|r| fault_of(r)).collect();
+    assert!(
+        kinds.contains("clipped") && kinds.contains("non-finite"),
+        "{kinds:?}"
+    );
+    for r in &faulty {
+        assert_eq!(r["active"], Value::Bool(false), "{r}");
+        assert!(r["peak"].is_null(), "{r}");
+    }
+    // fbank rows are 10 ms: a segment wholly before the clipped stretch, or one inside it, is judged as such.
+    for r in &records {
+        let seg = r["segment"].as_array().unwrap();
+        let (a, b) = (seg[0].as_i64().unwrap(), seg[1].as_i64().unwrap());
+        if b < 195 {
+            assert_eq!(fault_of(r), None, "{r}");
+        }
+        if a >= 205 && b <= 295 {
+            assert_eq!(fault_of(r).as_deref(), Some("clipped"), "{r}");
+        }
+    }
+    let encoded = records.len() - faulty.len();
+    assert!(encoded > 30, "{encoded} frames encoded");
+}

@@ -46,6 +46,16 @@ pub enum BundleError {
         /// Length expected.
         expected: usize,
     },
+    /// An input holds NaN or infinite values, which the encoders would turn into garbage.
+    #[error("{what}: value {index} is {value}, expected finite values")]
+    NonFinite {
+        /// Which input.
+        what: &'static str,
+        /// Position of the first non-finite value.
+        index: usize,
+        /// The value found there.
+        value: f32,
+    },
     /// Inference failed inside tract.
     #[error("inference failed: {0}")]
     Run(String),
@@ -401,6 +411,13 @@ fn run_plan(
             what,
             found: input.len(),
             expected,
+        });
+    }
+    if let Some(index) = input.iter().position(|x| !x.is_finite()) {
+        return Err(BundleError::NonFinite {
+            what,
+            index,
+            value: input[index],
         });
     }
     let tensor = Tensor::from_shape(&enc.input_shape, input)

@@ -240,6 +240,12 @@ impl FrameLocalizer {
     pub fn heatmap(&self) -> &[f32] {
         &self.heatmap
     }
+
+    /// Sets the heatmap to all zeros for a frame of `size` that was not localized; allocation-free once warm.
+    pub fn blank(&mut self, size: FrameSize) {
+        self.heatmap.clear();
+        self.heatmap.resize(size.width * size.height, 0.0);
+    }
 }
 
 /// A clip's log-mel and where its frames lie in it.

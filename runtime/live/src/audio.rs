@@ -7,6 +7,7 @@ use heapless::spsc::Producer;
 use tracing::{info, warn};
 
 use cavsync_core::preprocess::audio::StreamResampler;
+use cavsync_core::preprocess::hygiene::{AudioFault, AudioHealth};
 
 use crate::child::{FfmpegChild, ReadOutcome};
 use crate::clock::{OriginEstimator, now_ns};
@@ -31,6 +32,8 @@ pub struct AudioChunk {
     pub origin_ns: u64,
     /// Non-finite samples found in the chunk (replaced by zeros, flagged downstream).
     pub bad: u32,
+    /// The worst fault of the source's 0.1 s windows that closed while this chunk was made.
+    pub fault: Option<AudioFault>,
 }
 
 impl Default for AudioChunk {
@@ -41,6 +44,7 @@ impl Default for AudioChunk {
             gap: 0,
             origin_ns: 0,
             bad: 0,
+            fault: None,
         }
     }
 }
@@ -109,15 +113,46 @@ impl AudioInput {
                                 ReadOutcome::Idle => {}
                             }
                         }
-                        for (dst, b) in mono.iter_mut().zip(raw[..n].chunks_exact(4)) {
-                            *dst = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                        }
-                        Ok(n / 4)
+                        Ok(f32le_to_mono(&raw[..n], mono))
                     }
                 }
             }
         }
     }
+}
+
+/// Decodes the little-endian f32 samples of `raw` (an ffmpeg `f32le` stream) into `mono`; returns how many were written (a trailing partial sample is left out).
+pub fn f32le_to_mono(raw: &[u8], mono: &mut [f32]) -> usize {
+    let mut n = 0;
+    for (dst, b) in mono.iter_mut().zip(raw.chunks_exact(4)) {
+        *dst = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        n += 1;
+    }
+    n
+}
+
+/// Mixes interleaved 16-bit frames of `channels` (at least 1) down to mono in [-1, 1] in `mono`; returns the frames written.
+pub fn i16_to_mono(samples: &[i16], channels: usize, mono: &mut [f32]) -> usize {
+    let channels = channels.max(1);
+    let mut n = 0;
+    for (dst, frame) in mono.iter_mut().zip(samples.chunks_exact(channels)) {
+        let sum: i32 = frame.iter().map(|&s| i32::from(s)).sum();
+        *dst = sum as f32 / (32768.0 * channels as f32);
+        n += 1;
+    }
+    n
+}
+
+/// Replaces every non-finite sample by zero; returns how many there were.
+pub fn zero_non_finite(samples: &mut [f32]) -> u32 {
+    let mut bad = 0;
+    for s in samples {
+        if !s.is_finite() {
+            *s = 0.0;
+            bad += 1;
+        }
+    }
+    bad
 }
 
 /// An ALSA capture PCM opened for interleaved 16-bit samples.
@@ -207,16 +242,7 @@ impl AlsaCapture {
             reason: e.to_string(),
         })?;
         match io.readi(samples) {
-            Ok(n) => {
-                for (dst, frame) in mono
-                    .iter_mut()
-                    .zip(samples[..n * channels].chunks_exact(channels))
-                {
-                    let sum: i32 = frame.iter().map(|&s| i32::from(s)).sum();
-                    *dst = sum as f32 / (32768.0 * channels as f32);
-                }
-                Ok(n)
-            }
+            Ok(n) => Ok(i16_to_mono(&samples[..n * channels], channels, mono)),
             Err(e) => match self.pcm.try_recover(e, true) {
                 Ok(()) => {
                     self.xruns += 1;
@@ -259,6 +285,8 @@ pub fn capture_audio(
         };
         let delay_ns = resampler.delay_samples() as u64 * 1_000_000_000 / u64::from(model_rate);
         let mut estimator = OriginEstimator::new(f64::from(format.rate));
+        // Faults are judged on the samples as the device gives them, before repair and resampling.
+        let mut health = AudioHealth::new(format.rate);
         let mut native: u64 = 0;
         let mut produced: u64 = 0;
         let mut chunk: Option<Box<AudioChunk>> = None;
@@ -281,13 +309,13 @@ pub fn capture_audio(
             let offset_ns = offset * 1_000_000_000 / u64::from(model_rate);
             let origin = origin_native.saturating_sub(delay_ns + offset_ns);
             last_origin = Some(origin);
-            let mut bad = 0u32;
-            for s in &mut mono[..n] {
-                if !s.is_finite() {
-                    *s = 0.0;
-                    bad += 1;
-                }
-            }
+            let mut fault: Option<AudioFault> = None;
+            health.push(&mono[..n], |span| {
+                shared.counters.audio_fault_windows[span.fault.index()]
+                    .fetch_add(1, Ordering::Relaxed);
+                fault = Some(fault.map_or(span.fault, |f| f.min(span.fault)));
+            });
+            let mut bad = zero_non_finite(&mut mono[..n]);
             let result = resampler.push(&mono[..n], |block| {
                 for piece in block.chunks(CHUNK) {
                     let mut c = match chunk.take().or_else(|| free.dequeue()) {
@@ -305,6 +333,7 @@ pub fn capture_audio(
                     c.gap = std::mem::take(&mut pending_gap);
                     c.origin_ns = origin;
                     c.bad = std::mem::take(&mut bad);
+                    c.fault = fault.take();
                     produced += piece.len() as u64;
                     if let Err(back) = producer.enqueue(c) {
                         shared

@@ -39,6 +39,9 @@ use crate::video::{VideoFrame, VideoInput, capture_video};
 /// Queue slots between threads (frames in flight, audio chunks: 5 s).
 const QUEUE: usize = 256;
 
+/// The fault name a frame's record carries when its segment spans a stretch the audio source was away.
+pub const SOURCE_AWAY: &str = "source-away";
+
 /// Errors that stop a live run.
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -234,6 +237,7 @@ struct LiveRecord<'a> {
     src: &'a [Track],
     segment: [i64; 2],
     audio_flagged: bool,
+    audio_fault: Option<&'static str>,
     latency_ms: Latency,
     dropped: u64,
 }
@@ -350,24 +354,39 @@ impl<'b> FrameWorker<'b> {
     }
 
     /// Localizes, tracks, writes the frame's line to `outputs` and the page; returns the stage durations (ns, [`STAGES`] order). Allocation-free once warm.
+    ///
+    /// With `fault` (the audio segment held a fault or a gap, and [`FrameWorker::encode`] was not run) the frame is written as inactive with the fault named, and its heatmap is blank.
     #[allow(clippy::too_many_arguments)]
     pub fn finish(
         &mut self,
         frame: &VideoFrame,
         bounds: (i64, i64),
         audio_flagged: bool,
+        fault: Option<&'static str>,
         dropped: u64,
         outputs: &mut [Output],
         page: Option<&PagePublisher>,
     ) -> Result<[u64; 8], LiveError> {
         let size = self.size;
-        self.localizer.localize_pair_into(
-            &self.audio,
-            self.level,
-            &self.visual,
-            size,
-            &mut self.loc,
-        )?;
+        if fault.is_some() {
+            self.stamps[2] = self.stamps[1];
+            self.stamps[3] = self.stamps[1];
+            self.loc.score = 0.0;
+            self.loc.contrast = 0.0;
+            self.loc.audio_level = self.level;
+            self.loc.active = false;
+            self.loc.peaks.clear();
+            self.loc.boxes.clear();
+            self.localizer.blank(size);
+        } else {
+            self.localizer.localize_pair_into(
+                &self.audio,
+                self.level,
+                &self.visual,
+                size,
+                &mut self.loc,
+            )?;
+        }
         self.tracker.update_frame(&self.loc, size);
         self.confirmed.clear();
         for t in self.tracker.confirmed() {
@@ -392,6 +411,7 @@ impl<'b> FrameWorker<'b> {
             src: &self.confirmed,
             segment: [bounds.0, bounds.1],
             audio_flagged,
+            audio_fault: fault,
             latency_ms: Latency {
                 capture: ms(frame.arrival_ns.saturating_sub(frame.capture_ns)),
                 wait: ms(t0.saturating_sub(frame.arrival_ns)),
@@ -569,6 +589,8 @@ pub fn run(
 
         let mut origin_ns: Option<u64> = None;
         let mut last_bad_row: Option<u64> = None;
+        // The last faulty stretch of the stream: the fbank row it reached, and what it was.
+        let mut last_fault: Option<(u64, &'static str)> = None;
         let zeros = [0.0f32; 320];
         let mut last_report = started;
         let mut page_window = StageStats::default();
@@ -597,6 +619,12 @@ pub fn run(
                 }
                 if let Err(e) = fbank.push(&chunk.samples[..chunk.len]) {
                     shared.fatal(format!("audio fbank: {e}"));
+                }
+                if let Some(fault) = chunk.fault {
+                    last_fault = Some((fbank.rows(), fault.name()));
+                }
+                if chunk.gap > 0 {
+                    last_fault = Some((fbank.rows(), SOURCE_AWAY));
                 }
                 if chunk.bad > 0 || chunk.gap > 0 {
                     shared
@@ -663,11 +691,25 @@ pub fn run(
             };
             let bounds = bounds_of(&frame);
             let flagged = last_bad_row.is_some_and(|row| (row as i64) > bounds.0);
+            let fault = last_fault
+                .filter(|(row, _)| (*row as i64) > bounds.0)
+                .map(|(_, name)| name);
+            if fault.is_some() {
+                shared
+                    .counters
+                    .frames_audio_fault
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             let dropped = shared.counters.frames_dropped.load(Ordering::Relaxed);
             let step = worker
                 .prepare(&frame, &fbank, bounds)
-                .and_then(|()| worker.encode())
-                .and_then(|()| worker.finish(&frame, bounds, flagged, dropped, outputs, page));
+                .and_then(|()| match fault {
+                    Some(_) => Ok(()),
+                    None => worker.encode(),
+                })
+                .and_then(|()| {
+                    worker.finish(&frame, bounds, flagged, fault, dropped, outputs, page)
+                });
             let _ = free_video_tx.enqueue(frame);
             let durations = match step {
                 Ok(d) => d,

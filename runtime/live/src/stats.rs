@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use cavsync_core::preprocess::hygiene::AudioFault;
+
 /// Bucket width of the latency histograms, microseconds.
 const BUCKET_US: u64 = 50;
 /// Buckets: 0 to 2 s; slower samples land in the last one.
@@ -139,6 +141,10 @@ pub struct Counters {
     pub audio_gap_samples: AtomicU64,
     /// Non-finite audio samples replaced by zeros.
     pub audio_bad_samples: AtomicU64,
+    /// Faulty 0.1 s audio windows, by fault ([`AudioFault::ALL`] order).
+    pub audio_fault_windows: [AtomicU64; AudioFault::ALL.len()],
+    /// Frames not encoded because their audio segment held a fault or a gap.
+    pub frames_audio_fault: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -162,6 +168,26 @@ pub struct CounterSnapshot {
     pub audio_gap_samples: u64,
     /// Non-finite audio samples replaced by zeros.
     pub audio_bad_samples: u64,
+    /// Faulty 0.1 s audio windows: non-finite, out of range, clipped, stuck, silent.
+    pub audio_fault_windows: FaultCounts,
+    /// Frames not encoded because of an audio fault or gap.
+    pub frames_audio_fault: u64,
+}
+
+/// Faulty audio windows by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FaultCounts {
+    /// Windows with NaN or infinite samples.
+    pub non_finite: u64,
+    /// Windows with samples far beyond full scale.
+    pub out_of_range: u64,
+    /// Windows clipped at full scale.
+    pub clipped: u64,
+    /// Windows stuck at one non-zero value.
+    pub stuck: u64,
+    /// Windows of digital silence.
+    pub silent: u64,
 }
 
 impl Counters {
@@ -178,6 +204,17 @@ impl Counters {
             video_reopens: l(&self.video_reopens),
             audio_gap_samples: l(&self.audio_gap_samples),
             audio_bad_samples: l(&self.audio_bad_samples),
+            audio_fault_windows: {
+                let w = |f: AudioFault| l(&self.audio_fault_windows[f.index()]);
+                FaultCounts {
+                    non_finite: w(AudioFault::NonFinite),
+                    out_of_range: w(AudioFault::OutOfRange),
+                    clipped: w(AudioFault::Clipped),
+                    stuck: w(AudioFault::Stuck),
+                    silent: w(AudioFault::Silent),
+                }
+            },
+            frames_audio_fault: l(&self.frames_audio_fault),
         }
     }
 }

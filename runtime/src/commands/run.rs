@@ -213,6 +213,11 @@ fn print_summary(s: &LiveSummary) {
         c.audio_gap_samples,
         s.tracks_started
     );
+    let f = &c.audio_fault_windows;
+    eprintln!(
+        "audio faults (0.1 s windows): {} non-finite, {} out of range, {} clipped, {} stuck, {} silent; {} frames not encoded for a faulty or missing segment",
+        f.non_finite, f.out_of_range, f.clipped, f.stuck, f.silent, c.frames_audio_fault
+    );
     eprintln!(
         "video {}x{} at {} fps, audio {} Hz x {}, segment ends {:.3} s after its frame",
         s.video[0], s.video[1], s.video[2], s.audio[0], s.audio[1], s.alignment_delay_s

@@ -9,11 +9,16 @@ use std::path::{Path, PathBuf};
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler, WindowFunction};
 
+use super::hygiene::{self, AudioFault};
+
 /// Sample rate every model input uses.
 pub const SAMPLE_RATE: u32 = 16_000;
 
 /// Highest sample rate accepted, in Hz (the resampler's FFT block grows with awkward rates).
 pub const MAX_SAMPLE_RATE: u32 = 768_000;
+
+/// Lowest sample rate a WAV header may give, in Hz (below it no speech or sound band survives).
+pub const MIN_WAV_SAMPLE_RATE: u32 = 4_000;
 
 /// Input frames per FFT block the resampler aims for (larger blocks give a sharper anti-aliasing filter).
 const RESAMPLER_BLOCK: usize = 1024;
@@ -55,15 +60,33 @@ pub enum AudioError {
         /// File being read.
         path: PathBuf,
     },
-    /// The WAV header announces a sample rate outside 1..=[`MAX_SAMPLE_RATE`] Hz.
+    /// The WAV header announces a sample rate outside [`MIN_WAV_SAMPLE_RATE`]..=[`MAX_SAMPLE_RATE`] Hz.
     #[error(
-        "{path}: WAV header gives a sample rate of {rate} Hz (expected 1 to {MAX_SAMPLE_RATE} Hz)"
+        "{path}: WAV header gives a sample rate of {rate} Hz (expected {MIN_WAV_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz)"
     )]
     SampleRate {
         /// File being read.
         path: PathBuf,
         /// The rate found in the header.
         rate: u32,
+    },
+    /// The samples hold a stretch no working microphone gives (see [`hygiene::check`]).
+    #[error(
+        "{path}: {fault} from {start_s:.2} s for {length_s:.2} s ({windows} of {total} windows of 0.1 s); expected finite samples within full scale that are not all one value"
+    )]
+    Fault {
+        /// File being read.
+        path: PathBuf,
+        /// What is wrong.
+        fault: AudioFault,
+        /// Start of the first faulty stretch, seconds.
+        start_s: f64,
+        /// Its length, seconds.
+        length_s: f64,
+        /// Faulty windows of that kind.
+        windows: usize,
+        /// Windows in the file.
+        total: usize,
     },
     /// A sample rate passed to [`resample`] is outside 1..=[`MAX_SAMPLE_RATE`] Hz, or the resampler failed.
     #[error("cannot resample from {from} Hz to {to} Hz: {reason}")]
@@ -91,7 +114,7 @@ pub fn read_wav_mono(path: &Path) -> Result<Waveform, AudioError> {
     let reader = hound::WavReader::open(path).map_err(|e| wav_error(path, e))?;
     let spec = reader.spec();
     let channels = usize::from(spec.channels);
-    if !valid_rate(spec.sample_rate) {
+    if spec.sample_rate < MIN_WAV_SAMPLE_RATE || !valid_rate(spec.sample_rate) {
         return Err(AudioError::SampleRate {
             path: path.to_owned(),
             rate: spec.sample_rate,
@@ -121,6 +144,18 @@ pub fn read_wav_mono(path: &Path) -> Result<Waveform, AudioError> {
     if interleaved.is_empty() {
         return Err(AudioError::Empty {
             path: path.to_owned(),
+        });
+    }
+    let stream_rate = spec.sample_rate * u32::from(spec.channels.max(1));
+    if let Err(r) = hygiene::check(&interleaved, stream_rate) {
+        let (start_s, length_s) = r.at_s(stream_rate);
+        return Err(AudioError::Fault {
+            path: path.to_owned(),
+            fault: r.span.fault,
+            start_s,
+            length_s,
+            windows: r.windows,
+            total: r.total,
         });
     }
     let samples = if channels <= 1 {
@@ -464,6 +499,79 @@ mod tests {
         assert!(matches!(err, AudioError::Io { .. }), "{err}");
         assert!(err.to_string().contains("missing.wav"), "{err}");
         assert!(load_wav_16k(&path).is_err());
+    }
+
+    #[test]
+    fn broken_microphone_audio_is_refused_naming_file_fault_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let tone: Vec<f32> = (0..22_050).map(|i| 0.3 * (i as f32 * 0.07).sin()).collect();
+        let fault_of = |path: &Path| match read_wav_mono(path).unwrap_err() {
+            err @ AudioError::Fault { .. } => {
+                let text = err.to_string();
+                assert!(text.starts_with(&path.display().to_string()), "{text}");
+                assert!(text.contains("expected finite samples"), "{text}");
+                match err {
+                    AudioError::Fault { fault, start_s, .. } => (fault, start_s, text),
+                    _ => unreachable!(),
+                }
+            }
+            other => panic!("expected a fault, got {other}"),
+        };
+
+        let path = dir.path().join("nan.wav");
+        let mut x = tone.clone();
+        x[11_100..11_200].fill(f32::NAN);
+        write_wav(&path, 1, 32, hound::SampleFormat::Float, &x);
+        let (fault, start_s, text) = fault_of(&path);
+        assert_eq!(fault, AudioFault::NonFinite);
+        assert!((start_s - 11_025.0 / 22_050.0).abs() < 1e-9, "{text}");
+        assert!(text.contains("NaN or infinite"), "{text}");
+
+        let path = dir.path().join("silent.wav");
+        write_wav(&path, 1, 16, hound::SampleFormat::Int, &[0i16; 22_050]);
+        assert_eq!(fault_of(&path).0, AudioFault::Silent);
+
+        let path = dir.path().join("stuck.wav");
+        write_wav(&path, 1, 16, hound::SampleFormat::Int, &[-1200i16; 4_410]);
+        assert_eq!(fault_of(&path).0, AudioFault::Stuck);
+
+        // Left channel clipped hard, right channel clean: the mix would hide it, the check does not.
+        let path = dir.path().join("clipped.wav");
+        let stereo: Vec<i16> = (0..22_050)
+            .flat_map(|i| {
+                let s = (i as f32 * 0.01).sin();
+                let left = if s >= 0.0 { i16::MAX } else { i16::MIN };
+                [left, (s * 8_000.0) as i16]
+            })
+            .collect();
+        write_wav(&path, 2, 16, hound::SampleFormat::Int, &stereo);
+        assert_eq!(fault_of(&path).0, AudioFault::Clipped);
+
+        // A pause of silence inside sound is not a fault.
+        let path = dir.path().join("pause.wav");
+        let mut x = tone.clone();
+        x[4_000..15_000].fill(0.0);
+        write_wav(&path, 1, 32, hound::SampleFormat::Float, &x);
+        assert_eq!(read_wav_mono(&path).unwrap().samples.len(), 22_050);
+
+        let path = dir.path().join("slow.wav");
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 1_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut writer = hound::WavWriter::create(&path, spec).unwrap();
+        for i in 0..1_000 {
+            writer.write_sample((i % 97) as i16 * 100).unwrap();
+        }
+        writer.finalize().unwrap();
+        let err = read_wav_mono(&path).unwrap_err();
+        assert!(
+            matches!(err, AudioError::SampleRate { rate: 1_000, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("expected 4000 to"), "{err}");
     }
 }
 

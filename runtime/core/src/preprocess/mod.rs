@@ -2,6 +2,7 @@
 
 pub mod audio;
 pub mod fbank;
+pub mod hygiene;
 pub mod image;
 pub mod segment;
 pub mod stream;
