@@ -77,6 +77,7 @@ pub(crate) fn write_dir_atomically<T, E>(
     io: impl Fn(PathBuf, std::io::Error) -> E,
     write: impl FnOnce(&Path) -> Result<T, E>,
 ) -> Result<T, E> {
+    cavsync_core::atomic::sweep_stale(out);
     let mut tmp_name = out.as_os_str().to_owned();
     tmp_name.push(format!(".partial-{}", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
@@ -85,10 +86,18 @@ pub(crate) fn write_dir_atomically<T, E>(
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(tmp.clone(), e))?;
     let result = write(&tmp).and_then(|value| {
+        // The old directory is moved aside before the new one takes its name, and only then
+        // removed: a kill at any moment leaves `out` complete (old or new) or absent.
         if out.exists() {
-            std::fs::remove_dir_all(out).map_err(|e| io(out.to_path_buf(), e))?;
+            let mut old_name = out.as_os_str().to_owned();
+            old_name.push(format!(".old-{}", std::process::id()));
+            let old = PathBuf::from(old_name);
+            std::fs::rename(out, &old).map_err(|e| io(out.to_path_buf(), e))?;
+            std::fs::rename(&tmp, out).map_err(|e| io(out.to_path_buf(), e))?;
+            std::fs::remove_dir_all(&old).map_err(|e| io(old, e))?;
+        } else {
+            std::fs::rename(&tmp, out).map_err(|e| io(out.to_path_buf(), e))?;
         }
-        std::fs::rename(&tmp, out).map_err(|e| io(out.to_path_buf(), e))?;
         Ok(value)
     });
     if result.is_err() {

@@ -31,8 +31,8 @@ use crate::LoadedModel;
 use crate::model::{CavMae, linear_from_checkpoint, linear_state};
 use crate::pretrain::info_nce;
 use crate::train::{
-    OptimSection, TrainData, TrainError, adamw, beside, init_tensors, io_err, json_text,
-    read_parsed, save_run_files, step_rng, toml_text,
+    OptimSection, PayloadHashes, TrainData, TrainError, adamw, beside, init_tensors, io_err,
+    json_text, optimizer_payload, read_parsed, recover_run, save_run, step_rng, toml_text,
 };
 
 /// Size of a student: width, depth, registers and image size (the audio segment length is the teacher's).
@@ -944,6 +944,9 @@ pub struct DistillState {
     pub teacher_shape: TeacherShape,
     /// Mean losses per completed checkpoint interval.
     pub history: Vec<DistillStats>,
+    /// sha256 of the student checkpoint, projections and optimiser state this state goes with.
+    #[serde(default)]
+    pub files: PayloadHashes,
 }
 
 /// Files of a distillation run, derived from the student checkpoint path `CKPT`.
@@ -1039,6 +1042,7 @@ impl Distiller {
             teacher_shape: teacher,
             history: Vec::new(),
             step: 0,
+            files: PayloadHashes::new(),
         };
         let distiller = Self::build(config, &ck, &proj, checkpoint, state, None)?;
         distiller.pool()?;
@@ -1050,6 +1054,11 @@ impl Distiller {
         let files = DistillFiles::new(checkpoint);
         let config = DistillConfig::read(&files.config)?;
         let state: DistillState = read_parsed(&files.state, "read the run state", json_text)?;
+        recover_run(
+            &files.state,
+            &state.files,
+            &[&files.checkpoint, &files.projections, &files.optimizer],
+        )?;
         let teacher = state.teacher_shape;
         let ck = Checkpoint::load(checkpoint)?;
         let detected = ModelConfig::detect(&ck, Some(config.student.dim / 64))?;
@@ -1241,18 +1250,25 @@ impl Distiller {
         Ok(())
     }
 
-    /// Writes the student checkpoint (official keys), projections, config, state and optimiser state, each atomically.
-    pub fn save(&self) -> Result<(), TrainError> {
+    /// Writes the student checkpoint (official keys), projections, config, state and optimiser state as one save that a kill cannot leave inconsistent ([`save_run`]).
+    pub fn save(&mut self) -> Result<(), TrainError> {
         let f = &self.files;
-        write_safetensors(&self.model.student.state_dict()?, &f.checkpoint)?;
+        let student = self.model.student.state_dict()?;
         let mut proj = BTreeMap::new();
         linear_state(&mut proj, "proj_a", &self.model.proj_a)?;
         linear_state(&mut proj, "proj_v", &self.model.proj_v)?;
-        write_safetensors(&proj, &f.projections)?;
-        save_run_files(
+        let checkpoint = |p: &Path| write_safetensors(&student, p).map_err(TrainError::from);
+        let projections = |p: &Path| write_safetensors(&proj, p).map_err(TrainError::from);
+        let optimizer = |p: &Path| optimizer_payload(&self.optimizer, p);
+        save_run(
             (&f.config, &self.config),
-            (&f.state, &self.state),
-            (&f.optimizer, &self.optimizer),
+            (&f.state, &mut self.state),
+            |s| &mut s.files,
+            &[
+                (&f.checkpoint, &checkpoint),
+                (&f.projections, &projections),
+                (&f.optimizer, &optimizer),
+            ],
         )
     }
 }

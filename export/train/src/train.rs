@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use cavsync_core::atomic::write_atomic;
 use cavsync_core::clip::{self, DatafileEntry};
+use cavsync_core::manifest::sha256_file;
 use cavsync_core::preprocess::fbank::{FbankError, NUM_MEL_BINS, ShortInput, clip_log_mel};
 use cavsync_core::preprocess::image::{ImageError, preprocess_image_file_at};
 use cavsync_core::preprocess::segment::frame_segment;
@@ -153,12 +154,53 @@ pub(crate) fn step_rng(seed: u64, step: usize) -> StdRng {
     StdRng::seed_from_u64(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step as u64)
 }
 
-/// Writes a run's configuration (TOML), state (JSON) and optimiser state to their files, each atomically.
-pub(crate) fn save_run_files(
-    (config_path, config): (&Path, &impl Serialize),
-    (state_path, state): (&Path, &impl Serialize),
-    (optimizer_path, optimizer): (&Path, &ModuleOptimizer),
+/// The sha256 of each payload file of a run (checkpoint, projections, optimiser state) by file name, as the state file records them at every save.
+pub type PayloadHashes = BTreeMap<String, String>;
+
+/// Writes `payload`'s staged copy (`PATH.next`): what a save writes before its commit.
+pub(crate) type StageWriter<'a> = &'a dyn Fn(&Path) -> Result<(), TrainError>;
+
+/// The staged copy of a payload file: `PATH.next`.
+fn staged(path: &Path) -> PathBuf {
+    beside(path, ".next")
+}
+
+/// The file name of `path` as the state records it.
+fn payload_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The serialised optimiser state, staged as a payload.
+pub(crate) fn optimizer_payload(
+    optimizer: &ModuleOptimizer,
+    staged: &Path,
 ) -> Result<(), TrainError> {
+    let bytes = optimizer
+        .clone()
+        .into_bytes()
+        .map_err(|e| io_err(staged, "serialise the optimiser state", format!("{e:?}")))?;
+    write_atomic(staged, |w| w.write_all(&bytes))
+        .map_err(|e| io_err(staged, "write the optimiser state", e))
+}
+
+/// One save of a run, safe against a kill at any moment: every payload goes to its staged copy `PATH.next`, then the config, then the state (the commit record, holding each payload's sha256 in `hashes`), then each staged copy is renamed into place. [`recover_run`] makes the files consistent again after a kill.
+pub(crate) fn save_run<S: Serialize>(
+    (config_path, config): (&Path, &impl Serialize),
+    (state_path, state): (&Path, &mut S),
+    hashes: impl FnOnce(&mut S) -> &mut PayloadHashes,
+    payloads: &[(&Path, StageWriter<'_>)],
+) -> Result<(), TrainError> {
+    let mut staged_hashes = PayloadHashes::new();
+    for (path, write) in payloads {
+        let next = staged(path);
+        write(&next)?;
+        let hash = sha256_file(&next).map_err(|e| io_err(&next, "hash the staged file", e))?;
+        staged_hashes.insert(payload_name(path), hash);
+    }
+    *hashes(state) = staged_hashes;
     let toml = toml::to_string_pretty(config)
         .map_err(|e| io_err(config_path, "serialise the config", e))?;
     write_atomic(config_path, |w| w.write_all(toml.as_bytes()))
@@ -167,15 +209,49 @@ pub(crate) fn save_run_files(
         .map_err(|e| io_err(state_path, "serialise the state", e))?;
     write_atomic(state_path, |w| w.write_all(json.as_bytes()))
         .map_err(|e| io_err(state_path, "write the state", e))?;
-    let bytes = optimizer.into_bytes().map_err(|e| {
-        io_err(
-            optimizer_path,
-            "serialise the optimiser state",
-            format!("{e:?}"),
-        )
-    })?;
-    write_atomic(optimizer_path, |w| w.write_all(&bytes))
-        .map_err(|e| io_err(optimizer_path, "write the optimiser state", e))
+    for (path, _) in payloads {
+        std::fs::rename(staged(path), path)
+            .map_err(|e| io_err(path, "put the saved file in place", e))?;
+    }
+    Ok(())
+}
+
+/// Before a run resumes: brings its payload files in line with the state's record `hashes`. A save killed after its commit is finished (a staged copy with the recorded sha256 is put in place); staged copies of a save that never committed are removed; a payload matching neither is an error naming it. A state without hashes (written before they were recorded) is taken as it is.
+pub(crate) fn recover_run(
+    state_path: &Path,
+    hashes: &PayloadHashes,
+    payloads: &[&Path],
+) -> Result<(), TrainError> {
+    for path in payloads {
+        let next = staged(path);
+        let Some(expected) = hashes.get(&payload_name(path)) else {
+            if next.exists() {
+                std::fs::remove_file(&next)
+                    .map_err(|e| io_err(&next, "remove a stale staged file", e))?;
+            }
+            continue;
+        };
+        let matches = |p: &Path| p.exists() && sha256_file(p).is_ok_and(|h| &h == expected);
+        if matches(&next) {
+            tracing::info!(file = %path.display(), "finishing the save a kill interrupted");
+            std::fs::rename(&next, path)
+                .map_err(|e| io_err(path, "put the saved file in place", e))?;
+        } else if matches(path) {
+            if next.exists() {
+                std::fs::remove_file(&next)
+                    .map_err(|e| io_err(&next, "remove a stale staged file", e))?;
+            }
+        } else {
+            return Err(TrainError::Config {
+                path: path.display().to_string(),
+                detail: format!(
+                    "does not match the run state {} (expected sha256 {expected}); the run files were changed or damaged outside the tools",
+                    state_path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Model size of a training run.
@@ -597,6 +673,9 @@ pub struct TrainState {
     pub step: usize,
     /// Mean losses per completed checkpoint interval.
     pub history: Vec<IntervalStats>,
+    /// sha256 of the checkpoint and optimiser state this state goes with.
+    #[serde(default)]
+    pub files: PayloadHashes,
 }
 
 /// Mean losses over one checkpoint interval.
@@ -741,6 +820,11 @@ impl Trainer {
         let files = RunFiles::new(checkpoint);
         let config = TrainConfig::read(&files.config)?;
         let state: TrainState = read_parsed(&files.state, "read the run state", json_text)?;
+        recover_run(
+            &files.state,
+            &state.files,
+            &[&files.checkpoint, &files.optimizer],
+        )?;
         let ck = matching_checkpoint(checkpoint, &config)?;
         let model_config = config.model_config();
         let optimizer = files.optimizer.clone();
@@ -862,15 +946,17 @@ impl Trainer {
         Ok(())
     }
 
-    /// Writes the checkpoint (official keys, safetensors), the config, the state and the optimiser state, each atomically.
-    pub fn save(&self) -> Result<(), TrainError> {
+    /// Writes the checkpoint (official keys, safetensors), the config, the state and the optimiser state as one save that a kill cannot leave inconsistent ([`save_run`]).
+    pub fn save(&mut self) -> Result<(), TrainError> {
         let tensors = self.model.state_dict()?;
-        write_safetensors(&tensors, &self.files.checkpoint)?;
         let f = &self.files;
-        save_run_files(
+        let checkpoint = |p: &Path| write_safetensors(&tensors, p).map_err(TrainError::from);
+        let optimizer = |p: &Path| optimizer_payload(&self.optimizer, p);
+        save_run(
             (&f.config, &self.config),
-            (&f.state, &self.state),
-            (&f.optimizer, &self.optimizer),
+            (&f.state, &mut self.state),
+            |s| &mut s.files,
+            &[(&f.checkpoint, &checkpoint), (&f.optimizer, &optimizer)],
         )
     }
 }
