@@ -39,12 +39,16 @@ const MAX_CLIENTS: usize = 16;
 pub enum Output {
     /// Standard output.
     Stdout,
-    /// A JSON-lines file.
+    /// A JSON-lines file; lines it cannot take (a full disk, an I/O error) are counted and dropped, never fatal, and writing resumes when it can.
     File {
         /// Its spec.
         spec: String,
         /// The writer.
         writer: std::io::BufWriter<std::fs::File>,
+        /// Lines dropped because the file could not take them.
+        unwritten: u64,
+        /// Whether writes are failing now (logged once per failing stretch).
+        failing: bool,
     },
     /// UDP datagrams to one address, one line each.
     Udp {
@@ -75,6 +79,8 @@ impl Output {
             return Ok(Self::File {
                 spec: spec.to_string(),
                 writer: std::io::BufWriter::with_capacity(1 << 16, file),
+                unwritten: 0,
+                failing: false,
             });
         }
         if let Some(addr) = spec.strip_prefix("udp://") {
@@ -105,13 +111,38 @@ impl Output {
                         reason: e.to_string(),
                     })
             }
-            Self::File { spec, writer } => writer
-                .write_all(line)
-                .and_then(|()| writer.write_all(b"\n"))
-                .map_err(|e| OutputError::Write {
-                    spec: spec.clone(),
-                    reason: e.to_string(),
-                }),
+            Self::File {
+                spec,
+                writer,
+                unwritten,
+                failing,
+            } => {
+                // A line enters the buffer whole or not at all: the buffer is flushed first when
+                // the line would not fit, and a failed flush keeps what it could not write.
+                let room = writer.capacity() - writer.buffer().len();
+                let result = if room <= line.len() {
+                    writer.flush()
+                } else {
+                    Ok(())
+                }
+                .and_then(|()| writer.write_all(line))
+                .and_then(|()| writer.write_all(b"\n"));
+                match result {
+                    Ok(()) if *failing => {
+                        *failing = false;
+                        info!(output = %spec, unwritten = *unwritten, "writing again");
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        *unwritten += 1;
+                        if !*failing {
+                            *failing = true;
+                            warn!(output = %spec, error = %e, "cannot write; lines are dropped and counted until it can");
+                        }
+                    }
+                }
+                Ok(())
+            }
             Self::Udp { socket, to, .. } => {
                 // A datagram nobody receives is not an error for a broadcast-style output.
                 let _ = socket.send_to(line, *to);
@@ -131,11 +162,28 @@ impl Output {
                 spec: "stdout".into(),
                 reason: e.to_string(),
             }),
-            Self::File { spec, writer } => writer.flush().map_err(|e| OutputError::Write {
-                spec: spec.clone(),
-                reason: e.to_string(),
-            }),
+            Self::File {
+                spec,
+                writer,
+                unwritten,
+                ..
+            } => {
+                if let Err(e) = writer.flush() {
+                    let lost = writer.buffer().iter().filter(|&&b| b == b'\n').count() as u64;
+                    *unwritten += lost;
+                    warn!(output = %spec, error = %e, lines = lost, "cannot write the last buffered lines");
+                }
+                Ok(())
+            }
             Self::Udp { .. } | Self::Tcp(_) => Ok(()),
+        }
+    }
+
+    /// Lines this output could not write (file outputs; 0 for the others).
+    pub fn unwritten(&self) -> u64 {
+        match self {
+            Self::File { unwritten, .. } => *unwritten,
+            _ => 0,
         }
     }
 
@@ -267,6 +315,20 @@ mod tests {
             "{err}"
         );
         assert!(Output::open("file:/nonexistent-dir/x.jsonl").is_err());
+    }
+
+    #[test]
+    fn a_full_disk_drops_and_counts_lines_without_stopping() {
+        // /dev/full fails every write with ENOSPC, as a full disk does.
+        let mut out = Output::open("file:/dev/full").unwrap();
+        let line = [b'x'; 100];
+        for _ in 0..2_000 {
+            out.write_line(&line).unwrap();
+        }
+        out.flush().unwrap();
+        // All 2000 lines are lost: those refused while the buffer could not be flushed, and the
+        // ones still buffered at the end.
+        assert_eq!(out.unwritten(), 2_000);
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub struct LiveSummary {
     pub alignment_delay_s: f64,
     /// Distinct track ids reported.
     pub tracks_started: u64,
+    /// Result lines the file outputs could not write (a full disk, an I/O error), all outputs together.
+    pub output_lines_unwritten: u64,
 }
 
 /// State the threads share.
@@ -786,6 +788,7 @@ pub fn run(
         audio: [audio_format.rate, u32::from(audio_format.channels)],
         alignment_delay_s: delay_s,
         tracks_started: worker.tracks_started(),
+        output_lines_unwritten: outputs.iter().map(Output::unwritten).sum(),
     })
 }
 

@@ -76,8 +76,12 @@ fn profile(args: &Args) -> anyhow::Result<BoardProfile> {
     match &args.config {
         None => Ok(base),
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read --config {}", path.display()))?;
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "{}: cannot read --config (expected a UTF-8 TOML file)",
+                    path.display()
+                )
+            })?;
             Ok(base.with_overrides(&text, &path.display().to_string())?)
         }
     }
@@ -218,6 +222,12 @@ fn print_summary(s: &LiveSummary) {
         "audio faults (0.1 s windows): {} non-finite, {} out of range, {} clipped, {} stuck, {} silent; {} frames not encoded for a faulty or missing segment",
         f.non_finite, f.out_of_range, f.clipped, f.stuck, f.silent, c.frames_audio_fault
     );
+    if s.output_lines_unwritten > 0 {
+        eprintln!(
+            "outputs: {} result lines could not be written (see the warnings above)",
+            s.output_lines_unwritten
+        );
+    }
     eprintln!(
         "video {}x{} at {} fps, audio {} Hz x {}, segment ends {:.3} s after its frame",
         s.video[0], s.video[1], s.video[2], s.audio[0], s.audio[1], s.alignment_delay_s
