@@ -3,7 +3,17 @@
 use serde::{Deserialize, Serialize};
 
 use cavsync_core::model::Precision;
+use cavsync_core::preprocess::audio::MAX_SAMPLE_RATE;
 use cavsync_core::track::TrackerConfig;
+
+/// Longest camera side accepted, in pixels.
+pub const MAX_CAMERA_SIDE: u32 = 8192;
+/// Most camera pixels per frame accepted (16 MP; the frame pool is allocated at start).
+pub const MAX_CAMERA_PIXELS: u64 = 16 * 1024 * 1024;
+/// Highest camera frame rate accepted.
+pub const MAX_CAMERA_FPS: u32 = 240;
+/// Most microphone channels accepted.
+pub const MAX_MIC_CHANNELS: u16 = 64;
 
 /// Errors raised while reading or validating a board profile.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +237,23 @@ impl BoardProfile {
         if cam.width == 0 || cam.height == 0 || cam.fps == 0 {
             return invalid("camera", "width, height and fps must be positive".into());
         }
+        if cam.width.max(cam.height) > MAX_CAMERA_SIDE
+            || u64::from(cam.width) * u64::from(cam.height) > MAX_CAMERA_PIXELS
+        {
+            return invalid(
+                "camera",
+                format!(
+                    "{}x{} is larger than this runtime captures (expected sides up to {MAX_CAMERA_SIDE} pixels and at most {MAX_CAMERA_PIXELS} pixels)",
+                    cam.width, cam.height
+                ),
+            );
+        }
+        if cam.fps > MAX_CAMERA_FPS {
+            return invalid(
+                "camera",
+                format!("fps {} is above {MAX_CAMERA_FPS}", cam.fps),
+            );
+        }
         if cam.width.min(cam.height) < 224 {
             return invalid(
                 "camera",
@@ -246,8 +273,17 @@ impl BoardProfile {
                 format!("{} Hz is below the model's 16000 Hz", mic.sample_rate),
             );
         }
-        if mic.channels == 0 {
-            return invalid("microphone.channels", "must be at least 1".into());
+        if mic.sample_rate > MAX_SAMPLE_RATE {
+            return invalid(
+                "microphone.sample_rate",
+                format!("{} Hz is above {MAX_SAMPLE_RATE} Hz", mic.sample_rate),
+            );
+        }
+        if mic.channels == 0 || mic.channels > MAX_MIC_CHANNELS {
+            return invalid(
+                "microphone.channels",
+                format!("{}; expected 1 to {MAX_MIC_CHANNELS}", mic.channels),
+            );
         }
         Ok(())
     }
@@ -354,5 +390,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("camera"), "{err}");
+    }
+
+    #[test]
+    fn huge_camera_and_microphone_are_refused() {
+        let base = BoardProfile::bundled("pi5").unwrap();
+        for (over, field) in [
+            ("[camera]\nwidth = 60000\nheight = 60000", "`camera`"),
+            ("[camera]\nfps = 100000", "`camera`"),
+            (
+                "[microphone]\nsample_rate = 4000000000",
+                "`microphone.sample_rate`",
+            ),
+            ("[microphone]\nchannels = 65535", "`microphone.channels`"),
+        ] {
+            let err = base.with_overrides(over, "c.toml").unwrap_err().to_string();
+            assert!(err.contains(field), "{over}: {err}");
+        }
     }
 }

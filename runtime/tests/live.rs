@@ -538,3 +538,53 @@ fn audio_faults_are_flagged_counted_and_never_encoded() {
     let encoded = records.len() - faulty.len();
     assert!(encoded > 30, "{encoded} frames encoded");
 }
+
+#[test]
+fn sources_away_for_a_while_come_back_in_step() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let video = demo_video(dir.path(), 2.0);
+    let away = dir.path().join("away.avi");
+    let out = dir.path().join("live.jsonl");
+    let summary = dir.path().join("summary.json");
+    let mut child = live_run(dir.path(), &video, &out, &["--duration", "10"])
+        .arg("--summary")
+        .arg(&summary)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The file goes away for 3 s: both sources fail again and again (each retry gives no
+    // sample), then it returns.
+    std::thread::sleep(Duration::from_millis(2_500));
+    std::fs::rename(&video, &away).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::rename(&away, &video).unwrap();
+    assert!(child.wait().unwrap().success());
+    let c = read_json(&summary)["counters"].clone();
+    eprintln!("{c}");
+    assert!(c["audio_reopens"].as_u64().unwrap() >= 2, "{c}");
+    // The audio timeline kept its length: frames after the return are heard and encoded.
+    let records = read_lines(&out);
+    let after: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["time_s"].as_f64().unwrap() > 7.0)
+        .collect();
+    assert!(after.len() > 20, "{} frames after the return", after.len());
+    assert!(
+        after.iter().any(|r| r["audio_fault"].is_null()),
+        "no frame encoded after the return"
+    );
+    // ... and in step: a frame waits for its own audio, not for audio the timeline lost.
+    let mut waits: Vec<f64> = after
+        .iter()
+        .map(|r| r["latency_ms"]["total"].as_f64().unwrap())
+        .collect();
+    waits.sort_by(f64::total_cmp);
+    let median = waits[waits.len() / 2];
+    assert!(
+        median < 300.0,
+        "median capture-to-output {median} ms after the return"
+    );
+}

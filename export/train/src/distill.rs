@@ -31,9 +31,13 @@ use crate::LoadedModel;
 use crate::model::{CavMae, linear_from_checkpoint, linear_state};
 use crate::pretrain::info_nce;
 use crate::train::{
-    OptimSection, PayloadHashes, TrainData, TrainError, adamw, beside, init_tensors, io_err,
-    json_text, optimizer_payload, read_parsed, recover_run, save_run, step_rng, toml_text,
+    MAX_DEPTH, MAX_MLP_RATIO, MAX_REGISTERS, MAX_WIDTH, OptimSection, PayloadHashes, TrainData,
+    TrainError, adamw, beside, init_tensors, io_err, json_text, optimizer_payload, read_parsed,
+    recover_run, save_run, step_rng, toml_text,
 };
+
+/// Largest `student.image_size` accepted, in pixels.
+const MAX_IMAGE_SIZE: usize = 1024;
 
 /// Size of a student: width, depth, registers and image size (the audio segment length is the teacher's).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -264,6 +268,18 @@ impl DistillConfig {
                 "student.image_size = {}; expected a positive multiple of the 16-pixel patch",
                 s.image_size
             ));
+        }
+        for (name, value, max) in [
+            ("dim", s.dim, MAX_WIDTH),
+            ("depth", s.depth, MAX_DEPTH),
+            ("joint_depth", s.joint_depth, MAX_DEPTH),
+            ("registers", s.registers, MAX_REGISTERS),
+            ("mlp_ratio", s.mlp_ratio, MAX_MLP_RATIO),
+            ("image_size", s.image_size, MAX_IMAGE_SIZE),
+        ] {
+            if value > max {
+                return fail(format!("student.{name} = {value}; expected at most {max}"));
+            }
         }
         self.optim.validate(origin)?;
         let l = &self.loss;
@@ -1391,5 +1407,11 @@ mod tests {
         config.student.dim = 96;
         let err = config.validate("test").unwrap_err().to_string();
         assert!(err.contains("student.dim = 96"), "{err}");
+        config.student.dim = 8192;
+        let err = config.validate("test").unwrap_err().to_string();
+        assert!(
+            err.contains("student.dim = 8192; expected at most 4096"),
+            "{err}"
+        );
     }
 }

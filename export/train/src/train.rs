@@ -340,6 +340,12 @@ impl OptimSection {
                 detail,
             })
         };
+        if self.batch_size > MAX_BATCH_SIZE {
+            return fail(format!(
+                "optim.batch_size = {}; expected at most {MAX_BATCH_SIZE}",
+                self.batch_size
+            ));
+        }
         if self.steps == 0 || self.batch_size < 2 {
             return fail(format!(
                 "optim.steps = {}, optim.batch_size = {}; expected steps >= 1 and batch_size >= 2 (in-batch negatives)",
@@ -366,6 +372,19 @@ impl OptimSection {
             + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
     }
 }
+
+/// Largest `model.dim` and `model.decoder_dim` accepted.
+pub const MAX_WIDTH: usize = 4096;
+/// Largest `model.audio_length` accepted (fbank rows).
+pub const MAX_AUDIO_LENGTH: usize = 4096;
+/// Largest depth of any block stack accepted.
+pub const MAX_DEPTH: usize = 64;
+/// Most register tokens accepted.
+pub const MAX_REGISTERS: usize = 256;
+/// Largest `model.mlp_ratio` accepted.
+pub const MAX_MLP_RATIO: usize = 16;
+/// Largest `optim.batch_size` accepted.
+pub const MAX_BATCH_SIZE: usize = 4096;
 
 /// Seed and checkpointing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -443,6 +462,21 @@ impl TrainConfig {
             return fail(
                 "model.depth, joint_depth, decoder_depth and mlp_ratio must be at least 1".into(),
             );
+        }
+        // Bounds far above any CPU-trainable model, so that a typo cannot size an allocation.
+        for (name, value, max) in [
+            ("dim", m.dim, MAX_WIDTH),
+            ("decoder_dim", m.decoder_dim, MAX_WIDTH),
+            ("audio_length", m.audio_length, MAX_AUDIO_LENGTH),
+            ("depth", m.depth, MAX_DEPTH),
+            ("joint_depth", m.joint_depth, MAX_DEPTH),
+            ("decoder_depth", m.decoder_depth, MAX_DEPTH),
+            ("registers", m.registers, MAX_REGISTERS),
+            ("mlp_ratio", m.mlp_ratio, MAX_MLP_RATIO),
+        ] {
+            if value > max {
+                return fail(format!("model.{name} = {value}; expected at most {max}"));
+            }
         }
         self.optim.validate(origin)?;
         let l = &self.loss;

@@ -447,6 +447,13 @@ impl Manifest {
             ));
         }
         let l = self.audio_preprocessing.target_length;
+        let clip = self.audio_preprocessing.clip_frames;
+        if l == 0 || l > clip {
+            return Err(field(
+                "audio_preprocessing.target_length",
+                format!("{l}; expected 1 to clip_frames ({clip}) fbank rows"),
+            ));
+        }
         let d = self.model.dim;
         let expect_audio = vec![1, l, fbank::NUM_MEL_BINS];
         if self.audio.input_shape != expect_audio {
@@ -463,7 +470,7 @@ impl Manifest {
             ));
         }
         for (name, enc) in [("audio", &self.audio), ("visual", &self.visual)] {
-            if enc.grid[0] * enc.grid[1] != enc.tokens {
+            if enc.grid[0].checked_mul(enc.grid[1]) != Some(enc.tokens) {
                 return Err(field(
                     &format!("{name}.grid"),
                     format!("{:?} does not multiply to {} tokens", enc.grid, enc.tokens),

@@ -1,10 +1,11 @@
 //! Reading and writing little-endian f32 `.npy` files; writes are atomic (temp file, then rename).
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, ArrayViewD};
+use ndarray_npy::npy::header::Header;
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
 /// Errors raised while reading or writing `.npy` files.
@@ -26,18 +27,46 @@ pub enum NpyError {
         /// What the parser reported.
         detail: String,
     },
+    /// The header claims more float32 elements than the file holds.
+    #[error(
+        "{path}: header claims shape {shape:?} but only {data_bytes} bytes of data follow it (expected 4 bytes per float32 element: a truncated or corrupt .npy file)"
+    )]
+    Size {
+        /// The file.
+        path: PathBuf,
+        /// The shape the header claims.
+        shape: Vec<u64>,
+        /// Bytes after the header.
+        data_bytes: u64,
+    },
 }
 
-/// Read an f32 `.npy` file of any rank.
+/// Read an f32 `.npy` file of any rank; a header claiming more data than the file holds is refused before anything is allocated.
 pub fn read_f32(path: &Path) -> Result<ArrayD<f32>, NpyError> {
-    let file = File::open(path).map_err(|source| NpyError::Io {
+    let io = |source| NpyError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    ArrayD::<f32>::read_npy(BufReader::new(file)).map_err(|e| NpyError::Format {
+    };
+    let format = |detail: String| NpyError::Format {
         path: path.to_path_buf(),
-        detail: e.to_string(),
-    })
+        detail,
+    };
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut reader = BufReader::new(file);
+    let header = Header::from_reader(&mut reader).map_err(|e| format(e.to_string()))?;
+    let data_bytes = len.saturating_sub(reader.stream_position().map_err(io)?);
+    let shape: Vec<u64> = header.shape.iter().map(|&d| d as u64).collect();
+    let claimed = shape.iter().try_fold(4u64, |acc, &d| acc.checked_mul(d));
+    if claimed.is_none_or(|bytes| bytes > data_bytes) {
+        return Err(NpyError::Size {
+            path: path.to_path_buf(),
+            shape,
+            data_bytes,
+        });
+    }
+    reader.seek(SeekFrom::Start(0)).map_err(io)?;
+    ArrayD::<f32>::read_npy(reader).map_err(|e| format(e.to_string()))
 }
 
 /// Write an f32 array as `.npy`, atomically: nothing half-written is ever left at `path`.
@@ -70,6 +99,14 @@ mod tests {
         std::fs::write(dir.path().join("bad.npy"), b"nope").unwrap();
         let err = read_f32(&dir.path().join("bad.npy")).unwrap_err();
         assert!(err.to_string().contains("bad.npy"), "{err}");
+        let mut cut = std::fs::read(&path).unwrap();
+        cut.truncate(cut.len() - 4);
+        std::fs::write(dir.path().join("cut.npy"), cut).unwrap();
+        let err = read_f32(&dir.path().join("cut.npy")).unwrap_err();
+        assert!(
+            matches!(&err, NpyError::Size { shape, data_bytes: 92, .. } if shape == &[2, 3, 4]),
+            "{err}"
+        );
         let err = write_f32(&dir.path().join("no/such/dir.npy"), a.view()).unwrap_err();
         assert!(matches!(err, NpyError::Io { .. }));
     }

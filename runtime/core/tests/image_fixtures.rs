@@ -182,6 +182,17 @@ fn corrupt_file_is_a_decode_error_naming_the_file() {
 }
 
 #[test]
+fn jpeg_cut_inside_its_scan_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("half.jpg");
+    let bytes = std::fs::read(data_dir().join("testsrc_1280x720.jpg")).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_rgb(&path).unwrap_err();
+    assert!(matches!(err, ImageError::Truncated { .. }), "{err}");
+    assert!(err.to_string().contains("half.jpg"), "{err}");
+}
+
+#[test]
 fn missing_file_is_a_read_error_naming_the_file() {
     let path = Path::new("/nonexistent/dir/frame_0.jpg");
     let err = preprocess_image_file(path).unwrap_err();

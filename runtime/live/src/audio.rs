@@ -7,7 +7,7 @@ use heapless::spsc::Producer;
 use tracing::{info, warn};
 
 use cavsync_core::preprocess::audio::StreamResampler;
-use cavsync_core::preprocess::hygiene::{AudioFault, AudioHealth};
+use cavsync_core::preprocess::hygiene::{AudioFault, AudioHealth, RANGE_LIMIT};
 
 use crate::child::{FfmpegChild, ReadOutcome};
 use crate::clock::{OriginEstimator, now_ns};
@@ -143,11 +143,13 @@ pub fn i16_to_mono(samples: &[i16], channels: usize, mono: &mut [f32]) -> usize 
     n
 }
 
-/// Replaces every non-finite sample by zero; returns how many there were.
-pub fn zero_non_finite(samples: &mut [f32]) -> u32 {
+/// Replaces every non-finite sample by zero and clamps the rest to ±[`RANGE_LIMIT`] (the hygiene check has already flagged those windows), so the resampler's FFT stays finite; returns how many were non-finite.
+pub fn bound_samples(samples: &mut [f32]) -> u32 {
     let mut bad = 0;
     for s in samples {
-        if !s.is_finite() {
+        if s.is_finite() {
+            *s = s.clamp(-RANGE_LIMIT, RANGE_LIMIT);
+        } else {
             *s = 0.0;
             bad += 1;
         }
@@ -258,6 +260,14 @@ impl AlsaCapture {
     }
 }
 
+/// The more severe of two optional faults.
+fn worse(a: Option<AudioFault>, b: Option<AudioFault>) -> Option<AudioFault> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The audio capture thread: reads `input`, resamples to the model rate, and queues chunks until stopped; reopens `spec` with backoff when it fails.
 pub fn capture_audio(
     spec: &AudioSpec,
@@ -313,11 +323,15 @@ pub fn capture_audio(
             health.push(&mono[..n], |span| {
                 shared.counters.audio_fault_windows[span.fault.index()]
                     .fetch_add(1, Ordering::Relaxed);
-                fault = Some(fault.map_or(span.fault, |f| f.min(span.fault)));
+                fault = worse(fault, Some(span.fault));
             });
-            let mut bad = zero_non_finite(&mut mono[..n]);
+            let mut bad = bound_samples(&mut mono[..n]);
             let result = resampler.push(&mono[..n], |block| {
                 for piece in block.chunks(CHUNK) {
+                    // Every sample of the stream reaches inference, as itself or, when a queue
+                    // is full, as silence counted into the next chunk's gap: the stream keeps
+                    // its length, so frame times keep mapping to the right fbank rows.
+                    produced += piece.len() as u64;
                     let mut c = match chunk.take().or_else(|| free.dequeue()) {
                         Some(c) => c,
                         None => {
@@ -325,6 +339,7 @@ pub fn capture_audio(
                                 .counters
                                 .audio_overflow
                                 .fetch_add(1, Ordering::Relaxed);
+                            pending_gap += piece.len() as u64;
                             continue;
                         }
                     };
@@ -334,12 +349,14 @@ pub fn capture_audio(
                     c.origin_ns = origin;
                     c.bad = std::mem::take(&mut bad);
                     c.fault = fault.take();
-                    produced += piece.len() as u64;
                     if let Err(back) = producer.enqueue(c) {
                         shared
                             .counters
                             .audio_overflow
                             .fetch_add(1, Ordering::Relaxed);
+                        pending_gap += back.gap + back.len as u64;
+                        bad += back.bad;
+                        fault = worse(fault, back.fault);
                         chunk = Some(back);
                     }
                 }
@@ -366,13 +383,16 @@ pub fn capture_audio(
         info!(source = %spec, rate = f.rate, channels = f.channels, "audio format after reopening");
         // The stretch it was away becomes silence, so sample indices keep following the clock.
         if let Some(origin) = last_origin {
+            // A gap not yet delivered (the source failed again before giving a sample) is kept
+            // and grows: the stream must stay as long as the clock says.
             let now_index = now_ns().saturating_sub(origin) * u64::from(model_rate) / 1_000_000_000;
-            pending_gap = now_index.saturating_sub(offset);
-            offset += pending_gap;
+            let gap = now_index.saturating_sub(offset);
+            pending_gap += gap;
+            offset += gap;
             shared
                 .counters
                 .audio_gap_samples
-                .fetch_add(pending_gap, Ordering::Relaxed);
+                .fetch_add(gap, Ordering::Relaxed);
         }
         input = i;
         format = f;

@@ -28,8 +28,12 @@ type Sample = (ActivityFeatures, bool);
 fn read_samples(args: &Args) -> anyhow::Result<Vec<Sample>> {
     let mut samples = Vec::new();
     for path in &args.results {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "{}: cannot read (expected UTF-8 JSON lines written by `localize`)",
+                path.display()
+            )
+        })?;
         for (i, line) in text
             .lines()
             .enumerate()
@@ -55,8 +59,14 @@ fn read_samples(args: &Args) -> anyhow::Result<Vec<Sample>> {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let samples = read_samples(args)?;
     let empty = || {
+        let files: Vec<String> = args
+            .results
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         format!(
-            "{} frames: calibration needs both sounding and silent frames",
+            "{}: {} frames: calibration needs both sounding and silent frames (expected the localization.jsonl of `localize --annotations`)",
+            files.join(", "),
             samples.len()
         )
     };

@@ -8,6 +8,7 @@ use indicatif::ProgressBar;
 use cavsync_core::annotations::Annotations;
 use cavsync_core::clip::{self, Clip};
 use cavsync_core::record::{baseline_line, clip_line, overall_line};
+use cavsync_device::bundle::Bundle;
 use cavsync_device::session::{ClipResult, FrameOutput, GroundTruth, RunSummary, Session};
 use cavsync_device::sink::{self, Heatmaps, JsonLines, Metrics, Report, Sink, SinkError};
 
@@ -56,7 +57,20 @@ fn load_clips(args: &Args, total_frames: usize) -> anyhow::Result<Vec<Clip>> {
     }
     if let Some(path) = &args.video {
         let work = args.out.join("video-frames");
-        return Ok(vec![clip::clip_from_video(path, args.fps, &work)?]);
+        let out_existed = args.out.exists();
+        return match clip::clip_from_video(path, args.fps, &work) {
+            Ok(clip) => Ok(vec![clip]),
+            Err(e) => {
+                // Leave nothing of a failed extraction behind (the whole --out if it was made for it).
+                let made = if out_existed { &work } else { &args.out };
+                if let Err(cleanup) = std::fs::remove_dir_all(made)
+                    && cleanup.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %made.display(), %cleanup, "cannot remove");
+                }
+                Err(e.into())
+            }
+        };
     }
     bail!("give --clip, --datafile or --video")
 }
@@ -111,14 +125,33 @@ impl Sink for Terminal {
 /// Localize every clip, write the outputs, print the results.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let bundle = args.bundle.open_on(&args.device)?;
-    sink::create_dir(&args.out)?;
     let annotations = args
         .annotations
         .as_deref()
         .map(Annotations::read)
         .transpose()?;
+    // Every input is read before --out is made, so a bad one leaves no output behind.
     let clips = load_clips(args, bundle.manifest.audio_preprocessing.total_frames)?;
-    let truth = annotations.as_ref().map(|a| GroundTruth {
+    let out_existed = args.out.exists();
+    sink::create_dir(&args.out)?;
+    let result = localize_into_out(args, &bundle, annotations.as_ref(), &clips);
+    if result.is_err()
+        && !out_existed
+        && let Err(cleanup) = std::fs::remove_dir_all(&args.out)
+    {
+        tracing::warn!(path = %args.out.display(), %cleanup, "cannot remove");
+    }
+    result
+}
+
+/// Run the session over `clips` and write every output into `--out` (which exists).
+fn localize_into_out(
+    args: &Args,
+    bundle: &Bundle,
+    annotations: Option<&Annotations>,
+    clips: &[Clip],
+) -> anyhow::Result<()> {
+    let truth = annotations.map(|a| GroundTruth {
         annotations: a,
         path: args.annotations.as_deref().unwrap_or(Path::new("")),
     });
@@ -139,10 +172,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &mut metrics,
         &mut terminal,
     ];
-    let mut session = Session::new(&bundle, truth)?;
-    let mismatched = MismatchedAudio::new(&clips, truth.is_some());
+    let mut session = Session::new(bundle, truth)?;
+    let mismatched = MismatchedAudio::new(clips, truth.is_some());
     for (i, clip) in clips.iter().enumerate() {
-        session.run_clip(clip, mismatched.for_clip(&clips, i), &mut sinks)?;
+        session.run_clip(clip, mismatched.for_clip(clips, i), &mut sinks)?;
     }
     let run = session.finish(&mut sinks)?;
     let mut written = vec!["localization.jsonl", "*_heatmaps.npy"];

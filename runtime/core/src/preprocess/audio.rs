@@ -109,9 +109,24 @@ pub struct Waveform {
     pub sample_rate: u32,
 }
 
-/// Reads a PCM (16/24/32-bit) or 32-bit float WAV file, mixed down to mono and scaled to [-1, 1).
+/// Reads a PCM (16/24/32-bit) or 32-bit float WAV file, mixed down to mono and scaled to [-1, 1); refuses audio no working microphone gives ([`hygiene::check`] on the interleaved samples, so one dead or clipped channel is not hidden by the mix).
 pub fn read_wav_mono(path: &Path) -> Result<Waveform, AudioError> {
-    let reader = hound::WavReader::open(path).map_err(|e| wav_error(path, e))?;
+    read_wav(path, true)
+}
+
+/// [`read_wav_mono`] without the microphone checks: the samples as they are, clipped or silent, for fidelity references made from such files on purpose.
+pub fn read_wav_mono_as_is(path: &Path) -> Result<Waveform, AudioError> {
+    read_wav(path, false)
+}
+
+/// Reads a WAV file as mono samples, with the microphone checks where `check`.
+fn read_wav(path: &Path, check: bool) -> Result<Waveform, AudioError> {
+    let file = std::fs::File::open(path).map_err(|source| AudioError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let reader =
+        hound::WavReader::new(std::io::BufReader::new(file)).map_err(|e| wav_error(path, e))?;
     let spec = reader.spec();
     let channels = usize::from(spec.channels);
     if spec.sample_rate < MIN_WAV_SAMPLE_RATE || !valid_rate(spec.sample_rate) {
@@ -120,6 +135,7 @@ pub fn read_wav_mono(path: &Path) -> Result<Waveform, AudioError> {
             rate: spec.sample_rate,
         });
     }
+    check_claimed_length(&reader, path)?;
     let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
         (hound::SampleFormat::Int, 16) => read_scaled::<i16, _>(reader, path, 1.0 / 32_768.0)?,
         (hound::SampleFormat::Int, 24) => read_scaled::<i32, _>(reader, path, 1.0 / 8_388_608.0)?,
@@ -146,8 +162,13 @@ pub fn read_wav_mono(path: &Path) -> Result<Waveform, AudioError> {
             path: path.to_owned(),
         });
     }
-    let stream_rate = spec.sample_rate * u32::from(spec.channels.max(1));
-    if let Err(r) = hygiene::check(&interleaved, stream_rate) {
+    let stream_rate = spec
+        .sample_rate
+        .saturating_mul(u32::from(spec.channels.max(1)));
+    if let Some(r) = check
+        .then(|| hygiene::check(&interleaved, stream_rate).err())
+        .flatten()
+    {
         let (start_s, length_s) = r.at_s(stream_rate);
         return Err(AudioError::Fault {
             path: path.to_owned(),
@@ -174,6 +195,29 @@ pub fn read_wav_mono(path: &Path) -> Result<Waveform, AudioError> {
     })
 }
 
+/// Refuses a WAV whose data chunk claims more bytes than the whole file holds (truncated, or a corrupt size), before any sample is read.
+fn check_claimed_length<R: std::io::Read>(
+    reader: &hound::WavReader<R>,
+    path: &Path,
+) -> Result<(), AudioError> {
+    let file_bytes = std::fs::metadata(path)
+        .map_err(|source| AudioError::Io {
+            path: path.to_owned(),
+            source,
+        })?
+        .len();
+    let claimed = u64::from(reader.len()) * u64::from(reader.spec().bits_per_sample.div_ceil(8));
+    if claimed > file_bytes {
+        return Err(AudioError::NotWav {
+            path: path.to_owned(),
+            reason: format!(
+                "its data chunk claims {claimed} bytes of samples but the file is {file_bytes} bytes long (truncated or corrupt)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Reads every integer sample and scales it to float by `scale`.
 fn read_scaled<S, R>(
     reader: hound::WavReader<R>,
@@ -195,7 +239,11 @@ where
 fn wav_error(path: &Path, err: hound::Error) -> AudioError {
     let path = path.to_owned();
     match err {
-        hound::Error::IoError(source) => AudioError::Io { path, source },
+        // The file is open, so a read error means it ended before its header or data did.
+        hound::Error::IoError(source) => AudioError::NotWav {
+            path,
+            reason: format!("the file ends early, empty or truncated ({source})"),
+        },
         hound::Error::Unsupported => AudioError::UnsupportedFormat {
             path,
             format: "a WAVE format tag other than PCM or IEEE float".to_owned(),
@@ -493,6 +541,25 @@ mod tests {
             err.to_string().starts_with(&path.display().to_string()),
             "{err}"
         );
+
+        let path = dir.path().join("claims_more.wav");
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut writer = hound::WavWriter::create(&path, spec).unwrap();
+        (0..100).for_each(|i| writer.write_sample(i as i16).unwrap());
+        writer.finalize().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[40..44].copy_from_slice(&0xFFFF_FFF0_u32.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_wav_mono(&path).unwrap_err();
+        assert!(err.to_string().contains("claims 4294967280 bytes"), "{err}");
+        std::fs::write(&path, &bytes[..30]).unwrap();
+        let err = read_wav_mono(&path).unwrap_err();
+        assert!(err.to_string().contains("ends early"), "{err}");
 
         let path = dir.path().join("missing.wav");
         let err = read_wav_mono(&path).unwrap_err();

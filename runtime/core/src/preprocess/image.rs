@@ -46,12 +46,32 @@ pub enum ImageError {
         source: std::io::Error,
     },
     /// The file is not a decodable JPEG or PNG image.
-    #[error("{path}: cannot decode image: {source}")]
+    #[error("{path}: cannot decode image (expected a JPEG or PNG file): {source}")]
     Decode {
         /// The file.
         path: PathBuf,
         /// What the decoder reported.
         source: image::ImageError,
+    },
+    /// A JPEG whose data ends before its end-of-image marker (the decoder would fill the rest with grey).
+    #[error(
+        "{path}: JPEG ends before its end-of-image marker (expected a complete JPEG file: truncated?)"
+    )]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The header gives dimensions whose decoded pixels exceed the decoder's memory limit.
+    #[error(
+        "{path}: image header claims {width} x {height} pixels, too large to decode (expected a frame whose pixels fit in the decoder's 512 MiB limit)"
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Width the header claims.
+        width: u32,
+        /// Height the header claims.
+        height: u32,
     },
     /// The output buffer given to [`ImagePreprocessor::run_into`] has the wrong length.
     #[error("image output buffer holds {actual} values, expected {expected}")]
@@ -69,17 +89,43 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|source| ImageError::Read {
+    let reader = || {
+        ImageReader::new(Cursor::new(&bytes))
+            .with_guessed_format()
+            .map_err(|source| ImageError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+    };
+    let reader_now = reader()?;
+    if reader_now.format() == Some(image::ImageFormat::Jpeg) && jpeg_scan_unterminated(&bytes) {
+        return Err(ImageError::Truncated {
             path: path.to_path_buf(),
-            source,
-        })?;
-    let image = reader.decode().map_err(|source| ImageError::Decode {
-        path: path.to_path_buf(),
-        source,
+        });
+    }
+    let image = reader_now.decode().map_err(|source| {
+        let dimensions = reader().ok().and_then(|r| r.into_dimensions().ok());
+        match (&source, dimensions) {
+            (image::ImageError::Limits(_), Some((width, height))) => ImageError::TooLarge {
+                path: path.to_path_buf(),
+                width,
+                height,
+            },
+            _ => ImageError::Decode {
+                path: path.to_path_buf(),
+                source,
+            },
+        }
     })?;
     Ok(image.to_rgb8())
+}
+
+/// Whether a JPEG's last start-of-scan is not followed by its end-of-image marker (byte
+/// stuffing keeps `FF D9` out of the entropy-coded data; an EXIF thumbnail's own marker comes
+/// before). A file cut inside its headers has no scan and is left to the decoder.
+fn jpeg_scan_unterminated(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    last_scan.is_some_and(|start| !bytes[start..].windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
 /// Shorter side to `size` with PIL-compatible antialiased bicubic (8-bit), then centre crop to size x size.
