@@ -161,7 +161,7 @@ fn bundle_writer(what: &str, make: &dyn Fn(&Path) -> Command) {
     let (kills, mut clock) = settings();
     let dir = tempfile::tempdir().unwrap();
     let reference = dir.path().join("reference");
-    let span = timed(&mut make(&reference)).mul_f64(1.2);
+    let span = timed(&mut make(&reference)).mul_f64(0.9);
     let mut tally = Tally::default();
     for i in 0..kills {
         let out = dir.path().join(format!("out{i}"));

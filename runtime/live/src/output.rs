@@ -118,29 +118,33 @@ impl Output {
                 failing,
             } => {
                 // A line enters the buffer whole or not at all: the buffer is flushed first when
-                // the line would not fit, and a failed flush keeps what it could not write.
-                let room = writer.capacity() - writer.buffer().len();
-                let result = if room <= line.len() {
-                    writer.flush()
-                } else {
-                    Ok(())
-                }
-                .and_then(|()| writer.write_all(line))
-                .and_then(|()| writer.write_all(b"\n"));
-                match result {
-                    Ok(()) if *failing => {
-                        *failing = false;
-                        info!(output = %spec, unwritten = *unwritten, "writing again");
-                    }
-                    Ok(()) => {}
-                    Err(e) => {
-                        *unwritten += 1;
-                        if !*failing {
-                            *failing = true;
-                            warn!(output = %spec, error = %e, "cannot write; lines are dropped and counted until it can");
+                // the line would not fit, and a failed flush keeps what it could not write. The
+                // file counts as writable again only once a flush has reached it.
+                if writer.capacity() - writer.buffer().len() <= line.len() {
+                    match writer.flush() {
+                        Ok(()) if *failing => {
+                            *failing = false;
+                            info!(output = %spec, unwritten = *unwritten, "writing again");
+                        }
+                        Ok(()) => {}
+                        Err(e) => {
+                            *unwritten += 1;
+                            if !*failing {
+                                *failing = true;
+                                warn!(output = %spec, error = %e, "cannot write; lines are dropped and counted until it can");
+                            }
+                            return Ok(());
                         }
                     }
                 }
+                // The line fits in the buffer now, so this only copies.
+                writer
+                    .write_all(line)
+                    .and_then(|()| writer.write_all(b"\n"))
+                    .map_err(|e| OutputError::Write {
+                        spec: spec.clone(),
+                        reason: e.to_string(),
+                    })?;
                 Ok(())
             }
             Self::Udp { socket, to, .. } => {
