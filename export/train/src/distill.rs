@@ -32,8 +32,8 @@ use crate::model::{CavMae, linear_from_checkpoint, linear_state};
 use crate::pretrain::info_nce;
 use crate::train::{
     MAX_DEPTH, MAX_MLP_RATIO, MAX_REGISTERS, MAX_WIDTH, OptimSection, PayloadHashes, TrainData,
-    TrainError, adamw, beside, init_tensors, io_err, json_text, optimizer_payload, read_parsed,
-    recover_run, save_run, step_rng, toml_text,
+    TrainError, adamw, beside, init_tensors, io_err, json_text, optimizer_payload, over_bound,
+    read_parsed, recover_run, save_run, step_rng, toml_text,
 };
 
 /// Largest `student.image_size` accepted, in pixels.
@@ -269,17 +269,18 @@ impl DistillConfig {
                 s.image_size
             ));
         }
-        for (name, value, max) in [
-            ("dim", s.dim, MAX_WIDTH),
-            ("depth", s.depth, MAX_DEPTH),
-            ("joint_depth", s.joint_depth, MAX_DEPTH),
-            ("registers", s.registers, MAX_REGISTERS),
-            ("mlp_ratio", s.mlp_ratio, MAX_MLP_RATIO),
-            ("image_size", s.image_size, MAX_IMAGE_SIZE),
-        ] {
-            if value > max {
-                return fail(format!("student.{name} = {value}; expected at most {max}"));
-            }
+        if let Some(message) = over_bound(
+            "student",
+            &[
+                ("dim", s.dim, MAX_WIDTH),
+                ("depth", s.depth, MAX_DEPTH),
+                ("joint_depth", s.joint_depth, MAX_DEPTH),
+                ("registers", s.registers, MAX_REGISTERS),
+                ("mlp_ratio", s.mlp_ratio, MAX_MLP_RATIO),
+                ("image_size", s.image_size, MAX_IMAGE_SIZE),
+            ],
+        ) {
+            return fail(message);
         }
         self.optim.validate(origin)?;
         let l = &self.loss;

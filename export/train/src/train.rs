@@ -373,6 +373,14 @@ impl OptimSection {
     }
 }
 
+/// The first `SECTION.NAME = VALUE` of `bounds` (name, value, largest accepted) over its bound, as a message.
+pub(crate) fn over_bound(section: &str, bounds: &[(&str, usize, usize)]) -> Option<String> {
+    bounds
+        .iter()
+        .find(|(_, value, max)| value > max)
+        .map(|(name, value, max)| format!("{section}.{name} = {value}; expected at most {max}"))
+}
+
 /// Largest `model.dim` and `model.decoder_dim` accepted.
 pub const MAX_WIDTH: usize = 4096;
 /// Largest `model.audio_length` accepted (fbank rows).
@@ -464,19 +472,20 @@ impl TrainConfig {
             );
         }
         // Bounds far above any CPU-trainable model, so that a typo cannot size an allocation.
-        for (name, value, max) in [
-            ("dim", m.dim, MAX_WIDTH),
-            ("decoder_dim", m.decoder_dim, MAX_WIDTH),
-            ("audio_length", m.audio_length, MAX_AUDIO_LENGTH),
-            ("depth", m.depth, MAX_DEPTH),
-            ("joint_depth", m.joint_depth, MAX_DEPTH),
-            ("decoder_depth", m.decoder_depth, MAX_DEPTH),
-            ("registers", m.registers, MAX_REGISTERS),
-            ("mlp_ratio", m.mlp_ratio, MAX_MLP_RATIO),
-        ] {
-            if value > max {
-                return fail(format!("model.{name} = {value}; expected at most {max}"));
-            }
+        if let Some(message) = over_bound(
+            "model",
+            &[
+                ("dim", m.dim, MAX_WIDTH),
+                ("decoder_dim", m.decoder_dim, MAX_WIDTH),
+                ("audio_length", m.audio_length, MAX_AUDIO_LENGTH),
+                ("depth", m.depth, MAX_DEPTH),
+                ("joint_depth", m.joint_depth, MAX_DEPTH),
+                ("decoder_depth", m.decoder_depth, MAX_DEPTH),
+                ("registers", m.registers, MAX_REGISTERS),
+                ("mlp_ratio", m.mlp_ratio, MAX_MLP_RATIO),
+            ],
+        ) {
+            return fail(message);
         }
         self.optim.validate(origin)?;
         let l = &self.loss;
