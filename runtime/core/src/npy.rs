@@ -1,7 +1,7 @@
 //! Reading and writing little-endian f32 `.npy` files; writes are atomic (temp file, then rename).
 
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, ArrayViewD};
@@ -41,7 +41,10 @@ pub enum NpyError {
     },
 }
 
-/// Read an f32 `.npy` file of any rank; a header claiming more data than the file holds is refused before anything is allocated.
+/// Deepest bracket nesting accepted in a header: a float32 header has 2 (the dict and the shape tuple); deeper nesting sends the header's Python-literal parser into exponential backtracking.
+const MAX_HEADER_NESTING: usize = 4;
+
+/// Read an f32 `.npy` file of any rank; a header claiming more data than the file holds, or nesting brackets deeper than any float32 header, is refused before it is parsed or anything is allocated.
 pub fn read_f32(path: &Path) -> Result<ArrayD<f32>, NpyError> {
     let io = |source| NpyError::Io {
         path: path.to_path_buf(),
@@ -51,11 +54,17 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>, NpyError> {
         path: path.to_path_buf(),
         detail,
     };
-    let file = File::open(path).map_err(io)?;
+    let mut file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
-    let mut reader = BufReader::new(file);
-    let header = Header::from_reader(&mut reader).map_err(|e| format(e.to_string()))?;
-    let data_bytes = len.saturating_sub(reader.stream_position().map_err(io)?);
+    let (prefix, offset) = header_prefix(&mut file).map_err(io)?;
+    let nesting = max_nesting(&prefix);
+    if nesting > MAX_HEADER_NESTING {
+        return Err(format(format!(
+            "header nests brackets {nesting} deep; expected a float32 header such as {{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }}"
+        )));
+    }
+    let header = Header::from_reader(&mut prefix.as_slice()).map_err(|e| format(e.to_string()))?;
+    let data_bytes = len.saturating_sub(offset);
     let shape: Vec<u64> = header.shape.iter().map(|&d| d as u64).collect();
     let claimed = shape.iter().try_fold(4u64, |acc, &d| acc.checked_mul(d));
     if claimed.is_none_or(|bytes| bytes > data_bytes) {
@@ -65,8 +74,40 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>, NpyError> {
             data_bytes,
         });
     }
-    reader.seek(SeekFrom::Start(0)).map_err(io)?;
-    ArrayD::<f32>::read_npy(reader).map_err(|e| format(e.to_string()))
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    ArrayD::<f32>::read_npy(BufReader::new(file)).map_err(|e| format(e.to_string()))
+}
+
+/// The file's magic string, version, length field and header text (less where the file is shorter), and the offset where the data starts.
+fn header_prefix(file: &mut File) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut prefix = Vec::new();
+    file.by_ref().take(12).read_to_end(&mut prefix)?;
+    let (start, header_len) = match (prefix.get(6), prefix.get(8..12)) {
+        (Some(1), Some(b)) => (10, u64::from(u16::from_le_bytes([b[0], b[1]]))),
+        (Some(2 | 3), Some(b)) => (12, u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        _ => return Ok((prefix, 0)),
+    };
+    let read = prefix.len() as u64 - start;
+    file.by_ref()
+        .take(header_len.saturating_sub(read))
+        .read_to_end(&mut prefix)?;
+    Ok((prefix, start + header_len))
+}
+
+/// The deepest nesting of `(`, `[` and `{` in `bytes`.
+fn max_nesting(bytes: &[u8]) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    for &b in bytes {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// Write an f32 array as `.npy`, atomically: nothing half-written is ever left at `path`.

@@ -1,5 +1,6 @@
 //! An opened bundle: the verified manifest and one optimised tract plan per encoder, fed from memory.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,6 +11,7 @@ use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 
 use crate::device::{self, Device, DeviceError};
+use crate::graph;
 
 /// Errors raised while opening or running a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -302,6 +304,7 @@ fn outlet_names(model: &InferenceModel, outlets: &[OutletId]) -> Vec<String> {
         .collect()
 }
 
+/// Loads one encoder graph: hash, then the checks of [`graph::check`], then tract (a panic inside tract becomes an error naming the file).
 fn load_plan(
     dir: &Path,
     info: &EncoderInfo,
@@ -314,10 +317,43 @@ fn load_plan(
         path: path.clone(),
         message,
     };
+    let proto = tract_onnx::onnx()
+        .proto_model_for_path(&path)
+        .map_err(|e| model_err(format!("{e:#}")))?;
+    graph::check(&proto).map_err(model_err)?;
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        build_plan(&path, &proto, info, dim, options, device)
+    }))
+    .unwrap_or_else(|payload| {
+        let reason = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        Err(model_err(format!(
+            "tract failed on this graph ({reason}); expected a graph as cavsync-export writes it"
+        )))
+    })
+}
+
+/// tract's model of a checked graph, verified against the manifest and planned for `device`.
+fn build_plan(
+    path: &Path,
+    proto: &tract_onnx::pb::ModelProto,
+    info: &EncoderInfo,
+    dim: usize,
+    options: &RunOptions,
+    device: Device,
+) -> Result<EncoderPlan, BundleError> {
+    let model_err = |message: String| BundleError::Model {
+        path: path.to_path_buf(),
+        message,
+    };
     let tract_err = |e: TractError| model_err(format!("{e:#}"));
     let model = tract_onnx::onnx()
-        .model_for_path(&path)
-        .map_err(tract_err)?;
+        .parse(proto, path.parent().and_then(Path::to_str))
+        .map_err(tract_err)?
+        .model;
     let inputs = outlet_names(&model, model.input_outlets().map_err(tract_err)?);
     if inputs != [info.input.clone()] {
         return Err(model_err(format!(

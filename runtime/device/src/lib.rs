@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod device;
 pub mod encode;
+mod graph;
 pub mod latency;
 pub mod session;
 pub mod sink;

@@ -1,5 +1,9 @@
 //! Camera pixel formats to RGB: packed YUYV (BT.601, limited range, as UVC webcams send) and MJPEG.
 
+use std::io::Cursor;
+
+use cavsync_core::preprocess::image::decode_guarded;
+
 /// Why a camera buffer could not be converted.
 #[derive(Debug, thiserror::Error)]
 pub enum PixelError {
@@ -72,25 +76,14 @@ pub fn yuyv_to_rgb(
     Ok(())
 }
 
-/// Decodes an MJPEG frame into RGB8 `dst` of `width` x `height` (the decoder allocates its own scratch).
+/// Decodes an MJPEG frame into RGB8 `dst` of `width` x `height` (the decoder allocates its own scratch); a frame whose header gives another size, or a `dst` too small, is refused before decoding.
 pub fn mjpeg_to_rgb(
     src: &[u8],
     width: usize,
     height: usize,
     dst: &mut [u8],
 ) -> Result<(), PixelError> {
-    let img = image::load_from_memory_with_format(src, image::ImageFormat::Jpeg)
-        .map_err(|e| PixelError::Jpeg(e.to_string()))?
-        .into_rgb8();
-    if img.width() as usize != width || img.height() as usize != height {
-        return Err(PixelError::Size {
-            width,
-            height,
-            found_w: img.width(),
-            found_h: img.height(),
-        });
-    }
-    let needed = width * height * 3;
+    let needed = width.saturating_mul(height).saturating_mul(3);
     if dst.len() < needed {
         return Err(PixelError::Short {
             format: "RGB",
@@ -99,6 +92,24 @@ pub fn mjpeg_to_rgb(
             needed,
             got: dst.len(),
         });
+    }
+    let jpeg = || image::ImageReader::with_format(Cursor::new(src), image::ImageFormat::Jpeg);
+    let jpeg_err = |e: image::ImageError| PixelError::Jpeg(e.to_string());
+    let (found_w, found_h) = jpeg().into_dimensions().map_err(jpeg_err)?;
+    let size_err = |found_w, found_h| PixelError::Size {
+        width,
+        height,
+        found_w,
+        found_h,
+    };
+    if found_w as usize != width || found_h as usize != height {
+        return Err(size_err(found_w, found_h));
+    }
+    let img = decode_guarded(|| jpeg().decode())
+        .map_err(jpeg_err)?
+        .into_rgb8();
+    if img.width() as usize != width || img.height() as usize != height {
+        return Err(size_err(img.width(), img.height()));
     }
     dst[..needed].copy_from_slice(img.as_raw());
     Ok(())

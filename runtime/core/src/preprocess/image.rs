@@ -22,6 +22,8 @@ use ndarray::Array3;
 pub const IMAGE_SIZE: u32 = 224;
 /// Number of values in one preprocessed image tensor, `3 * IMAGE_SIZE * IMAGE_SIZE`.
 pub const TENSOR_LEN: usize = 3 * (IMAGE_SIZE as usize) * (IMAGE_SIZE as usize);
+/// Longest side of an image file accepted, in pixels (8K video is 7680 wide); a larger header is refused before decoding.
+pub const MAX_IMAGE_SIDE: u32 = 8192;
 /// Per-channel (R, G, B) mean subtracted after scaling to `[0, 1]`.
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// Per-channel (R, G, B) standard deviation divided out after subtracting [`MEAN`].
@@ -63,7 +65,7 @@ pub enum ImageError {
     },
     /// The header gives dimensions whose decoded pixels exceed the decoder's memory limit.
     #[error(
-        "{path}: image header claims {width} x {height} pixels, too large to decode (expected a frame whose pixels fit in the decoder's 512 MiB limit)"
+        "{path}: image header claims {width} x {height} pixels, too large to decode (expected at most {MAX_IMAGE_SIDE} pixels a side, within the decoder's 512 MiB limit)"
     )]
     TooLarge {
         /// The file.
@@ -90,12 +92,17 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
         source,
     })?;
     let reader = || {
-        ImageReader::new(Cursor::new(&bytes))
+        let mut reader = ImageReader::new(Cursor::new(&bytes))
             .with_guessed_format()
             .map_err(|source| ImageError::Read {
                 path: path.to_path_buf(),
                 source,
-            })
+            })?;
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_IMAGE_SIDE);
+        limits.max_image_height = Some(MAX_IMAGE_SIDE);
+        reader.limits(limits);
+        Ok(reader)
     };
     let reader_now = reader()?;
     if reader_now.format() == Some(image::ImageFormat::Jpeg) && jpeg_scan_unterminated(&bytes) {
@@ -103,8 +110,15 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
             path: path.to_path_buf(),
         });
     }
-    let image = reader_now.decode().map_err(|source| {
-        let dimensions = reader().ok().and_then(|r| r.into_dimensions().ok());
+    let image = decode_guarded(|| reader_now.decode()).map_err(|source| {
+        // The header's size, read without the limits that refused the decode.
+        let dimensions = ImageReader::new(Cursor::new(&bytes))
+            .with_guessed_format()
+            .ok()
+            .and_then(|mut r| {
+                r.no_limits();
+                r.into_dimensions().ok()
+            });
         match (&source, dimensions) {
             (image::ImageError::Limits(_), Some((width, height))) => ImageError::TooLarge {
                 path: path.to_path_buf(),
@@ -118,6 +132,25 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
         }
     })?;
     Ok(image.to_rgb8())
+}
+
+/// Runs `decode`, turning a panic inside the decoder into a decoding error (zune-jpeg 0.5 panics in its IDCT on some corrupt scans instead of returning one).
+pub fn decode_guarded(
+    decode: impl FnOnce() -> image::ImageResult<image::DynamicImage>,
+) -> image::ImageResult<image::DynamicImage> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|payload| {
+        let reason = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        Err(image::ImageError::Decoding(
+            image::error::DecodingError::new(
+                image::error::ImageFormatHint::Unknown,
+                format!("the decoder failed on corrupt image data ({reason})"),
+            ),
+        ))
+    })
 }
 
 /// Whether a JPEG's last start-of-scan is not followed by its end-of-image marker (byte
