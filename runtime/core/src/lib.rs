@@ -21,3 +21,12 @@ pub mod report;
 pub mod retrieval;
 pub mod similarity;
 pub mod track;
+
+/// The message a caught panic carried (`panic!` with a literal or a formatted string), or "no message".
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
+}

@@ -325,11 +325,7 @@ fn load_plan(
         build_plan(&path, &proto, info, dim, options, device)
     }))
     .unwrap_or_else(|payload| {
-        let reason = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".to_owned());
+        let reason = cavsync_core::panic_message(payload.as_ref());
         Err(model_err(format!(
             "tract failed on this graph ({reason}); expected a graph as cavsync-export writes it"
         )))

@@ -48,6 +48,11 @@ pub struct Args {
     annotations: Option<PathBuf>,
 }
 
+/// Where `--video`'s frames are extracted.
+fn video_frames(args: &Args) -> PathBuf {
+    args.out.join("video-frames")
+}
+
 /// The clips named by the input flags.
 fn load_clips(args: &Args, total_frames: usize) -> anyhow::Result<Vec<Clip>> {
     if let Some(clips) =
@@ -56,21 +61,11 @@ fn load_clips(args: &Args, total_frames: usize) -> anyhow::Result<Vec<Clip>> {
         return Ok(clips);
     }
     if let Some(path) = &args.video {
-        let work = args.out.join("video-frames");
-        let out_existed = args.out.exists();
-        return match clip::clip_from_video(path, args.fps, &work) {
-            Ok(clip) => Ok(vec![clip]),
-            Err(e) => {
-                // Leave nothing of a failed extraction behind (the whole --out if it was made for it).
-                let made = if out_existed { &work } else { &args.out };
-                if let Err(cleanup) = std::fs::remove_dir_all(made)
-                    && cleanup.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(path = %made.display(), %cleanup, "cannot remove");
-                }
-                Err(e.into())
-            }
-        };
+        return Ok(vec![clip::clip_from_video(
+            path,
+            args.fps,
+            &video_frames(args),
+        )?]);
     }
     bail!("give --clip, --datafile or --video")
 }
@@ -130,16 +125,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .as_deref()
         .map(Annotations::read)
         .transpose()?;
-    // Every input is read before --out is made, so a bad one leaves no output behind.
-    let clips = load_clips(args, bundle.manifest.audio_preprocessing.total_frames)?;
-    let out_existed = args.out.exists();
-    sink::create_dir(&args.out)?;
-    let result = localize_into_out(args, &bundle, annotations.as_ref(), &clips);
+    // What a failed run made is removed: --out where this run created it, else the video's frames.
+    let made = if args.out.exists() {
+        video_frames(args)
+    } else {
+        args.out.clone()
+    };
+    let made_existed = made.exists();
+    // Every input is read before the outputs are written, so a bad one leaves no output behind.
+    let result =
+        load_clips(args, bundle.manifest.audio_preprocessing.total_frames).and_then(|clips| {
+            sink::create_dir(&args.out)?;
+            localize_into_out(args, &bundle, annotations.as_ref(), &clips)
+        });
     if result.is_err()
-        && !out_existed
-        && let Err(cleanup) = std::fs::remove_dir_all(&args.out)
+        && !made_existed
+        && let Err(cleanup) = std::fs::remove_dir_all(&made)
+        && cleanup.kind() != std::io::ErrorKind::NotFound
     {
-        tracing::warn!(path = %args.out.display(), %cleanup, "cannot remove");
+        tracing::warn!(path = %made.display(), %cleanup, "cannot remove");
     }
     result
 }

@@ -91,26 +91,22 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let reader = || {
-        let mut reader = ImageReader::new(Cursor::new(&bytes))
-            .with_guessed_format()
-            .map_err(|source| ImageError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let mut limits = image::Limits::default();
-        limits.max_image_width = Some(MAX_IMAGE_SIDE);
-        limits.max_image_height = Some(MAX_IMAGE_SIDE);
-        reader.limits(limits);
-        Ok(reader)
-    };
-    let reader_now = reader()?;
-    if reader_now.format() == Some(image::ImageFormat::Jpeg) && jpeg_scan_unterminated(&bytes) {
+    let mut reader = ImageReader::new(Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|source| ImageError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    if reader.format() == Some(image::ImageFormat::Jpeg) && jpeg_scan_unterminated(&bytes) {
         return Err(ImageError::Truncated {
             path: path.to_path_buf(),
         });
     }
-    let image = decode_guarded(|| reader_now.decode()).map_err(|source| {
+    let image = decode_guarded(|| reader.decode()).map_err(|source| {
         // The header's size, read without the limits that refused the decode.
         let dimensions = ImageReader::new(Cursor::new(&bytes))
             .with_guessed_format()
@@ -139,11 +135,7 @@ pub fn decode_guarded(
     decode: impl FnOnce() -> image::ImageResult<image::DynamicImage>,
 ) -> image::ImageResult<image::DynamicImage> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|payload| {
-        let reason = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".to_owned());
+        let reason = crate::panic_message(payload.as_ref());
         Err(image::ImageError::Decoding(
             image::error::DecodingError::new(
                 image::error::ImageFormatHint::Unknown,
