@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+mod bins;
+
 /// Address space (RLIMIT_AS) each child may map: 1 GiB.
 ///
 /// Measured with `prlimit --as` on the debug binaries (2 cores, `MALLOC_ARENA_MAX=2`): `embed`
@@ -54,14 +56,7 @@ impl Tool {
             Tool::Cavsync => "cavsync",
             Tool::Export => "cavsync-export",
         };
-        let exe = std::env::current_exe().unwrap();
-        let bin = exe.parent().unwrap().parent().unwrap().join(name);
-        assert!(
-            bin.is_file(),
-            "{} not built: run `cargo test --workspace` (or `cargo build -p cavsync -p cavsync-export` first)",
-            bin.display()
-        );
-        bin
+        bins::workspace_binary(name)
     }
 }
 

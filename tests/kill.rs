@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 
 use cavsync_device::bundle::Bundle;
 
+mod bins;
+
 /// The repository root.
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -22,10 +24,7 @@ fn root() -> &'static Path {
 
 /// A tool binary of the workspace, beside this test executable (`target/<profile>/deps/..`).
 fn tool(name: &str) -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(bin.is_file(), "{} not built", bin.display());
-    let mut cmd = Command::new(bin);
+    let mut cmd = Command::new(bins::workspace_binary(name));
     cmd.current_dir(root())
         .env("RUST_LOG", "error")
         .stdin(Stdio::null());
