@@ -346,7 +346,12 @@ fn build_plan(
         message,
     };
     let tract_err = |e: TractError| model_err(format!("{e:#}"));
-    let model = tract_onnx::onnx()
+    // CPU plans read softmax and layer norm as cavsync's row operators; tract-cuda translates only tract's own.
+    let parser = match device {
+        Device::Cpu => crate::rowops::onnx(),
+        Device::Cuda => tract_onnx::onnx(),
+    };
+    let model = parser
         .parse(proto, path.parent().and_then(Path::to_str))
         .map_err(tract_err)?
         .model;

@@ -8,5 +8,6 @@ pub mod device;
 pub mod encode;
 mod graph;
 pub mod latency;
+pub mod rowops;
 pub mod session;
 pub mod sink;
