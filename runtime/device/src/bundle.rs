@@ -66,7 +66,7 @@ pub enum BundleError {
 /// How the encoder plans run; part of each plan, not of the process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanOptions {
-    /// Threads for matrix products (1 = single-threaded).
+    /// Most threads for matrix products (1 = single-threaded); an encoder that runs faster on one keeps one.
     pub threads: usize,
 }
 
@@ -109,6 +109,8 @@ struct EncoderPlan {
     plan: Plan,
     input_shape: Vec<usize>,
     tokens: usize,
+    /// Threads its matrix products use.
+    threads: usize,
 }
 
 /// Embeddings of one item: the global embedding and the patch tokens.
@@ -165,11 +167,11 @@ impl Bundle {
 
     /// Open a bundle directory with both plans prepared for `device` (CUDA only where [`device::cuda_check`] passes).
     pub fn open_on(dir: &Path, options: &PlanOptions, device: Device) -> Result<Self, BundleError> {
-        let run_options = options.run_options()?;
+        options.run_options()?;
         let manifest = Manifest::read(dir)?;
         let dim = manifest.model.dim;
-        let audio = load_plan(dir, &manifest.audio, dim, &run_options, device)?;
-        let visual = load_plan(dir, &manifest.visual, dim, &run_options, device)?;
+        let audio = load_plan(dir, &manifest.audio, dim, options, device)?;
+        let visual = load_plan(dir, &manifest.visual, dim, options, device)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
@@ -183,6 +185,11 @@ impl Bundle {
     /// Embedding dimension.
     pub fn dim(&self) -> usize {
         self.manifest.model.dim
+    }
+
+    /// Threads the matrix products of `modality`'s encoder use: [`PlanOptions::threads`], or 1 where the encoder measured faster on one when the bundle opened.
+    pub fn threads(&self, modality: Modality) -> usize {
+        self.plan(modality).threads
     }
 
     /// Values one input of `modality` holds (L x 128 for audio, 3 x H x W for images).
@@ -309,7 +316,7 @@ fn load_plan(
     dir: &Path,
     info: &EncoderInfo,
     dim: usize,
-    options: &RunOptions,
+    options: &PlanOptions,
     device: Device,
 ) -> Result<EncoderPlan, BundleError> {
     let path = info.verified_path(dir)?;
@@ -338,9 +345,10 @@ fn build_plan(
     proto: &tract_onnx::pb::ModelProto,
     info: &EncoderInfo,
     dim: usize,
-    options: &RunOptions,
+    options: &PlanOptions,
     device: Device,
 ) -> Result<EncoderPlan, BundleError> {
+    let run_options = options.run_options()?;
     let model_err = |message: String| BundleError::Model {
         path: path.to_path_buf(),
         message,
@@ -388,14 +396,21 @@ fn build_plan(
         }
         Ok(())
     };
+    let mut threads = options.threads;
     let plan = match device {
         Device::Cpu => {
-            let plan = model
-                .into_optimized()
-                .and_then(|m| m.into_runnable_with_options(options))
+            let optimized = Arc::new(model.into_optimized().map_err(tract_err)?);
+            check_outputs(&optimized)?;
+            let plan = TypedSimplePlan::new_with_options(optimized.clone(), &run_options)
                 .map_err(tract_err)?;
-            check_outputs(plan.model())?;
-            Plan::Cpu(plan)
+            if threads > 1 {
+                let (fastest, used) = fastest_executor(plan, optimized, &info.input_shape, threads)
+                    .map_err(tract_err)?;
+                threads = used;
+                Plan::Cpu(fastest)
+            } else {
+                Plan::Cpu(plan)
+            }
         }
         Device::Cuda => {
             let runtime =
@@ -407,7 +422,7 @@ fn build_plan(
             check_outputs(&typed)?;
             Plan::Cuda(
                 runtime
-                    .prepare_with_options(typed, options)
+                    .prepare_with_options(typed, &run_options)
                     .map_err(tract_err)?,
             )
         }
@@ -416,6 +431,67 @@ fn build_plan(
         plan,
         input_shape: info.input_shape.clone(),
         tokens: info.tokens,
+        threads,
+    })
+}
+
+/// A run longer than this gains more from threads than their dispatch can cost (tens of
+/// microseconds per product), so its threaded plan is kept without timing a single-threaded one.
+const THREADS_SURELY_PAY_S: f64 = 0.05;
+
+/// Timed runs of each plan when choosing between them.
+const CHOICE_RUNS: usize = 5;
+
+/// The faster of `threaded` and a single-threaded plan of the same model (sharing its weights),
+/// with the threads it uses. Waking threads for each product costs more than it saves on small
+/// encoders (measured: the demo student ran 2.3 ms a pair on one thread, 3.7 ms on two).
+fn fastest_executor(
+    threaded: Arc<TypedRunnableModel>,
+    model: Arc<TypedModel>,
+    input_shape: &[usize],
+    threads: usize,
+) -> TractResult<(Arc<TypedRunnableModel>, usize)> {
+    let len = input_shape.iter().product();
+    let input = Tensor::from_shape(input_shape, &crate::latency::pattern(len, 7919))?;
+    let time = |plan: &Arc<TypedRunnableModel>| -> TractResult<f64> {
+        let t0 = Instant::now();
+        plan.run(tvec!(input.clone().into()))?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    time(&threaded)?;
+    if time(&threaded)? > THREADS_SURELY_PAY_S {
+        return Ok((threaded, threads));
+    }
+    let single_options = RunOptions {
+        executor: Some(Executor::SingleThread),
+        ..RunOptions::default()
+    };
+    let single = TypedSimplePlan::new_with_options(model, &single_options)?;
+    time(&single)?;
+    let (mut t_threaded, mut t_single) = (Vec::new(), Vec::new());
+    for _ in 0..CHOICE_RUNS {
+        t_threaded.push(time(&threaded)?);
+        t_single.push(time(&single)?);
+    }
+    let (t_threaded, t_single) = (
+        crate::latency::median(t_threaded),
+        crate::latency::median(t_single),
+    );
+    tracing::info!(
+        threads,
+        threaded_ms = 1e3 * t_threaded,
+        single_ms = 1e3 * t_single,
+        "{}",
+        if t_single < t_threaded {
+            "encoder runs faster on one thread; keeping one"
+        } else {
+            "encoder runs faster on the threads; keeping them"
+        }
+    );
+    Ok(if t_single < t_threaded {
+        (single, 1)
+    } else {
+        (threaded, threads)
     })
 }
 

@@ -117,13 +117,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let m = &bundle.manifest;
     let lat = measure(&bundle, args.iterations)?;
     println!(
-        "bundle {} ({} {}, dim {}, L = {}), threads {}, {} iterations, {}",
+        "bundle {} ({} {}, dim {}, L = {}), threads {} (audio encoder uses {}, visual {}), {} iterations, {}",
         args.bundle.bundle.display(),
         m.model.layout,
         m.model.precision,
         m.model.dim,
         m.audio_preprocessing.target_length,
         args.bundle.threads,
+        bundle.threads(Modality::Audio),
+        bundle.threads(Modality::Visual),
         args.iterations,
         latency::cpu_name()
     );
