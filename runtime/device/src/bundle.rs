@@ -399,7 +399,15 @@ fn build_plan(
     let mut threads = options.threads;
     let plan = match device {
         Device::Cpu => {
-            let optimized = Arc::new(model.into_optimized().map_err(tract_err)?);
+            let optimized = model
+                .into_typed()
+                .and_then(|m| m.into_decluttered())
+                .and_then(|mut m| {
+                    crate::rowops::replace_gelu(&mut m)?;
+                    m.into_optimized()
+                })
+                .map(Arc::new)
+                .map_err(tract_err)?;
             check_outputs(&optimized)?;
             let plan = TypedSimplePlan::new_with_options(optimized.clone(), &run_options)
                 .map_err(tract_err)?;
