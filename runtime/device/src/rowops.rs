@@ -5,9 +5,11 @@
 //! a subtraction, an RMS norm and a broadcast multiply-add, GELU as a scale, an erf and a
 //! multiply-add over 1024-value chunks. On the encoders' short rows (35 to 217 tokens, 64 to 768
 //! channels) that took 4.7 ns per softmax value, 2.4 ns per normalised value and 0.7 ns per GELU
-//! value (`cavsync bench --profile`). [`onnx`] is tract's ONNX parser with `Softmax` (opset 13
-//! and later, last axis) and `LayerNormalization` (last axis, with bias) read as operators of this
-//! module instead; every other node, and those two in any other form, parse as tract's own.
+//! value (`cavsync bench --profile`); the patch split before the patch embedding (a rank-5
+//! transpose) took 0.28 ms of the demo student's visual encoder. [`onnx`] is tract's ONNX parser
+//! with `Softmax` (opset 13 and later, last axis), `LayerNormalization` (last axis, with bias)
+//! and `Transpose` of rank 4 or more read as operators of this module instead; every other node,
+//! and those in any other form, parse as tract's own.
 //! [`replace_gelu`] swaps tract's fused exact GELU for this module's. Bundles stay plain ONNX.
 
 use std::sync::OnceLock;
@@ -17,18 +19,20 @@ use tract_onnx::Onnx;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::ops::array::PermuteAxes;
 use tract_onnx::tract_hir::ops::nn::Softmax as HirSoftmax;
 use tract_onnx::tract_hir::tract_core::ops::element_wise::ElementWiseOp;
 
 /// Lanes the row kernels accumulate in: one AVX-512 register, or four NEON ones.
 const LANES: usize = 16;
 
-/// tract's ONNX parser with this module's softmax and layer norm.
+/// tract's ONNX parser with this module's softmax, layer norm and high-rank transpose.
 pub fn onnx() -> Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("Softmax", softmax_builder);
     onnx.op_register
         .insert("LayerNormalization", layer_norm_builder);
+    onnx.op_register.insert("Transpose", transpose_builder);
     onnx
 }
 
@@ -66,6 +70,148 @@ fn layer_norm_builder(ctx: &ParsingContext, node: &NodeProto) -> Built {
     }
     let eps = node.get_attr_opt::<f32>("epsilon")?.unwrap_or(1e-5);
     Ok((expand(LastAxisLayerNorm { eps: eps.to_bits() }), vec![]))
+}
+
+fn transpose_builder(ctx: &ParsingContext, node: &NodeProto) -> Built {
+    match node.get_attr_opt_vec::<i64>("perm")? {
+        Some(perm) if perm.len() >= MIN_COPIED_RANK => {
+            let perm = perm
+                .iter()
+                .map(|&a| usize::try_from(a))
+                .collect::<Result<TVec<usize>, _>>()
+                .context("Transpose perm holds a negative axis")?;
+            Ok((
+                expand(CopiedTranspose(PermuteAxes { axes: Some(perm) })),
+                vec![],
+            ))
+        }
+        _ => stock_builder(ctx, node),
+    }
+}
+
+/// Rank from which a transpose is copied by [`RowPermute`]: the encoders' patch splits (rank 4
+/// and 5), which tract moves one axis at a time through generic strided loops (0.28 ms of the
+/// demo student's 1.76 ms visual encoder); the rank-3 head splits of attention are left to tract,
+/// which folds them into the products for free.
+const MIN_COPIED_RANK: usize = 4;
+
+/// ONNX `Transpose` of rank [`MIN_COPIED_RANK`] or more, as parsed.
+#[derive(Debug, Clone, Hash)]
+struct CopiedTranspose(PermuteAxes);
+
+impl Expansion for CopiedTranspose {
+    fn name(&self) -> StaticName {
+        "CopiedTranspose".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        self.0.rules(s, inputs, outputs)
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let fact = model.outlet_fact(inputs[0])?;
+        let perm = self.0.axes.clone().unwrap_or_default();
+        let valid = {
+            let mut sorted = perm.to_vec();
+            sorted.sort_unstable();
+            sorted.iter().copied().eq(0..fact.rank())
+        };
+        if fact.datum_type == DatumType::F32 && valid {
+            model.wire_node(prefix, RowPermute { perm }, inputs)
+        } else {
+            self.0.wire(prefix, model, inputs)
+        }
+    }
+}
+
+/// Axes of an f32 tensor permuted into a new contiguous tensor (output axis i is input axis `perm[i]`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct RowPermute {
+    /// Input axis of each output axis.
+    pub perm: TVec<usize>,
+}
+
+impl Op for RowPermute {
+    fn name(&self) -> StaticName {
+        "RowPermute".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("perm: {:?}", self.perm)])
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for RowPermute {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let view = input.to_plain_array_view::<f32>()?;
+        let shape: TVec<usize> = self.perm.iter().map(|&a| view.shape()[a]).collect();
+        let strides: TVec<isize> = self.perm.iter().map(|&a| view.strides()[a]).collect();
+        let src = view
+            .as_slice_memory_order()
+            .context("RowPermute needs a contiguous input")?;
+        let out = permute(src, &shape, &strides);
+        let out = tract_onnx::prelude::tract_ndarray::Array::from_shape_vec(&*shape, out)?;
+        Ok(tvec!(out.into_tensor().into_tvalue()))
+    }
+}
+
+impl TypedOp for RowPermute {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let x = inputs[0];
+        ensure!(x.datum_type == DatumType::F32 && self.perm.len() == x.rank());
+        let shape: TVec<TDim> = self.perm.iter().map(|&a| x.shape[a].clone()).collect();
+        Ok(tvec!(f32::fact(shape)))
+    }
+    as_op!();
+}
+
+/// The values of `src` in the order of an array of `shape` whose axes step through `src` by
+/// `strides` (in values, non-negative), copied a last-axis run at a time.
+fn permute(src: &[f32], shape: &[usize], strides: &[isize]) -> Vec<f32> {
+    let total: usize = shape.iter().product();
+    let mut out = vec![0.0f32; total];
+    let Some((&inner, outer)) = shape.split_last() else {
+        out.copy_from_slice(&src[..total]);
+        return out;
+    };
+    if total == 0 {
+        return out;
+    }
+    let inner_stride = strides[outer.len()] as usize;
+    let mut index = vec![0usize; outer.len()];
+    let mut base = 0usize;
+    for dst in out.chunks_exact_mut(inner) {
+        if inner_stride == 1 {
+            dst.copy_from_slice(&src[base..base + inner]);
+        } else {
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = src[base + j * inner_stride];
+            }
+        }
+        for axis in (0..outer.len()).rev() {
+            index[axis] += 1;
+            base += strides[axis] as usize;
+            if index[axis] < outer[axis] {
+                break;
+            }
+            base -= outer[axis] * strides[axis] as usize;
+            index[axis] = 0;
+        }
+    }
+    out
 }
 
 /// Whether a value's type is one the row operators run (f16 is computed in f32).
@@ -460,6 +606,26 @@ mod tests {
         }
         assert_eq!(exp_nonpositive(0.0), 1.0);
         assert!(exp_nonpositive(-1e4) < 2e-38);
+    }
+
+    #[test]
+    fn permute_matches_ndarray() {
+        let a = tract_onnx::prelude::tract_ndarray::Array::from_shape_vec(
+            (3, 4, 2, 5, 2),
+            (0..240).map(|v| v as f32).collect(),
+        )
+        .unwrap();
+        for perm in [[1, 3, 0, 2, 4], [2, 0, 3, 1, 4], [4, 3, 2, 1, 0]] {
+            let want = a.view().permuted_axes(perm);
+            let shape: Vec<usize> = want.shape().to_vec();
+            let strides: Vec<isize> = want.strides().to_vec();
+            let out = permute(a.as_slice().unwrap(), &shape, &strides);
+            assert_eq!(
+                out,
+                want.iter().copied().collect::<Vec<_>>(),
+                "perm {perm:?}"
+            );
+        }
     }
 
     #[test]
