@@ -20,6 +20,20 @@ $bin/cavsync-export convert --checkpoint $fx/checkpoint.pth --heads 4 --out "$wo
 $bin/cavsync embed --bundle "$work/fixture" --audio-npy $fx/audio_input.npy --image-npy $fx/image_input.npy --out "$work/fixture-out" 2>/dev/null
 python3 scripts/ort_bench.py "$work/fixture" --parity $fx/audio_input.npy $fx/image_input.npy "$work/fixture-out"
 
+echo "== committed demo bundles, $threads threads (median of 3 alternating rounds of 200 iterations each)"
+median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+for b in models/demo/bundle models/demo-student/bundle models/demo-student/bundle-int8 \
+    models/demo-student/bundle-f16 models/demo-student-nano/bundle; do
+    ts=(); os=()
+    for _ in 1 2 3; do
+        ts+=("$($bin/cavsync bench --bundle "$b" --threads "$threads" --iterations 200 2>/dev/null | awk '/frame pair/ {print $3}')")
+        os+=("$(python3 scripts/ort_bench.py "$b" --threads "$threads" --iterations 200 | awk '/frame pair/ {print $3}')")
+    done
+    tp=$(median3 "${ts[@]}"); op=$(median3 "${os[@]}")
+    awk -v b="$b" -v t="$tp" -v o="$op" -v tr="${ts[*]}" -v or="${os[*]}" \
+        'BEGIN { printf "%-36s cavsync %8.3f ms (%s)  onnxruntime %8.3f ms (%s)  ratio %.3f\n", b, t, tr, o, or, t / o }'
+done
+
 echo "== full-size model, $threads threads"
 [ -f "$work/full.safetensors" ] || $bin/cavsync-export random-checkpoint --out "$work/full.safetensors"
 $bin/cavsync-export convert --checkpoint "$work/full.safetensors" --out "$work/full" >/dev/null

@@ -388,13 +388,12 @@ impl EvalOp for RowLayerNorm {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (input, scale, bias) = args_3!(inputs);
         let row = input.shape().last().copied().unwrap_or(0);
-        let scale = scale.cast_to::<f32>()?;
-        let bias = bias.cast_to::<f32>()?;
-        let scale = scale.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-        let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+        let (scale, bias) = (scale.cast_to::<f32>()?, bias.cast_to::<f32>()?);
+        let (scale, bias) = (scale.try_as_plain_ram()?, bias.try_as_plain_ram()?);
+        let (scale, bias) = (scale.as_slice::<f32>()?, bias.as_slice::<f32>()?);
         ensure!(scale.len() == row && bias.len() == row);
         let eps = self.eps.cast_to_scalar::<f32>()?;
-        on_rows(input, row, |rows| layer_norm_rows(rows, &scale, &bias, eps))
+        on_rows(input, row, |rows| layer_norm_rows(rows, scale, bias, eps))
     }
 }
 

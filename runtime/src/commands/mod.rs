@@ -80,7 +80,7 @@ pub struct BundleArgs {
     /// Bundle directory written by `cavsync-export convert` (manifest.toml, audio.onnx, visual.onnx).
     #[arg(long)]
     pub bundle: PathBuf,
-    /// Threads for matrix products (1 = single-threaded).
+    /// Most threads for matrix products (1 = single-threaded); an encoder that measures faster on one thread when the bundle opens keeps one.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
 }

@@ -46,7 +46,7 @@ pub struct Args {
     /// Output directory: report.json, report.html and its PNG plots.
     #[arg(long)]
     report: PathBuf,
-    /// Threads for matrix products, the same for every model.
+    /// Most threads for matrix products, the same for every model (an encoder faster on one thread keeps one).
     #[arg(long, default_value_t = 1)]
     threads: usize,
     #[command(flatten)]
