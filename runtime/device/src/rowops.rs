@@ -1,4 +1,4 @@
-//! Softmax, layer normalisation and exact GELU for CPU plans, one vectorised pass per row.
+//! Softmax, layer normalisation, exact GELU and the patch split for CPU plans, one vectorised pass per row.
 //!
 //! tract 0.23.9 runs these as several passes per row: softmax through three generic reductions
 //! that copy any row not a multiple of 64 values through a scratch buffer, layer norm as a sum,
