@@ -167,11 +167,12 @@ impl Bundle {
 
     /// Open a bundle directory with both plans prepared for `device` (CUDA only where [`device::cuda_check`] passes).
     pub fn open_on(dir: &Path, options: &PlanOptions, device: Device) -> Result<Self, BundleError> {
-        options.run_options()?;
+        let run_options = options.run_options()?;
         let manifest = Manifest::read(dir)?;
         let dim = manifest.model.dim;
-        let audio = load_plan(dir, &manifest.audio, dim, options, device)?;
-        let visual = load_plan(dir, &manifest.visual, dim, options, device)?;
+        let plan = |info| load_plan(dir, info, dim, &run_options, options.threads, device);
+        let audio = plan(&manifest.audio)?;
+        let visual = plan(&manifest.visual)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
@@ -316,7 +317,8 @@ fn load_plan(
     dir: &Path,
     info: &EncoderInfo,
     dim: usize,
-    options: &PlanOptions,
+    options: &RunOptions,
+    threads: usize,
     device: Device,
 ) -> Result<EncoderPlan, BundleError> {
     let path = info.verified_path(dir)?;
@@ -329,7 +331,7 @@ fn load_plan(
         .map_err(|e| model_err(format!("{e:#}")))?;
     graph::check(&proto).map_err(model_err)?;
     std::panic::catch_unwind(AssertUnwindSafe(|| {
-        build_plan(&path, &proto, info, dim, options, device)
+        build_plan(&path, &proto, info, dim, options, threads, device)
     }))
     .unwrap_or_else(|payload| {
         let reason = cavsync_core::panic_message(payload.as_ref());
@@ -345,10 +347,10 @@ fn build_plan(
     proto: &tract_onnx::pb::ModelProto,
     info: &EncoderInfo,
     dim: usize,
-    options: &PlanOptions,
+    options: &RunOptions,
+    mut threads: usize,
     device: Device,
 ) -> Result<EncoderPlan, BundleError> {
-    let run_options = options.run_options()?;
     let model_err = |message: String| BundleError::Model {
         path: path.to_path_buf(),
         message,
@@ -396,7 +398,6 @@ fn build_plan(
         }
         Ok(())
     };
-    let mut threads = options.threads;
     let plan = match device {
         Device::Cpu => {
             let optimized = model
@@ -409,8 +410,8 @@ fn build_plan(
                 .map(Arc::new)
                 .map_err(tract_err)?;
             check_outputs(&optimized)?;
-            let plan = TypedSimplePlan::new_with_options(optimized.clone(), &run_options)
-                .map_err(tract_err)?;
+            let plan =
+                TypedSimplePlan::new_with_options(optimized.clone(), options).map_err(tract_err)?;
             if threads > 1 {
                 let (fastest, used) = fastest_executor(plan, optimized, &info.input_shape, threads)
                     .map_err(tract_err)?;
@@ -430,7 +431,7 @@ fn build_plan(
             check_outputs(&typed)?;
             Plan::Cuda(
                 runtime
-                    .prepare_with_options(typed, &run_options)
+                    .prepare_with_options(typed, options)
                     .map_err(tract_err)?,
             )
         }
