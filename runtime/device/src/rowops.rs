@@ -219,6 +219,24 @@ fn row_float(dt: DatumType) -> bool {
     matches!(dt, DatumType::F32 | DatumType::F16)
 }
 
+/// Inference rules of an operator with `arity` inputs of one type whose single output has the
+/// first input's type and shape.
+fn rules_like_first_input<'r, 'p: 'r>(
+    s: &mut Solver<'r>,
+    inputs: &'p [TensorProxy],
+    outputs: &'p [TensorProxy],
+    arity: usize,
+) -> InferenceResult {
+    check_input_arity(inputs, arity)?;
+    check_output_arity(outputs, 1)?;
+    for input in &inputs[1..] {
+        s.equals(&input.datum_type, &inputs[0].datum_type)?;
+    }
+    s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+    s.equals(&outputs[0].shape, &inputs[0].shape)?;
+    Ok(())
+}
+
 /// ONNX `Softmax` over the last axis, as parsed.
 #[derive(Debug, Clone, Hash)]
 struct LastAxisSoftmax;
@@ -234,11 +252,7 @@ impl Expansion for LastAxisSoftmax {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
-        check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
-        s.equals(&outputs[0].shape, &inputs[0].shape)?;
-        Ok(())
+        rules_like_first_input(s, inputs, outputs, 1)
     }
 
     fn wire(
@@ -249,7 +263,7 @@ impl Expansion for LastAxisSoftmax {
     ) -> TractResult<TVec<OutletId>> {
         let fact = model.outlet_fact(inputs[0])?;
         if row_float(fact.datum_type) && fact.rank() > 0 {
-            model.wire_node(prefix, RowSoftmax, inputs)
+            model.wire_node(prefix, RowMap::Softmax, inputs)
         } else {
             HirSoftmax::new(-1).wire(prefix, model, inputs)
         }
@@ -274,13 +288,7 @@ impl Expansion for LastAxisLayerNorm {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 3)?;
-        check_output_arity(outputs, 1)?;
-        s.equals(&inputs[1].datum_type, &inputs[0].datum_type)?;
-        s.equals(&inputs[2].datum_type, &inputs[0].datum_type)?;
-        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
-        s.equals(&outputs[0].shape, &inputs[0].shape)?;
-        Ok(())
+        rules_like_first_input(s, inputs, outputs, 3)
     }
 
     fn wire(
@@ -339,31 +347,50 @@ fn on_rows(
     }
 }
 
-/// Softmax over the last axis of an f32 or f16 tensor.
-#[derive(Debug, Clone, Hash, PartialEq, Eq)]
-pub struct RowSoftmax;
+/// A one-input row operator of an f32 or f16 tensor: softmax over the last axis, or exact GELU
+/// of every value.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum RowMap {
+    /// Softmax over the last axis.
+    Softmax,
+    /// Exact GELU, x·Φ(x).
+    Gelu,
+}
 
-impl Op for RowSoftmax {
+impl Op for RowMap {
     fn name(&self) -> StaticName {
-        "RowSoftmax".into()
+        match self {
+            RowMap::Softmax => "RowSoftmax",
+            RowMap::Gelu => "RowGelu",
+        }
+        .into()
     }
     op_as_typed_op!();
 }
 
-impl EvalOp for RowSoftmax {
+impl EvalOp for RowMap {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
-        let row = input.shape().last().copied().unwrap_or(0);
-        on_rows(input, row, |rows| softmax_rows(rows, row))
+        match self {
+            RowMap::Softmax => {
+                let row = input.shape().last().copied().unwrap_or(0);
+                on_rows(input, row, |rows| softmax_rows(rows, row))
+            }
+            RowMap::Gelu => {
+                let row = input.shape().last().copied().unwrap_or(1);
+                on_rows(input, row, gelu_in_place)
+            }
+        }
     }
 }
 
-impl TypedOp for RowSoftmax {
+impl TypedOp for RowMap {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(row_float(inputs[0].datum_type) && inputs[0].rank() > 0);
-        Ok(tvec!(inputs[0].datum_type.fact(inputs[0].shape.clone())))
+        let x = inputs[0];
+        ensure!(row_float(x.datum_type) && (*self == RowMap::Gelu || x.rank() > 0));
+        Ok(tvec!(x.datum_type.fact(x.shape.clone())))
     }
     as_op!();
 }
@@ -415,7 +442,7 @@ impl TypedOp for RowLayerNorm {
 }
 
 /// Replaces each exact GELU tract found in `model` (its `GeluExact`, fused from the graph's
-/// erf pattern) on f32 or f16 values by [`RowGelu`].
+/// erf pattern) on f32 or f16 values by [`RowMap::Gelu`].
 pub fn replace_gelu(model: &mut TypedModel) -> TractResult<()> {
     for id in model.eval_order()? {
         let node = model.node(id);
@@ -424,39 +451,10 @@ pub fn replace_gelu(model: &mut TypedModel) -> TractResult<()> {
             .is_some_and(|op| op.0.name() == "GeluExact" && op.1.is_none());
         if is_gelu && row_float(model.outlet_fact(node.inputs[0])?.datum_type) {
             let inputs = node.inputs.clone();
-            TypedModelPatch::replace_single_op(model, node, &inputs, RowGelu)?.apply(model)?;
+            TypedModelPatch::replace_single_op(model, node, &inputs, RowMap::Gelu)?.apply(model)?;
         }
     }
     Ok(())
-}
-
-/// Exact GELU, x·Φ(x), of an f32 or f16 tensor.
-#[derive(Debug, Clone, Hash, PartialEq, Eq)]
-pub struct RowGelu;
-
-impl Op for RowGelu {
-    fn name(&self) -> StaticName {
-        "RowGelu".into()
-    }
-    op_as_typed_op!();
-}
-
-impl EvalOp for RowGelu {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
-        let row = input.shape().last().copied().unwrap_or(1);
-        on_rows(input, row, gelu_in_place)
-    }
-}
-
-impl TypedOp for RowGelu {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(row_float(inputs[0].datum_type));
-        Ok(tvec!(inputs[0].datum_type.fact(inputs[0].shape.clone())))
-    }
-    as_op!();
 }
 
 /// erf(x) to about 2e-7 (Abramowitz and Stegun 7.1.26).
