@@ -12,14 +12,16 @@ use cavsync_core::annotations::Annotations;
 use cavsync_core::clip::read_datafile;
 use cavsync_core::manifest::{MANIFEST_FILE, Manifest, sha256_hex};
 use cavsync_core::npy::read_f32;
-use cavsync_core::preprocess::audio::{SAMPLE_RATE, StreamResampler, read_wav_mono};
+use cavsync_core::preprocess::audio::read_wav_mono;
 use cavsync_core::preprocess::image::{load_rgb, preprocess_rgb};
 use cavsync_device::bundle::{Bundle, PlanOptions};
 use cavsync_device::device::Device;
 use cavsync_firmware_config::BoardProfile;
 use cavsync_formats::checkpoint::Checkpoint;
-use cavsync_live::audio::{bound_samples, f32le_to_mono, i16_to_mono};
 use cavsync_live::pixel::{mjpeg_to_rgb, yuyv_to_rgb};
+
+#[path = "../fuzz/src/live_pcm.rs"]
+mod live_pcm;
 
 /// What one harness reports: `Ok`, or the parser's error message.
 type Outcome = Result<(), String>;
@@ -235,41 +237,5 @@ fn mjpeg() {
 
 #[test]
 fn live_pcm() {
-    const RATES: [u32; 10] = [
-        8_000, 11_025, 16_000, 22_050, 32_000, 44_100, 48_000, 88_200, 96_000, 192_000,
-    ];
-    replay("live_pcm", None, true, |_, bytes| {
-        let Some((head, stream)) = bytes.split_first_chunk::<6>() else {
-            return Err("shorter than the 6-byte stream header".to_owned());
-        };
-        let is_i16 = head[0] & 1 == 1;
-        let channels = usize::from((head[0] >> 1) & 7) + 1;
-        let rate = match head[1] {
-            255 => u32::from_le_bytes([head[2], head[3], head[4], 0]),
-            i => RATES[usize::from(i) % RATES.len()],
-        };
-        let read = usize::from(head[5]).max(1) * 4;
-        let mut resampler = StreamResampler::new(rate, SAMPLE_RATE).map_err(|e| e.to_string())?;
-        let mut mono = vec![0.0f32; 8192];
-        for piece in stream.chunks(read) {
-            let n = if is_i16 {
-                let samples: Vec<i16> = piece
-                    .chunks_exact(2)
-                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                    .collect();
-                i16_to_mono(&samples, channels, &mut mono)
-            } else {
-                f32le_to_mono(piece, &mut mono)
-            };
-            bound_samples(&mut mono[..n]);
-            let mut finite = true;
-            resampler
-                .push(&mono[..n], |block| {
-                    finite &= block.iter().all(|s| s.is_finite());
-                })
-                .expect("resampling finite samples succeeds");
-            assert!(finite, "non-finite output from finite input");
-        }
-        Ok(())
-    });
+    replay("live_pcm", None, true, |_, bytes| live_pcm::run(bytes));
 }

@@ -1,7 +1,9 @@
-//! Helpers shared by the fuzz targets: a per-process scratch folder in memory for the parsers that read files.
+//! Helpers shared by the fuzz targets: a per-process scratch folder in memory for the parsers that read files, and the live PCM harness the regression tests run too.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+pub mod live_pcm;
 
 /// This process's scratch folder under `/dev/shm` (created on first use, one per fuzzing process).
 pub fn scratch_dir() -> &'static Path {
