@@ -69,13 +69,14 @@ rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly -
 command -v cargo-fuzz > /dev/null || cargo install cargo-fuzz
 
 cd fuzz
-cargo +nightly fuzz build --sanitizer none --codegen-units 16
+build=(--sanitizer none --codegen-units 16)
+cargo +nightly fuzz build "${build[@]}"
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "corpus-full/$t"
     cp -n "corpus/$t"/* "corpus-full/$t"/ 2> /dev/null || true
     echo "== $t: ${seconds}s"
-    cargo +nightly fuzz run --sanitizer none --codegen-units 16 "$t" "corpus-full/$t" -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -max_len="${max_len[$t]}" -timeout=10 -print_final_stats=1
-    cargo +nightly fuzz run --sanitizer none --codegen-units 16 "$t" "corpus/$t" "corpus-full/$t" -- \
-        -merge=1 -rss_limit_mb=2048 -max_len="${max_len[$t]}"
+    limits=(-rss_limit_mb=2048 -max_len="${max_len[$t]}")
+    cargo +nightly fuzz run "${build[@]}" "$t" "corpus-full/$t" -- \
+        -max_total_time="$seconds" "${limits[@]}" -timeout=10 -print_final_stats=1
+    cargo +nightly fuzz run "${build[@]}" "$t" "corpus/$t" "corpus-full/$t" -- -merge=1 "${limits[@]}"
 done
