@@ -1,24 +1,39 @@
 #!/usr/bin/env bash
 # Cross build for the boards (aarch64: Raspberry Pi 4/5, Jetson Orin): the release binary
-# target/aarch64-unknown-linux-gnu/release/cavsync.
+# target/aarch64-unknown-linux-gnu/release/cavsync and the runtime's test suite, built once.
 #
-# Then (unless --no-tests), under qemu user-mode emulation, once per CPU — Cortex-A76 (Pi 5: fp16 and SDOT int8
-# kernels) and Cortex-A72 (Pi 4: plain NEON, SMLAL int8) — the aarch64 `cavsync eval` compares
-# an int8 bundle (and on the A76 an f16 one) of the demo model (made here by the x86 `cavsync-export`) with the
-# f32 one on the demo clip, and fails unless they agree (global-token cosine >= 0.999 worst
-# frame, activity agreeing on every frame).
+# Then (unless --no-tests), under qemu user-mode emulation, once per CPU — Cortex-A76 (Pi 5: fp16
+# and SDOT int8 kernels) and Cortex-A72 (Pi 4: plain NEON, SMLAL int8):
+# 1. the runtime's test suite (cavsync, cavsync-cli, cavsync-core, cavsync-device, cavsync-live;
+#    with --ci only the numeric crates core, device and live, see below), run by cargo as aarch64
+#    programs: binfmt_misc hands them, and the `cavsync` binary the CLI tests start, to qemu;
+# 2. the aarch64 binary against the x86 one: `embed` of one frame pair of the demo clip per bundle
+#    (f32, int8, and f16 where the core computes it) and `localize` on the demo clip.
 #
-# Why not the test suite under qemu: on this machine (kernel 6.18) any aarch64 program that
-# starts a thread hangs under qemu-user (7.2 and 10.0.2 alike; a ten-line Rust program that
-# spawns one thread never returns from pthread_create), and the Rust test harness runs every
-# test on a thread. cavsync's commands run their work on the main thread (tract with one
-# thread), so the product binary itself is what runs here.
+# Skipped under emulation, by name (qemu runs the demo visual encoder in about 1.8 s a frame):
+# - runtime/tests/live.rs: a_live_run_equals_offline_localization_and_tracks_the_sounding_objects,
+#   audio_faults_are_flagged_counted_and_never_encoded, sigterm_stops_within_a_second_with_outputs_flushed,
+#   sources_away_for_a_while_come_back_in_step: they need real time (a 30 fps source, frames
+#   processed as they arrive); the live run's other tests (absent sources, reopening) run;
+# - runtime/live/tests/alloc.rs: the_steady_state_allocates_nothing_outside_tract: too long
+#   (240 frames through both encoders, about 7 minutes per core); what it counts is the
+#   allocator's, not the CPU's.
+# --ci runs the suite of the numeric crates only (fbank, image preprocessing, localization, the
+# row operators and every precision's kernels, the live pipeline's pieces, ALSA capture): the
+# CLI's own tests check argument handling and messages, the same code on both architectures,
+# and step 2 runs the aarch64 CLI end to end.
+#
+# The aarch64 programs run on Debian's arm64 multiarch C library (libc6:arm64, which arm64
+# libasound needs anyway), never on the cross toolchain's copy in /usr/aarch64-linux-gnu: the
+# cross loader with the multiarch libc (qemu -L /usr/aarch64-linux-gnu once both are installed)
+# hangs in pthread_create, which is why this suite did not run here before 2026-12-04.
 #
 # usage: scripts/cross_aarch64.sh [--no-tests] [--ci] [--cpus "cortex-a76 cortex-a72"]
-# --ci: when the aarch64 standard library or the cross packages cannot be fetched (rustup's
-# server is not a package registry), say so loudly and stop without failing; a build or a
-# check that fails still fails.
-# needs: network for rustup and Debian's packages (arm64 libasound through multiarch), python3.
+# --ci: the numeric crates' suite only (above); and when the aarch64 standard library, the
+# cross packages or binfmt_misc cannot be had (rustup's server is not a package registry), say
+# so loudly and stop (or skip the suite) without failing; a build or a check that fails still fails.
+# needs: network for rustup and Debian's packages (arm64 libasound through multiarch), python3,
+# root for binfmt_misc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests=1
@@ -47,6 +62,7 @@ need=()
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu)
 command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
 dpkg -s libasound2-dev:arm64 >/dev/null 2>&1 || need+=(libasound2-dev:arm64)
+dpkg -s libc6:arm64 >/dev/null 2>&1 || need+=(libc6:arm64)
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 if [ "${#need[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -65,74 +81,92 @@ fi
 # Host (x86) builds and runs below must not see the aarch64 pkg-config settings.
 host() { env -u PKG_CONFIG_PATH -u PKG_CONFIG_LIBDIR -u PKG_CONFIG_ALLOW_CROSS "$@"; }
 
-echo "== release build of cavsync for $target"
-cargo build --release --locked --target "$target" -p cavsync
+# The runtime's crates: their tests and the `cavsync` binary build together, in one release build.
+crates=(-p cavsync -p cavsync-cli -p cavsync-core -p cavsync-device -p cavsync-live)
+suite=("${crates[@]}")
+[ "$ci" = 1 ] && suite=(-p cavsync-core -p cavsync-device -p cavsync-live)
+skips=(--skip a_live_run_equals_offline_localization_and_tracks_the_sounding_objects
+    --skip audio_faults_are_flagged_counted_and_never_encoded
+    --skip sigterm_stops_within_a_second_with_outputs_flushed
+    --skip sources_away_for_a_while_come_back_in_step
+    --skip the_steady_state_allocates_nothing_outside_tract)
+
+if [ "$tests" = 0 ]; then
+    echo "== release build of cavsync for $target"
+    cargo build --release --locked --target "$target" -p cavsync
+    file "target/$target/release/cavsync" 2>/dev/null || ls -l "target/$target/release/cavsync"
+    exit 0
+fi
+echo "== release build of cavsync and the runtime's tests for $target"
+cargo test --release --locked --target "$target" --no-run "${crates[@]}"
 file "target/$target/release/cavsync" 2>/dev/null || ls -l "target/$target/release/cavsync"
 
-[ "$tests" = 1 ] || exit 0
+# aarch64 programs run as if native: binfmt_misc hands them to qemu (QEMU_CPU names the core), so
+# the programs a test starts (the `cavsync` binary) are emulated too.
+binfmt=/proc/sys/fs/binfmt_misc
+if [ ! -e "$binfmt/qemu-aarch64" ]; then
+    [ -e "$binfmt/register" ] || mount -t binfmt_misc binfmt_misc "$binfmt" 2>/dev/null || true
+    [ -w "$binfmt/register" ] && cat /usr/lib/binfmt.d/qemu-aarch64.conf > "$binfmt/register" 2>/dev/null || true
+fi
+run_suite=1
+if [ ! -e "$binfmt/qemu-aarch64" ]; then
+    if [ "$ci" = 1 ]; then
+        echo "!! SKIPPED the aarch64 test suite: binfmt_misc cannot hand aarch64 programs to qemu here (needs root)" >&2
+        run_suite=0
+    else
+        echo "binfmt_misc cannot hand aarch64 programs to qemu here (needs root and /proc/sys/fs/binfmt_misc)" >&2
+        exit 1
+    fi
+fi
+
+# tract reads fp16 support from /proc/cpuinfo, which under qemu-user is the host's; name the core
+# so it picks the kernels the board would (SDOT comes from the emulated HWCAP).
+tract_kind() {
+    case "$1" in
+        cortex-a76) echo cortex-a75 ;;  # the nearest core tract knows with fp16 and SDOT (a Pi 5 reports asimdhp itself)
+        *) echo "$1" ;;
+    esac
+}
+if [ "$run_suite" = 1 ]; then
+    for cpu in $cpus; do
+        echo "== the runtime's tests under qemu -cpu $cpu"
+        QEMU_CPU=$cpu TRACT_CPU_AARCH64_KIND=$(tract_kind "$cpu") \
+            cargo test --release --locked --target "$target" "${suite[@]}" -- "${skips[@]}"
+    done
+fi
+
 bundles=$(mktemp -d)
 trap 'rm -rf "$bundles"' EXIT
-# The exporter of the host (the debug build is enough for the small demo model, and the test
-# command has usually built it already).
-host cargo build --locked -q -p cavsync-export
+# The host's (x86) `cavsync-export` and `cavsync`, debug builds: the README's test command
+# builds both with exactly these features, so after it (as in CI) this builds nothing; a
+# `cargo build -p` of either would rebuild much of the workspace with other features.
+host cargo test --workspace --locked --no-run -q
 target/debug/cavsync-export quantize --bundle models/demo/bundle --out "$bundles/int8" --per-channel
 target/debug/cavsync-export convert --checkpoint models/demo/run/demo.pth --heads 2 --precision f16 \
     --localization models/demo/run/activity.toml --out "$bundles/f16"
-for cpu in $cpus; do
-    # tract reads fp16 support from /proc/cpuinfo, which under qemu-user is the host's; name
-    # the core so it picks the kernels the board would (SDOT comes from the emulated HWCAP).
-    # f16 only where the core computes it (the Pi 4 profile refuses f16: A72 has no fp16).
-    case "$cpu" in
-        cortex-a76) kind=cortex-a75; candidates=(--candidate "$bundles/int8" --candidate "$bundles/f16") ;;  # the nearest core tract knows with fp16 and SDOT (a Pi 5 reports asimdhp itself)
-        *) kind=$cpu; candidates=(--candidate "$bundles/int8") ;;
-    esac
-    echo "== cavsync eval under qemu -cpu $cpu (TRACT_CPU_AARCH64_KIND=$kind)"
-    report="$bundles/eval-$cpu"
-    TRACT_CPU_AARCH64_KIND=$kind RUST_LOG=warn qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu "$cpu" \
-        "target/$target/release/cavsync" eval --reference models/demo/bundle \
-        "${candidates[@]}" \
-        --datafile models/demo/clip/datafile.json --annotations models/demo/clip/annotations.json \
-        --report "$report" --iterations 3 | sed -n '/agreement with the reference/,$p'
-    python3 - "$report/report.json" "$cpu" <<'PY'
-import json, sys
-report = json.load(open(sys.argv[1]))
-bad = []
-for cand in report["candidates"]:
-    name = cand["model"]["precision"]
-    agree = cand["agreement"]
-    worst = min(agree["audio_global"]["worst"], agree["visual_global"]["worst"])
-    activity = agree["activity_agreement_rate"]
-    if worst < 0.999 or activity < 1.0:
-        bad.append(f"{name}: worst global cosine {worst}, activity agrees {activity}")
-    print(f"{sys.argv[2]} {name}: worst global cosine {worst:.5f}, activity agrees {100 * activity:.1f}%")
-if bad:
-    sys.exit("; ".join(bad))
-PY
-done
 
 # The same outputs as on x86: the aarch64 binary's embeddings of one frame pair of the demo clip
-# against the x86 binary's, per bundle, largest absolute difference of any output value:
-# f32 within 1e-4; int8 within 2e-2, as the two integer paths round the requantized activations
-# differently (x86: uint8 activations on VNNI; aarch64: int8 on SDOT or SMLAL); f16 within 5e-2,
-# as x86 computes f16 weights in f32 while the A76 computes in fp16 (measured on the A76: int8
-# 9.1e-3 and f16 3.2e-2, against the 1e-3 and 2e-2 the boards issue asked). Then `localize` on
-# the demo clip must find the same strongest peak and activity in every frame.
-host cargo build --locked -q -p cavsync
+# against the x86 binary's, per bundle, largest absolute difference of any output value: f32 and
+# int8 within 1e-4 and 1e-3 (measured 0 on both cores on 2026-12-04: the integer products are
+# exact on both, and the row operators compute softmax, layer norm and GELU in the same order on
+# every CPU); f16 within 5e-2, as x86 computes f16 graphs in f32 while the A76 computes in fp16
+# (measured 3.4e-2; the boards issue asked 2e-2). Then `localize` on the demo clip must find the
+# same strongest peak and activity in every frame.
 for cpu in $cpus; do
     case "$cpu" in
-        cortex-a76) kind=cortex-a75; list="f32 int8 f16" ;;
-        *) kind=$cpu; list="f32 int8" ;;
+        cortex-a76) list="f32 int8 f16" ;;
+        *) list="f32 int8" ;;  # the Pi 4 profile refuses f16: the A72 has no fp16
     esac
     for precision in $list; do
         case "$precision" in
             f32) bundle=models/demo/bundle; tol=1e-4 ;;
-            int8) bundle="$bundles/int8"; tol=2e-2 ;;
+            int8) bundle="$bundles/int8"; tol=1e-3 ;;
             f16) bundle="$bundles/f16"; tol=5e-2 ;;
         esac
         inputs=(--bundle "$bundle" --wav models/demo/clip/audio/s2001_00000.wav --frame 5
             --image models/demo/clip/frames/frame_5/s2001_00000.jpg)
         RUST_LOG=warn target/debug/cavsync embed "${inputs[@]}" --out "$bundles/x86-$precision"
-        TRACT_CPU_AARCH64_KIND=$kind RUST_LOG=warn qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu "$cpu" \
+        TRACT_CPU_AARCH64_KIND=$(tract_kind "$cpu") RUST_LOG=warn qemu-aarch64-static -cpu "$cpu" \
             "target/$target/release/cavsync" embed "${inputs[@]}" --out "$bundles/$cpu-$precision"
         python3 - "$bundles/x86-$precision" "$bundles/$cpu-$precision" "$tol" "$cpu $precision" <<'PY'
 import ast, struct, sys
@@ -155,7 +189,7 @@ PY
     done
     args=(--datafile models/demo/clip/datafile.json --no-overlays --summary-only)
     RUST_LOG=warn target/debug/cavsync localize --bundle models/demo/bundle "${args[@]}" --out "$bundles/loc-x86" >/dev/null
-    TRACT_CPU_AARCH64_KIND=$kind RUST_LOG=warn qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu "$cpu" \
+    TRACT_CPU_AARCH64_KIND=$(tract_kind "$cpu") RUST_LOG=warn qemu-aarch64-static -cpu "$cpu" \
         "target/$target/release/cavsync" localize --bundle models/demo/bundle "${args[@]}" --out "$bundles/loc-$cpu" >/dev/null
     python3 - "$bundles/loc-x86/localization.jsonl" "$bundles/loc-$cpu/localization.jsonl" "$cpu" <<'PY'
 import json, sys

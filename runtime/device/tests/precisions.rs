@@ -1,7 +1,7 @@
 //! The demo model in every precision a board runs, against f32 on the demo clip, through the device crate alone: int8 (integer matmuls: AVX2 / AVX-512 VNNI here) and f16 (stored in half precision; x86 computes it in f32).
 //!
-//! The Arm kernels (SDOT on Cortex-A76, SMLAL on Cortex-A72, native fp16) are checked the same
-//! way by `scripts/cross_aarch64.sh`, which runs the aarch64 `cavsync eval` under qemu.
+//! `scripts/cross_aarch64.sh` runs this test for aarch64 under qemu as a Cortex-A76 (SDOT int8,
+//! native fp16) and a Cortex-A72 (SMLAL int8), so the Arm kernels meet the same bounds.
 
 use std::path::{Path, PathBuf};
 
