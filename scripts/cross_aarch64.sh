@@ -98,8 +98,27 @@ if [ "$tests" = 0 ]; then
     exit 0
 fi
 echo "== release build of cavsync and the runtime's tests for $target"
-cargo test --release --locked --target "$target" --no-run "${crates[@]}"
+bundles=$(mktemp -d)
+trap 'rm -rf "$bundles"' EXIT
+cargo test --release --locked --target "$target" --no-run --message-format=json-render-diagnostics \
+    "${crates[@]}" > "$bundles/build.jsonl"
 file "target/$target/release/cavsync" 2>/dev/null || ls -l "target/$target/release/cavsync"
+# The test programs of the suite's crates, as "directory program" lines: run directly, as cargo
+# would (from the crate's directory), since a `cargo test` of fewer crates than were built would
+# unify features differently and rebuild much of tract.
+python3 - "$bundles/build.jsonl" "${suite[@]}" > "$bundles/programs" <<'PY'
+import json, os, sys
+wanted = set(sys.argv[3::2])
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") != "compiler-artifact" or not m.get("profile", {}).get("test") or not m.get("executable"):
+        continue
+    url, _, fragment = m["package_id"].partition("#")  # path+file:///dir#name@version, or #version when dir is the name
+    name = fragment.split("@")[0] if "@" in fragment else url.rstrip("/").split("/")[-1]
+    if name in wanted:
+        print(os.path.dirname(m["manifest_path"]), m["executable"])
+PY
+[ -s "$bundles/programs" ] || { echo "no test programs found in the build" >&2; exit 1; }
 
 # aarch64 programs run as if native: binfmt_misc hands them to qemu (QEMU_CPU names the core), so
 # the programs a test starts (the `cavsync` binary) are emulated too.
@@ -130,13 +149,13 @@ tract_kind() {
 if [ "$run_suite" = 1 ]; then
     for cpu in $cpus; do
         echo "== the runtime's tests under qemu -cpu $cpu"
-        QEMU_CPU=$cpu TRACT_CPU_AARCH64_KIND=$(tract_kind "$cpu") \
-            cargo test --release --locked --target "$target" "${suite[@]}" -- "${skips[@]}"
+        while read -r dir program; do
+            echo "-- $(basename "$program")"
+            (cd "$dir" && QEMU_CPU=$cpu TRACT_CPU_AARCH64_KIND=$(tract_kind "$cpu") "$program" "${skips[@]}" < /dev/null)
+        done < "$bundles/programs"
     done
 fi
 
-bundles=$(mktemp -d)
-trap 'rm -rf "$bundles"' EXIT
 # The host's (x86) `cavsync-export` and `cavsync`, debug builds: the README's test command
 # builds both with exactly these features, so after it (as in CI) this builds nothing; a
 # `cargo build -p` of either would rebuild much of the workspace with other features.
