@@ -5,8 +5,8 @@
 # Then (unless --no-tests), under qemu user-mode emulation, once per CPU — Cortex-A76 (Pi 5: fp16
 # and SDOT int8 kernels) and Cortex-A72 (Pi 4: plain NEON, SMLAL int8):
 # 1. the runtime's test suite (cavsync, cavsync-cli, cavsync-core, cavsync-device, cavsync-live;
-#    with --ci only the numeric crates core, device and live, see below), run by cargo as aarch64
-#    programs: binfmt_misc hands them, and the `cavsync` binary the CLI tests start, to qemu;
+#    with --ci only the numeric crates core, device and live, see below), started as if native:
+#    binfmt_misc hands them, and the `cavsync` binary the CLI tests start, to qemu;
 # 2. the aarch64 binary against the x86 one: `embed` of one frame pair of the demo clip per bundle
 #    (f32, int8, and f16 where the core computes it) and `localize` on the demo clip.
 #
