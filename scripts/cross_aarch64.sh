@@ -91,22 +91,22 @@ skips=(--skip a_live_run_equals_offline_localization_and_tracks_the_sounding_obj
     --skip sources_away_for_a_while_come_back_in_step
     --skip the_steady_state_allocates_nothing_outside_tract)
 
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 if [ "$tests" = 0 ]; then
     echo "== release build of cavsync for $target"
     cargo build --release --locked --target "$target" -p cavsync
-    file "target/$target/release/cavsync" 2>/dev/null || ls -l "target/$target/release/cavsync"
-    exit 0
+else
+    echo "== release build of cavsync and the runtime's tests for $target"
+    cargo test --release --locked --target "$target" --no-run --message-format=json-render-diagnostics \
+        "${crates[@]}" > "$work/build.jsonl"
 fi
-echo "== release build of cavsync and the runtime's tests for $target"
-bundles=$(mktemp -d)
-trap 'rm -rf "$bundles"' EXIT
-cargo test --release --locked --target "$target" --no-run --message-format=json-render-diagnostics \
-    "${crates[@]}" > "$bundles/build.jsonl"
 file "target/$target/release/cavsync" 2>/dev/null || ls -l "target/$target/release/cavsync"
+[ "$tests" = 1 ] || exit 0
 # The test programs of the suite's crates, as "directory program" lines: run directly, as cargo
 # would (from the crate's directory), since a `cargo test` of fewer crates than were built would
 # unify features differently and rebuild much of tract.
-python3 - "$bundles/build.jsonl" "${suite[@]}" > "$bundles/programs" <<'PY'
+python3 - "$work/build.jsonl" "${suite[@]}" > "$work/programs" <<'PY'
 import json, os, sys
 wanted = set(sys.argv[3::2])
 for line in open(sys.argv[1]):
@@ -118,7 +118,7 @@ for line in open(sys.argv[1]):
     if name in wanted:
         print(os.path.dirname(m["manifest_path"]), m["executable"])
 PY
-[ -s "$bundles/programs" ] || { echo "no test programs found in the build" >&2; exit 1; }
+[ -s "$work/programs" ] || { echo "no test programs found in the build" >&2; exit 1; }
 
 # aarch64 programs run as if native: binfmt_misc hands them to qemu (QEMU_CPU names the core), so
 # the programs a test starts (the `cavsync` binary) are emulated too.
@@ -138,21 +138,22 @@ if [ ! -e "$binfmt/qemu-aarch64" ]; then
     fi
 fi
 
-# tract reads fp16 support from /proc/cpuinfo, which under qemu-user is the host's; name the core
-# so it picks the kernels the board would (SDOT comes from the emulated HWCAP).
-tract_kind() {
-    case "$1" in
-        cortex-a76) echo cortex-a75 ;;  # the nearest core tract knows with fp16 and SDOT (a Pi 5 reports asimdhp itself)
-        *) echo "$1" ;;
-    esac
+# Runs an aarch64 program under qemu as CPU (QEMU_CPU also reaches the programs it starts,
+# through binfmt_misc). tract reads fp16 support from /proc/cpuinfo, which under qemu-user is the
+# host's; name the core so it picks the kernels the board would (SDOT comes from the emulated HWCAP).
+emulate() {
+    local cpu=$1 kind=$1
+    shift
+    [ "$cpu" = cortex-a76 ] && kind=cortex-a75  # the nearest core tract knows with fp16 and SDOT (a Pi 5 reports asimdhp itself)
+    QEMU_CPU=$cpu TRACT_CPU_AARCH64_KIND=$kind qemu-aarch64-static -cpu "$cpu" "$@"
 }
 if [ "$run_suite" = 1 ]; then
     for cpu in $cpus; do
         echo "== the runtime's tests under qemu -cpu $cpu"
         while read -r dir program; do
             echo "-- $(basename "$program")"
-            (cd "$dir" && QEMU_CPU=$cpu TRACT_CPU_AARCH64_KIND=$(tract_kind "$cpu") "$program" "${skips[@]}" < /dev/null)
-        done < "$bundles/programs"
+            (cd "$dir" && emulate "$cpu" "$program" "${skips[@]}" < /dev/null)
+        done < "$work/programs"
     done
 fi
 
@@ -160,9 +161,9 @@ fi
 # builds both with exactly these features, so after it (as in CI) this builds nothing; a
 # `cargo build -p` of either would rebuild much of the workspace with other features.
 host cargo test --workspace --locked --no-run -q
-target/debug/cavsync-export quantize --bundle models/demo/bundle --out "$bundles/int8" --per-channel
+target/debug/cavsync-export quantize --bundle models/demo/bundle --out "$work/int8" --per-channel
 target/debug/cavsync-export convert --checkpoint models/demo/run/demo.pth --heads 2 --precision f16 \
-    --localization models/demo/run/activity.toml --out "$bundles/f16"
+    --localization models/demo/run/activity.toml --out "$work/f16"
 
 # The same outputs as on x86: the aarch64 binary's embeddings of one frame pair of the demo clip
 # against the x86 binary's, per bundle, largest absolute difference of any output value: f32 and
@@ -171,23 +172,33 @@ target/debug/cavsync-export convert --checkpoint models/demo/run/demo.pth --head
 # every CPU); f16 within 5e-2, as x86 computes f16 graphs in f32 while the A76 computes in fp16
 # (measured 3.4e-2; the boards issue asked 2e-2). Then `localize` on the demo clip must find the
 # same strongest peak and activity in every frame.
+# The bundle and the bound of each precision.
+pick() {
+    case "$1" in
+        f32) bundle=models/demo/bundle; tol=1e-4 ;;
+        int8) bundle="$work/int8"; tol=1e-3 ;;
+        f16) bundle="$work/f16"; tol=5e-2 ;;
+    esac
+}
+frame=(--wav models/demo/clip/audio/s2001_00000.wav --frame 5
+    --image models/demo/clip/frames/frame_5/s2001_00000.jpg)
+args=(--datafile models/demo/clip/datafile.json --no-overlays --summary-only)
+# The x86 outputs, once for every core.
+for precision in f32 int8 f16; do
+    pick "$precision"
+    RUST_LOG=warn target/debug/cavsync embed --bundle "$bundle" "${frame[@]}" --out "$work/x86-$precision"
+done
+RUST_LOG=warn target/debug/cavsync localize --bundle models/demo/bundle "${args[@]}" --out "$work/loc-x86" >/dev/null
 for cpu in $cpus; do
     case "$cpu" in
         cortex-a76) list="f32 int8 f16" ;;
         *) list="f32 int8" ;;  # the Pi 4 profile refuses f16: the A72 has no fp16
     esac
     for precision in $list; do
-        case "$precision" in
-            f32) bundle=models/demo/bundle; tol=1e-4 ;;
-            int8) bundle="$bundles/int8"; tol=1e-3 ;;
-            f16) bundle="$bundles/f16"; tol=5e-2 ;;
-        esac
-        inputs=(--bundle "$bundle" --wav models/demo/clip/audio/s2001_00000.wav --frame 5
-            --image models/demo/clip/frames/frame_5/s2001_00000.jpg)
-        RUST_LOG=warn target/debug/cavsync embed "${inputs[@]}" --out "$bundles/x86-$precision"
-        TRACT_CPU_AARCH64_KIND=$(tract_kind "$cpu") RUST_LOG=warn qemu-aarch64-static -cpu "$cpu" \
-            "target/$target/release/cavsync" embed "${inputs[@]}" --out "$bundles/$cpu-$precision"
-        python3 - "$bundles/x86-$precision" "$bundles/$cpu-$precision" "$tol" "$cpu $precision" <<'PY'
+        pick "$precision"
+        RUST_LOG=warn emulate "$cpu" "target/$target/release/cavsync" embed --bundle "$bundle" "${frame[@]}" \
+            --out "$work/$cpu-$precision"
+        python3 - "$work/x86-$precision" "$work/$cpu-$precision" "$tol" "$cpu $precision" <<'PY'
 import ast, struct, sys
 def npy(path):
     data = open(path, "rb").read()
@@ -206,11 +217,9 @@ if worst > tol:
     sys.exit(f"{what}: aarch64 and x86 embeddings differ by {worst}")
 PY
     done
-    args=(--datafile models/demo/clip/datafile.json --no-overlays --summary-only)
-    RUST_LOG=warn target/debug/cavsync localize --bundle models/demo/bundle "${args[@]}" --out "$bundles/loc-x86" >/dev/null
-    TRACT_CPU_AARCH64_KIND=$(tract_kind "$cpu") RUST_LOG=warn qemu-aarch64-static -cpu "$cpu" \
-        "target/$target/release/cavsync" localize --bundle models/demo/bundle "${args[@]}" --out "$bundles/loc-$cpu" >/dev/null
-    python3 - "$bundles/loc-x86/localization.jsonl" "$bundles/loc-$cpu/localization.jsonl" "$cpu" <<'PY'
+    RUST_LOG=warn emulate "$cpu" "target/$target/release/cavsync" localize --bundle models/demo/bundle \
+        "${args[@]}" --out "$work/loc-$cpu" >/dev/null
+    python3 - "$work/loc-x86/localization.jsonl" "$work/loc-$cpu/localization.jsonl" "$cpu" <<'PY'
 import json, sys
 read = lambda p: [json.loads(line) for line in open(p)]
 x86, arm = read(sys.argv[1]), read(sys.argv[2])
