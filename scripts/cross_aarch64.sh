@@ -169,15 +169,17 @@ target/debug/cavsync-export convert --checkpoint models/demo/run/demo.pth --head
 # against the x86 binary's, per bundle, largest absolute difference of any output value: f32 and
 # int8 within 1e-4 and 1e-3 (measured 0 on both cores on 2026-12-04: the integer products are
 # exact on both, and the row operators compute softmax, layer norm and GELU in the same order on
-# every CPU); f16 within 5e-2, as x86 computes f16 graphs in f32 while the A76 computes in fp16
-# (measured 3.4e-2; the boards issue asked 2e-2). Then `localize` on the demo clip must find the
-# same strongest peak and activity in every frame.
+# every CPU); f16 within 2e-2: x86 computes f16 products in f32, the A76's fp16 kernels accumulate
+# in fp16 over at most 128 terms (the writer's F16_SUM_CHUNK; longer sums are added in f32), so
+# the two round differently (measured 1.1e-2 to 1.3e-2 on frames 0, 3, 5, 8, 12, 15 on 2026-12-04;
+# 3.4e-2 when the patch embedding and fc2 summed 768 and 512 terms in fp16). Then `localize` on
+# the demo clip must find the same strongest peak and activity in every frame.
 # The bundle and the bound of each precision.
 pick() {
     case "$1" in
         f32) bundle=models/demo/bundle; tol=1e-4 ;;
         int8) bundle="$work/int8"; tol=1e-3 ;;
-        f16) bundle="$work/f16"; tol=5e-2 ;;
+        f16) bundle="$work/f16"; tol=2e-2 ;;
     esac
 }
 frame=(--wav models/demo/clip/audio/s2001_00000.wav --frame 5

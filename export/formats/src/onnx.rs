@@ -69,6 +69,11 @@ pub fn check_precision(precision: Precision) -> Result<(), OnnxError> {
     float_type(precision).map(|_| ())
 }
 
+/// Longest sum an f16 graph leaves to one matrix product: fp16 kernels (aarch64 `asimdhp`)
+/// accumulate in half precision, so a product over a longer inner dimension is written as products
+/// over slices of this length whose results are added in f32.
+pub const F16_SUM_CHUNK: usize = 128;
+
 /// Accumulates nodes and initializers of one graph with unique value names.
 struct Graph<'a> {
     ck: &'a Checkpoint,
@@ -210,6 +215,40 @@ impl<'a> Graph<'a> {
         self.node("Slice", &[x, &s, &e, &a], vec![])
     }
 
+    /// x @ W for a 2-D value x (rows, `in_dim`) and W (`in_dim`, `out_dim`) row-major; in an f16
+    /// graph a longer `in_dim` than [`F16_SUM_CHUNK`] is summed in f32 over products of slices.
+    fn product(&mut self, x: &str, hint: &str, in_dim: usize, out_dim: usize, w: &[f32]) -> String {
+        if self.float == Float::F32 || in_dim <= F16_SUM_CHUNK {
+            let wn = self.weight(hint, &[in_dim, out_dim], w);
+            return self.node("MatMul", &[x, &wn], vec![]);
+        }
+        let to_f32 = int_attr("to", DataType::Float as i64);
+        let mut parts = Vec::new();
+        for start in (0..in_dim).step_by(F16_SUM_CHUNK) {
+            let end = (start + F16_SUM_CHUNK).min(in_dim);
+            let s = self.shape_const(&[start as i64]);
+            let e = self.shape_const(&[end as i64]);
+            let axis = self.shape_const(&[1]);
+            let slice = self.node("Slice", &[x, &s, &e, &axis], vec![]);
+            let wn = self.weight(
+                hint,
+                &[end - start, out_dim],
+                &w[start * out_dim..end * out_dim],
+            );
+            let y = self.node("MatMul", &[&slice, &wn], vec![]);
+            parts.push(self.node("Cast", &[&y], vec![to_f32.clone()]));
+        }
+        let mut sum = parts[0].clone();
+        for part in &parts[1..] {
+            sum = self.node("Add", &[&sum, part], vec![]);
+        }
+        self.node(
+            "Cast",
+            &[&sum],
+            vec![int_attr("to", DataType::Float16 as i64)],
+        )
+    }
+
     /// x @ W^T + b for a torch Linear stored as `{prefix}.weight` (out, in) and `{prefix}.bias`.
     fn linear(&mut self, x: &str, prefix: &str, scale: f32) -> Result<String, OnnxError> {
         let w = self.raw(&format!("{prefix}.weight"))?;
@@ -222,9 +261,8 @@ impl<'a> Graph<'a> {
             }
         }
         let bias: Vec<f32> = b.data.iter().map(|v| v * scale).collect();
-        let wn = self.weight(&format!("{prefix}.weight"), &[in_dim, out_dim], &wt);
+        let y = self.product(x, &format!("{prefix}.weight"), in_dim, out_dim, &wt);
         let bn = self.weight(&format!("{prefix}.bias"), &[out_dim], &bias);
-        let y = self.node("MatMul", &[x, &wn], vec![]);
         Ok(self.node("Add", &[&y, &bn], vec![]))
     }
 
@@ -249,9 +287,8 @@ impl<'a> Graph<'a> {
             .iter()
             .map(|v| v * scale)
             .collect();
-        let wn = self.weight(&format!("{prefix}.qkv{part}.weight"), &[d, d], &wt);
+        let y = self.product(x, &format!("{prefix}.qkv{part}.weight"), d, d, &wt);
         let bn = self.weight(&format!("{prefix}.qkv{part}.bias"), &[d], &bias);
-        let y = self.node("MatMul", &[x, &wn], vec![]);
         Ok(self.node("Add", &[&y, &bn], vec![]))
     }
 
@@ -434,8 +471,7 @@ impl Graph<'_> {
                 wt[i * d + o] = w.data[o * k + i];
             }
         }
-        let wn = self.weight("patch_embed.weight", &[k, d], &wt);
-        let x = self.node("MatMul", &[&patches, &wn], vec![]);
+        let x = self.product(&patches, "patch_embed.weight", k, d, &wt);
         let bias = &self.raw(&format!("patch_embed_{tag}.proj.bias"))?.data;
         let pos = &self.raw(&format!("pos_embed_{tag}"))?.data;
         let modality_emb = &self.raw(&format!("modality_{tag}"))?.data;
