@@ -1,12 +1,13 @@
 //! The demo model in every precision a board runs, against f32 on the demo clip, through the device crate alone: int8 (integer matmuls: AVX2 / AVX-512 VNNI here) and f16 (stored in half precision; x86 computes it in f32).
 //!
 //! `scripts/cross_aarch64.sh` runs this test for aarch64 under qemu as a Cortex-A76 (SDOT int8,
-//! native fp16) and a Cortex-A72 (SMLAL int8), so the Arm kernels meet the same bounds.
+//! native fp16) and a Cortex-A72 (SMLAL int8), so the Arm kernels meet the same bounds; the f16
+//! plans' products must run tract's native fp16 kernels where the CPU has them, f32 ones elsewhere.
 
 use std::path::{Path, PathBuf};
 
 use cavsync_core::clip::{clip_from_datafile_entry, read_datafile};
-use cavsync_core::model::Precision;
+use cavsync_core::model::{Modality, Precision};
 use cavsync_core::preprocess::image::load_rgb;
 use cavsync_core::preprocess::segment::{Alignment, FramePosition};
 use cavsync_core::similarity::cosine;
@@ -108,4 +109,44 @@ fn int8_and_f16_bundles_follow_f32_on_the_demo_clip() {
     eprintln!("f16: worst global cosine {global:.5}, mean token cosine {tokens:.5}");
     assert!(global >= 0.999, "f16 global cosine {global}");
     assert!(tokens >= 0.995, "f16 token cosine {tokens}");
+
+    // The kernels of the f16 plans: native fp16 (accumulating in fp16) where the CPU has
+    // half-precision arithmetic, else f32 kernels reading the f16 operands.
+    let fp16 = fp16_arithmetic();
+    for modality in Modality::ALL {
+        let input = vec![0.1f32; f16.input_len(modality)];
+        let nodes = f16.profile(modality, &input, 1).unwrap();
+        let kernels: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.op == "OptMatMul" && n.input_type.as_deref() == Some("F16"))
+            .filter_map(|n| n.detail.split("with [").nth(1)?.split(']').next())
+            .collect();
+        let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+        kernels
+            .iter()
+            .for_each(|k| *kinds.entry(k).or_default() += 1);
+        eprintln!(
+            "f16 {modality}: {} products, kernels {kinds:?}",
+            kernels.len()
+        );
+        assert!(kernels.len() >= 10, "{modality}: {kernels:?}");
+        for kernel in kernels {
+            if fp16 {
+                assert!(
+                    kernel.starts_with("arm64fp16_mmm_f16"),
+                    "{modality}: {kernel}"
+                );
+            } else {
+                assert!(kernel.contains("_f32_"), "{modality}: {kernel}");
+            }
+        }
+    }
+}
+
+/// Whether this CPU computes in half precision (Arm `asimdhp`, e.g. a Cortex-A76).
+fn fp16_arithmetic() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("fp16");
+    #[cfg(not(target_arch = "aarch64"))]
+    false
 }
