@@ -565,6 +565,29 @@ fn plan_ops(bundle: &Path, file: &str, input_shape: &[usize]) -> Vec<String> {
         .collect()
 }
 
+/// The scale of every static activation quantization of a bundle's graph, in graph order.
+fn activation_scales(bundle: &Path, file: &str) -> Vec<f32> {
+    use prost::Message;
+    let bytes = std::fs::read(bundle.join(file)).unwrap();
+    let graph = cavsync_formats::pb::ModelProto::decode(bytes.as_slice())
+        .unwrap()
+        .graph
+        .unwrap();
+    graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "QuantizeLinear")
+        .map(|n| {
+            let t = graph
+                .initializer
+                .iter()
+                .find(|t| t.name == n.input[1])
+                .unwrap();
+            f32::from_le_bytes(t.raw_data[..4].try_into().unwrap())
+        })
+        .collect()
+}
+
 #[test]
 fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
     use cavsync_core::manifest::{Manifest, sha256_file};
@@ -605,6 +628,14 @@ fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
     let cal = q.calibration.as_ref().unwrap();
     assert_eq!((cal.clips, cal.frames), (1, 16));
     assert_eq!(cal.datafile_sha256, sha256_file(&datafile).unwrap());
+
+    // Each encoder quantizes with the ranges of its own activations (the graphs share tensor names).
+    let minmax_scales = [
+        activation_scales(&int8_bundle, "audio.onnx"),
+        activation_scales(&int8_bundle, "visual.onnx"),
+    ];
+    assert!(!minmax_scales[0].is_empty());
+    assert_ne!(minmax_scales[0], minmax_scales[1]);
 
     // Same outputs within int8's error, on the frames it was not calibrated differently for.
     let reference = demo_clip_globals(&f32_bundle, &datafile);
@@ -666,7 +697,13 @@ fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
             "{l:?}"
         );
         assert_eq!(l.kept_float, l.global_cosine < 0.99999, "{l:?}");
-        assert_eq!(q.kept_float.contains(&l.name), l.kept_float, "{l:?}");
+        // A joint block's weight is one tensor both encoders use: kept in f32 (in both) when
+        // either encoder's measurement falls below the bound.
+        let below_in_either = q
+            .sensitivity
+            .iter()
+            .any(|m| m.name == l.name && m.kept_float);
+        assert_eq!(q.kept_float.contains(&l.name), below_in_either, "{l:?}");
     }
     assert_eq!(q.quantized_matmuls + q.kept_float.len(), 26);
 
@@ -687,6 +724,44 @@ fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
     let manifest = Manifest::read(&int8_bundle).unwrap();
     let method = &manifest.quantization.unwrap().calibration.unwrap().method;
     assert_eq!(method, "percentile:99.9");
+
+    // Entropy thresholds only ever clip: no range wider than the values seen, some narrower.
+    let res = quantize(&[
+        "--per-channel",
+        "--calibration",
+        datafile.to_str().unwrap(),
+        "--method",
+        "entropy",
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let manifest = Manifest::read(&int8_bundle).unwrap();
+    assert_eq!(
+        manifest.quantization.unwrap().calibration.unwrap().method,
+        "entropy"
+    );
+    for (file, minmax) in ["audio.onnx", "visual.onnx"].iter().zip(&minmax_scales) {
+        let entropy = activation_scales(&int8_bundle, file);
+        assert_eq!(entropy.len(), minmax.len());
+        assert!(
+            entropy.iter().zip(minmax).all(|(e, m)| *e <= m * 1.0001),
+            "{file}"
+        );
+        assert!(
+            entropy.iter().zip(minmax).any(|(e, m)| *e < m * 0.99),
+            "{file}"
+        );
+    }
+    for ((ra, rv), (qa, qv)) in reference
+        .iter()
+        .zip(&demo_clip_globals(&int8_bundle, &datafile))
+    {
+        assert!(cosine(ra, qa) >= 0.99, "entropy audio {}", cosine(ra, qa));
+        assert!(cosine(rv, qv) >= 0.99, "entropy visual {}", cosine(rv, qv));
+    }
 
     // Options that contradict each other: clear errors, nothing written.
     std::fs::remove_dir_all(&int8_bundle).unwrap();

@@ -94,8 +94,9 @@ pub struct QuantizeOptions {
 /// Calibrated activation ranges for the static scheme, and where they came from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Calibration {
-    /// `(min, max)` of each quantized MatMul's activation input, by tensor name, both graphs together.
-    pub ranges: BTreeMap<String, (f32, f32)>,
+    /// `(min, max)` of each quantized MatMul's activation input, by graph file name (`audio.onnx`,
+    /// `visual.onnx`) and tensor name: the two graphs use the same tensor names.
+    pub ranges: BTreeMap<(String, String), (f32, f32)>,
     /// What the manifest records of the calibration set and method.
     pub record: CalibrationRecord,
 }
@@ -114,12 +115,94 @@ pub fn uint8_params(min: f32, max: f32) -> (f32, u8) {
     (scale, ACTIVATION_ZERO)
 }
 
+/// Levels of one sign of a static activation: codes 128 to 255 stand for 0 to 127 steps.
+const SIGN_LEVELS: usize = INT8_MAX as usize + 1;
+
+/// The clipping threshold of a symmetric activation range that loses least information
+/// (TensorRT's entropy calibration): of the bin edges from [`SIGN_LEVELS`] bins up, the one where
+/// the histogram below it, merged into [`SIGN_LEVELS`] levels, is closest in KL divergence to
+/// the histogram clipped there (its tail counted in the last bin). `magnitudes[i]` counts the |x|
+/// seen in `[i, i + 1) * bin_width`.
+pub fn entropy_threshold(magnitudes: &[u64], bin_width: f32) -> f32 {
+    let bins = magnitudes.len();
+    if bins <= SIGN_LEVELS {
+        return bins as f32 * bin_width;
+    }
+    let total: u64 = magnitudes.iter().sum();
+    let mut tail: u64 = magnitudes[SIGN_LEVELS..].iter().sum();
+    let mut clipped = vec![0.0f64; bins];
+    let mut merged = vec![0.0f64; bins];
+    let mut best = (f64::INFINITY, bins);
+    for edge in SIGN_LEVELS..=bins {
+        let kept = magnitudes[..edge].iter().sum::<u64>() as f64;
+        if kept > 0.0 {
+            for (c, &m) in clipped[..edge].iter_mut().zip(magnitudes) {
+                *c = m as f64 / total as f64;
+            }
+            clipped[edge - 1] += tail as f64 / total as f64;
+            // Each level spreads its count evenly over the bins of its span that held any value.
+            for level in 0..SIGN_LEVELS {
+                let span = level * edge / SIGN_LEVELS..(level + 1) * edge / SIGN_LEVELS;
+                let held = magnitudes[span.clone()].iter().filter(|&&m| m > 0).count();
+                let count = magnitudes[span.clone()].iter().sum::<u64>() as f64;
+                for (q, &m) in merged[span.clone()].iter_mut().zip(&magnitudes[span]) {
+                    *q = if m > 0 {
+                        count / held as f64 / kept
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            smooth(&mut clipped[..edge]);
+            smooth(&mut merged[..edge]);
+            let divergence: f64 = clipped[..edge]
+                .iter()
+                .zip(&merged[..edge])
+                .map(|(p, q)| p * (p / q).ln())
+                .sum();
+            if divergence < best.0 {
+                best = (divergence, edge);
+            }
+        }
+        if edge < bins {
+            tail -= magnitudes[edge];
+        }
+    }
+    best.1 as f32 * bin_width
+}
+
+/// Give the empty bins of a distribution a small mass taken evenly from the others, so that
+/// every ratio of the divergence is finite.
+fn smooth(distribution: &mut [f64]) {
+    const EPSILON: f64 = 1e-4;
+    let empty = distribution.iter().filter(|&&p| p == 0.0).count();
+    let held = distribution.len() - empty;
+    if empty == 0 || held == 0 {
+        return;
+    }
+    let taken = EPSILON * empty as f64 / held as f64;
+    for p in distribution {
+        *p = if *p == 0.0 {
+            EPSILON
+        } else {
+            (*p - taken).max(EPSILON)
+        };
+    }
+}
+
 /// The 2-D f32 weight initializer a node multiplies by, when it is a MatMul that `quantize_graph` can quantize.
 fn matmul_weight<'g>(graph: &'g GraphProto, n: &NodeProto) -> Option<&'g TensorProto> {
     (n.op_type == "MatMul" && n.input.len() == 2)
         .then(|| graph.initializer.iter().find(|t| t.name == n.input[1]))
         .flatten()
         .filter(|t| t.dims.len() == 2 && t.data_type == DataType::Float as i32)
+}
+
+/// The file name of a graph's path, which keys its activations in [`Calibration::ranges`].
+pub fn graph_file(path: &Path) -> String {
+    path.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Whether a weight is named by one of the `--keep-float` prefixes.
@@ -341,7 +424,8 @@ pub fn quantize_graph(
         );
         let static_params = match &options.calibration {
             Some(c) => {
-                let &(min, max) = c.ranges.get(&n.input[0]).ok_or_else(|| {
+                let key = (graph_file(path), n.input[0].clone());
+                let &(min, max) = c.ranges.get(&key).ok_or_else(|| {
                     weight_err(
                         &w.name,
                         format!(
@@ -554,6 +638,23 @@ mod tests {
         assert_eq!(zero, 128);
         assert!((scale - 0.02).abs() < 1e-7);
         assert_eq!(uint8_params(0.0, 0.0), (1.0, 128));
+    }
+
+    #[test]
+    fn entropy_keeps_a_full_range_and_clips_a_lone_outlier() {
+        // Too few bins to clip: the whole range.
+        assert_eq!(entropy_threshold(&[5; 100], 0.5), 50.0);
+        // Values spread evenly over the range: clipping anywhere loses more than it gains.
+        let even = vec![1000u64; 2048];
+        assert!(entropy_threshold(&even, 1.0) >= 2000.0);
+        // A bell of |x| (sigma 80 bins; no bin past 420 holds a value) and one value at the far
+        // end: the threshold lies past the bell's bulk (3 sigma) and far below the outlier.
+        let mut bell: Vec<u64> = (0..2048)
+            .map(|i| (1e6 * (-(i as f64 / 80.0).powi(2) / 2.0).exp()) as u64)
+            .collect();
+        bell[2047] = 1;
+        let t = entropy_threshold(&bell, 1.0);
+        assert!((240.0..=512.0).contains(&t), "threshold {t}");
     }
 
     #[test]

@@ -18,8 +18,8 @@ use cavsync_core::similarity::cosine;
 use cavsync_device::encode::clip_fbank;
 use cavsync_formats::pb::ModelProto;
 use cavsync_formats::quantize::{
-    Calibration, QuantizeOptions, quantizable_activations, quantizable_weights, quantize_bundle,
-    quantize_graph, with_extra_outputs,
+    Calibration, QuantizeOptions, entropy_threshold, graph_file, quantizable_activations,
+    quantizable_weights, quantize_bundle, quantize_graph, with_extra_outputs,
 };
 
 /// How activations are quantized.
@@ -38,6 +38,8 @@ pub enum Method {
     Minmax,
     /// The --percentile quantile of each tail (clips rare outliers for finer steps).
     Percentile,
+    /// The clipping threshold whose int8 levels keep most of the values' distribution (least KL divergence, as TensorRT calibrates).
+    Entropy,
 }
 
 /// Arguments of `quantize`.
@@ -83,13 +85,17 @@ pub struct QuantizeArgs {
 
 /// Bins of the histogram a percentile range is read from.
 const HISTOGRAM_BINS: usize = 4096;
+/// Bins of the histogram of magnitudes an entropy threshold is chosen from (TensorRT's count).
+const ENTROPY_BINS: usize = 2048;
 
-/// Values seen of one activation: range, then (for percentiles) a histogram over it.
+/// Values seen of one activation: range, then a histogram over it (of the values, for
+/// percentiles; of their magnitudes up to the largest, for entropy).
 #[derive(Debug, Clone)]
 struct Observed {
     min: f32,
     max: f32,
     histogram: Vec<u64>,
+    magnitudes: bool,
 }
 
 impl Observed {
@@ -98,12 +104,29 @@ impl Observed {
             min: f32::INFINITY,
             max: f32::NEG_INFINITY,
             histogram: Vec::new(),
+            magnitudes: false,
         }
     }
 
+    /// Start the histogram pass: `bins` bins over the values' range, or over their magnitudes.
+    fn start_histogram(&mut self, bins: usize, magnitudes: bool) {
+        self.histogram = vec![0; bins];
+        self.magnitudes = magnitudes;
+    }
+
+    /// Largest magnitude seen.
+    fn magnitude(&self) -> f32 {
+        self.min.abs().max(self.max.abs())
+    }
+
     fn bin(&self, v: f32) -> usize {
-        let width = (self.max - self.min).max(f32::MIN_POSITIVE);
-        (((v - self.min) / width * HISTOGRAM_BINS as f32) as usize).min(HISTOGRAM_BINS - 1)
+        let bins = self.histogram.len();
+        let (from, width, v) = if self.magnitudes {
+            (0.0, self.magnitude(), v.abs())
+        } else {
+            (self.min, self.max - self.min, v)
+        };
+        (((v - from) / width.max(f32::MIN_POSITIVE) * bins as f32) as usize).min(bins - 1)
     }
 
     /// The value below which `q` of the histogram's mass lies (bin edges).
@@ -111,7 +134,7 @@ impl Observed {
         let total: u64 = self.histogram.iter().sum();
         let target = (q * total as f64).round() as u64;
         let mut seen = 0;
-        let width = (self.max - self.min) / HISTOGRAM_BINS as f32;
+        let width = (self.max - self.min) / self.histogram.len() as f32;
         for (i, &c) in self.histogram.iter().enumerate() {
             seen += c;
             if seen >= target.max(1) {
@@ -256,11 +279,7 @@ fn calibrate(args: &QuantizeArgs, datafile: &Path, source: &Source) -> anyhow::R
         .iter()
         .map(|p| vec![Observed::new(); p.names.len()])
         .collect();
-    let passes = if args.method == Method::Percentile {
-        2
-    } else {
-        1
-    };
+    let passes = if args.method == Method::Minmax { 1 } else { 2 };
     let available = clip::read_datafile(datafile)?.len().min(args.clips);
     let frames_per_pass = available * manifest.audio_preprocessing.total_frames;
     let bar = cavsync_cli::progress_bar(
@@ -272,7 +291,10 @@ fn calibrate(args: &QuantizeArgs, datafile: &Path, source: &Source) -> anyhow::R
         let histogram = pass == 1;
         if histogram {
             for obs in seen.iter_mut().flatten() {
-                obs.histogram = vec![0; HISTOGRAM_BINS];
+                match args.method {
+                    Method::Entropy => obs.start_histogram(ENTROPY_BINS, true),
+                    _ => obs.start_histogram(HISTOGRAM_BINS, false),
+                }
             }
         }
         counted = for_each_frame(
@@ -299,8 +321,12 @@ fn calibrate(args: &QuantizeArgs, datafile: &Path, source: &Source) -> anyhow::R
             let range = match args.method {
                 Method::Minmax => (o.min, o.max),
                 Method::Percentile => (o.quantile(1.0 - q), o.quantile(q)),
+                Method::Entropy => {
+                    let t = entropy_threshold(&o.histogram, o.magnitude() / ENTROPY_BINS as f32);
+                    (-t, t)
+                }
             };
-            ranges.insert(name.clone(), range);
+            ranges.insert((graph_file(&probe.path), name.clone()), range);
         }
     }
     Ok(Calibration {
@@ -313,6 +339,7 @@ fn calibrate(args: &QuantizeArgs, datafile: &Path, source: &Source) -> anyhow::R
             method: match args.method {
                 Method::Minmax => "minmax".into(),
                 Method::Percentile => format!("percentile:{}", args.percentile),
+                Method::Entropy => "entropy".into(),
             },
         },
     })

@@ -150,7 +150,7 @@ pub struct CalibrationRecord {
     pub clips: usize,
     /// Frames used (each gives one audio segment and one image).
     pub frames: usize,
-    /// How ranges were chosen from the observed values: `minmax` or `percentile:P`.
+    /// How ranges were chosen from the observed values: `minmax`, `percentile:P` or `entropy`.
     pub method: String,
 }
 
