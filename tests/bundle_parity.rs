@@ -135,6 +135,10 @@ fn f16_bundle_error_is_bounded() {
         write(name, Precision::F16, tmp.path());
         let bundle = Bundle::open(tmp.path()).unwrap();
         assert_eq!(bundle.manifest.model.precision, Precision::F16);
+        assert_eq!(
+            bundle.manifest.model.precision_guidance.as_deref(),
+            Some(Precision::F16.guidance())
+        );
         let got = run_bundle(&bundle, &dir);
         for (slot, modality) in [(0, "audio"), (1, "visual")] {
             let official_tokens = read_f32(&dir.join(format!("{modality}_tokens.npy"))).unwrap();
@@ -252,6 +256,10 @@ fn int8_bundles_keep_the_official_outputs() {
         };
         let (manifest, reports) = quantize_bundle(&f32_dir, &int8_dir, &options).unwrap();
         assert_eq!(manifest.model.precision, Precision::Int8);
+        assert_eq!(
+            manifest.model.precision_guidance.as_deref(),
+            Some(Precision::Int8.guidance())
+        );
         assert!(
             reports
                 .iter()

@@ -166,6 +166,7 @@ fn write_into(
             batch: 1,
             parameters: Some(config.encoder_parameters()),
             gflops_per_pair: Some(config.pair_gflops()),
+            precision_guidance: Some(options.precision.guidance().into()),
         },
         audio,
         visual,

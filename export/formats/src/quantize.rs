@@ -576,6 +576,7 @@ fn write_quantized(
         .collect();
     let mut manifest = source.clone();
     manifest.model.precision = Precision::Int8;
+    manifest.model.precision_guidance = Some(Precision::Int8.guidance().into());
     manifest.audio = audio;
     manifest.visual = visual;
     let (scheme, activations) = match &options.calibration {

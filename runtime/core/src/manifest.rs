@@ -186,6 +186,9 @@ pub struct ModelInfo {
     /// GFLOP of one frame pair (one audio segment and one image) as the runtime runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gflops_per_pair: Option<f64>,
+    /// Where this precision is the right choice and how each device computes it ([`Precision::guidance`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision_guidance: Option<String>,
 }
 
 /// One encoder graph: file, hash, input and outputs.

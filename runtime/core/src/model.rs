@@ -38,6 +38,21 @@ impl Precision {
             Self::Int8 => "int8",
         }
     }
+
+    /// Where bundles of this precision are the right choice, and how each device computes them.
+    pub fn guidance(self) -> &'static str {
+        match self {
+            Self::F32 => {
+                "the reference: every device computes it as written; the choice where accuracy matters more than speed"
+            }
+            Self::F16 => {
+                "half of f32's memory; computed in half precision by tract-cuda (Jetson Orin's GPU, the Jetson profile's choice) and by Arm cores with fp16 arithmetic (Raspberry Pi 5's Cortex-A76, Jetson Orin's A78AE), each product summed over at most 128 terms in half precision and those sums added in f32; a Raspberry Pi 4 (Cortex-A72, no fp16) and x86 compute it in f32 from the f16 weights, no faster than f32, so use int8 or f32 there"
+            }
+            Self::Int8 => {
+                "a quarter of f32's memory; integer kernels on x86 (AVX2, AVX-512 VNNI) and on Arm (SDOT on Raspberry Pi 5 and Jetson Orin, SMLAL on Raspberry Pi 4): the Raspberry Pi profiles' choice; tract-cuda has no integer products, so run int8 bundles on the CPU"
+            }
+        }
+    }
 }
 
 /// Which family a checkpoint belongs to.

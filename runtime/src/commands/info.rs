@@ -35,6 +35,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "precision         {} (batch {})",
         m.model.precision, m.model.batch
     );
+    let guidance = m.model.precision_guidance.as_deref();
+    println!(
+        "precision use     {}",
+        guidance.unwrap_or(m.model.precision.guidance())
+    );
     if let (Some(params), Some(gflops)) = (m.model.parameters, m.model.gflops_per_pair) {
         println!(
             "cost              {:.2} M encoder parameters, {gflops:.3} GFLOP per frame pair",
