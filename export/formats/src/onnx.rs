@@ -207,11 +207,11 @@ impl<'a> Graph<'a> {
         self.node("Transpose", &[x], vec![ints_attr("perm", perm)])
     }
 
-    /// Rows `start..end` of a 2-D value.
-    fn rows(&mut self, x: &str, start: i64, end: i64) -> String {
+    /// Indices `start..end` of a value along `axis`.
+    fn slice(&mut self, x: &str, axis: i64, start: i64, end: i64) -> String {
         let s = self.shape_const(&[start]);
         let e = self.shape_const(&[end]);
-        let a = self.shape_const(&[0]);
+        let a = self.shape_const(&[axis]);
         self.node("Slice", &[x, &s, &e, &a], vec![])
     }
 
@@ -226,10 +226,7 @@ impl<'a> Graph<'a> {
         let mut parts = Vec::new();
         for start in (0..in_dim).step_by(F16_SUM_CHUNK) {
             let end = (start + F16_SUM_CHUNK).min(in_dim);
-            let s = self.shape_const(&[start as i64]);
-            let e = self.shape_const(&[end as i64]);
-            let axis = self.shape_const(&[1]);
-            let slice = self.node("Slice", &[x, &s, &e, &axis], vec![]);
+            let slice = self.slice(x, 1, start as i64, end as i64);
             let wn = self.weight(
                 hint,
                 &[end - start, out_dim],
@@ -242,11 +239,7 @@ impl<'a> Graph<'a> {
         for part in &parts[1..] {
             sum = self.node("Add", &[&sum, part], vec![]);
         }
-        self.node(
-            "Cast",
-            &[&sum],
-            vec![int_attr("to", DataType::Float16 as i64)],
-        )
+        self.cast_in(&sum)
     }
 
     /// x @ W^T + b for a torch Linear stored as `{prefix}.weight` (out, in) and `{prefix}.bias`.
@@ -359,7 +352,7 @@ impl<'a> Graph<'a> {
         self.node("Mul", &[&times, &half], vec![])
     }
 
-    /// Cast a float32 graph input to the graph's precision, and back for outputs.
+    /// Cast a float32 value (a graph input, or a sum of f16 products) to the graph's precision.
     fn cast_in(&mut self, x: &str) -> String {
         match self.float {
             Float::F32 => x.to_string(),
@@ -526,7 +519,7 @@ impl Graph<'_> {
             x = self.block(&x, &format!("{}.{i}", names.blocks), "", config.heads)?;
         }
         if config.registers > 0 {
-            x = self.rows(&x, 0, kept_tokens(config, modality) as i64);
+            x = self.slice(&x, 0, 0, kept_tokens(config, modality) as i64);
         }
         // forward_feat applies every joint block to the same input and keeps the last result.
         let last_joint = format!("blocks_u.{}", config.depth_u - 1);
@@ -545,8 +538,8 @@ impl Graph<'_> {
         modality: Modality,
     ) -> (String, String) {
         let (global, tokens) = if config.has_global_tokens() {
-            let global = self.rows(x, 0, 1);
-            let tokens = self.rows(x, 1, kept_tokens(config, modality) as i64);
+            let global = self.slice(x, 0, 0, 1);
+            let tokens = self.slice(x, 0, 1, kept_tokens(config, modality) as i64);
             (global, tokens)
         } else {
             let axes = self.shape_const(&[0]);
