@@ -134,7 +134,7 @@ pub fn entropy_threshold(magnitudes: &[u64], bin_width: f32) -> f32 {
     let mut merged = vec![0.0f64; bins];
     let mut best = (f64::INFINITY, bins);
     for edge in SIGN_LEVELS..=bins {
-        let kept = magnitudes[..edge].iter().sum::<u64>() as f64;
+        let kept = (total - tail) as f64;
         if kept > 0.0 {
             for (c, &m) in clipped[..edge].iter_mut().zip(magnitudes) {
                 *c = m as f64 / total as f64;
