@@ -9,8 +9,8 @@ use cavsync_formats::random::{random_tensors, write_safetensors};
 use prost::Message;
 use tract_onnx::pb;
 
-#[test]
-fn written_graphs_decode_with_the_official_schema() {
+/// A small random Sync model (dim 32, one block each) and its checkpoint, read back from safetensors.
+fn random_model() -> (ModelConfig, Checkpoint) {
     let config = ModelConfig {
         depth_u: 1,
         ..ModelConfig::sync(32, 1, 2, 64)
@@ -19,6 +19,12 @@ fn written_graphs_decode_with_the_official_schema() {
     let path = dir.path().join("random.safetensors");
     write_safetensors(&random_tensors(&config, 7), &path).unwrap();
     let ck = Checkpoint::load(&path).unwrap();
+    (config, ck)
+}
+
+#[test]
+fn written_graphs_decode_with_the_official_schema() {
+    let (config, ck) = random_model();
     for modality in Modality::ALL {
         for precision in [Precision::F32, Precision::F16] {
             let ours = encoder_model(&ck, &config, modality, precision).unwrap();
@@ -92,14 +98,7 @@ fn weight_product_sums(graph: &cavsync_formats::pb::GraphProto) -> Vec<i64> {
 
 #[test]
 fn f16_graphs_sum_long_products_in_f32_over_short_slices() {
-    let config = ModelConfig {
-        depth_u: 1,
-        ..ModelConfig::sync(32, 1, 2, 64)
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("random.safetensors");
-    write_safetensors(&random_tensors(&config, 7), &path).unwrap();
-    let ck = Checkpoint::load(&path).unwrap();
+    let (config, ck) = random_model();
     for modality in Modality::ALL {
         let f32_graph = encoder_model(&ck, &config, modality, Precision::F32)
             .unwrap()

@@ -598,22 +598,19 @@ fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
     let int8_bundle = dir.path().join("int8");
     convert_fixture(&f32_bundle);
     let datafile = demo_datafile(dir.path());
-    let quantize = |extra: &[&str]| {
-        run(exe()
-            .arg("quantize")
+    let command = |extra: &[&str]| {
+        let mut cmd = exe();
+        cmd.arg("quantize")
             .arg("--bundle")
             .arg(&f32_bundle)
             .arg("--out")
             .arg(&int8_bundle)
-            .args(extra))
+            .args(extra);
+        cmd
     };
-    let res = quantize(&["--per-channel", "--calibration", datafile.to_str().unwrap()]);
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    let quantize = |extra: &[&str]| run(&mut command(extra));
+    let quantize_ok = |extra: &[&str]| run_ok(&mut command(extra));
+    let stdout = quantize_ok(&["--per-channel", "--calibration", datafile.to_str().unwrap()]);
     assert!(
         stdout.contains("static scheme: 26 integer matmuls"),
         "{stdout}"
@@ -664,7 +661,7 @@ fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
     }
 
     // Sensitivity: every weight measured alone, worst first, and those below --keep-below kept in f32 with the reason recorded.
-    let res = quantize(&[
+    let stdout = quantize_ok(&[
         "--calibration",
         datafile.to_str().unwrap(),
         "--sensitivity",
@@ -673,12 +670,6 @@ fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
         "--keep-below",
         "0.99999",
     ]);
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
     assert!(
         stdout.contains("sensitivity: global-token cosine with f32"),
         "{stdout}"
@@ -708,7 +699,7 @@ fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
     assert_eq!(q.quantized_matmuls + q.kept_float.len(), 26);
 
     // Percentile ranges are recorded as such.
-    let res = quantize(&[
+    quantize_ok(&[
         "--calibration",
         datafile.to_str().unwrap(),
         "--method",
@@ -716,28 +707,18 @@ fn static_quantization_calibrates_on_real_clips_and_keeps_the_outputs() {
         "--percentile",
         "99.9",
     ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
     let manifest = Manifest::read(&int8_bundle).unwrap();
     let method = &manifest.quantization.unwrap().calibration.unwrap().method;
     assert_eq!(method, "percentile:99.9");
 
     // Entropy thresholds only ever clip: no range wider than the values seen, some narrower.
-    let res = quantize(&[
+    quantize_ok(&[
         "--per-channel",
         "--calibration",
         datafile.to_str().unwrap(),
         "--method",
         "entropy",
     ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
     let manifest = Manifest::read(&int8_bundle).unwrap();
     assert_eq!(
         manifest.quantization.unwrap().calibration.unwrap().method,
