@@ -405,6 +405,7 @@ fn build_plan(
                 .and_then(|m| m.into_decluttered())
                 .and_then(|mut m| {
                     crate::rowops::replace_gelu(&mut m)?;
+                    crate::intops::replace_int8_epilogues(&mut m)?;
                     m.into_optimized()
                 })
                 .map(Arc::new)

@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod device;
 pub mod encode;
 mod graph;
+pub mod intops;
 pub mod latency;
 pub mod rowops;
 pub mod session;

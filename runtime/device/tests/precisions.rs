@@ -72,7 +72,7 @@ fn agreement(
 
 #[test]
 fn int8_and_f16_bundles_follow_f32_on_the_demo_clip() {
-    // The datafile's paths are relative to the repository root (this binary's only test).
+    // The datafile's paths are relative to the repository root (the other test reads none).
     std::env::set_current_dir(root()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let f32_dir = root().join("models/demo/bundle");
@@ -149,4 +149,34 @@ fn fp16_arithmetic() -> bool {
     return std::arch::is_aarch64_feature_detected!("fp16");
     #[cfg(not(target_arch = "aarch64"))]
     false
+}
+
+/// A static int8 bundle's plans quantize activations and rescale every integer product's
+/// accumulators with cavsync's one-pass operators (`cavsync_device::intops`), leaving none of
+/// tract's casts and multiplications behind.
+#[test]
+fn static_int8_plans_use_one_pass_quantize_and_rescale() {
+    let bundle = Bundle::open(&root().join("models/demo-student/bundle-int8")).unwrap();
+    for modality in Modality::ALL {
+        let input = vec![0.1f32; bundle.input_len(modality)];
+        let nodes = bundle.profile(modality, &input, 1).unwrap();
+        let count = |op: &str| nodes.iter().filter(|n| n.op == op).count();
+        let products: std::collections::BTreeSet<&str> = nodes
+            .iter()
+            .filter(|n| n.op == "OptMatMul" && n.input_type.as_deref() == Some("I8"))
+            .filter_map(|n| n.name.split(".matmul_integer").next())
+            .collect();
+        eprintln!(
+            "int8 {modality}: {} integer products, {} RowRescale, {} RowQuantizeU8",
+            products.len(),
+            count("RowRescale"),
+            count("RowQuantizeU8")
+        );
+        assert!(products.len() >= 10, "{modality}: {products:?}");
+        assert_eq!(count("RowRescale"), products.len(), "{modality}");
+        assert!(count("RowQuantizeU8") >= products.len() / 2, "{modality}");
+        for gone in ["Cast", "OptMulUnicast", "QuantizeLinearU8"] {
+            assert_eq!(count(gone), 0, "{modality}: {gone} left in the plan");
+        }
+    }
 }
