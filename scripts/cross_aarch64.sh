@@ -8,7 +8,7 @@
 #    with --ci only the numeric crates core, device and live, see below), started as if native:
 #    binfmt_misc hands them, and the `cavsync` binary the CLI tests start, to qemu;
 # 2. the aarch64 binary against the x86 one: `embed` of one frame pair of the demo clip per bundle
-#    (f32, int8, and f16 where the core computes it) and `localize` on the demo clip.
+#    (f32, int8 in both schemes, and f16 where the core computes it) and `localize` on the demo clip.
 #
 # Skipped under emulation, by name (qemu runs the demo visual encoder in about 1.8 s a frame):
 # - runtime/tests/live.rs: a_live_run_equals_offline_localization_and_tracks_the_sounding_objects,
@@ -162,14 +162,17 @@ fi
 # `cargo build -p` of either would rebuild much of the workspace with other features.
 host cargo test --workspace --locked --no-run -q
 target/debug/cavsync-export quantize --bundle models/demo/bundle --out "$work/int8" --per-channel
+target/debug/cavsync-export quantize --bundle models/demo/bundle --out "$work/int8-static" --per-channel \
+    --calibration models/demo/clip/datafile.json
 target/debug/cavsync-export convert --checkpoint models/demo/run/demo.pth --heads 2 --precision f16 \
     --localization models/demo/run/activity.toml --out "$work/f16"
 
 # The same outputs as on x86: the aarch64 binary's embeddings of one frame pair of the demo clip
 # against the x86 binary's, per bundle, largest absolute difference of any output value: f32 and
-# int8 within 1e-4 and 1e-3 (measured 0 on both cores on 2026-12-04: the integer products are
-# exact on both, and the row operators compute softmax, layer norm and GELU in the same order on
-# every CPU); f16 within 2e-2: x86 computes f16 products in f32, the A76's fp16 kernels accumulate
+# int8 (dynamic, and static calibrated on the demo clip: the committed boards' scheme, whose
+# plans run cavsync_device::intops) within 1e-4 and 1e-3 (measured 0 on both cores on 2026-12-04:
+# the integer products are exact on both, and the row operators compute softmax, layer norm and
+# GELU in the same order on every CPU); f16 within 2e-2: x86 computes f16 products in f32, the A76's fp16 kernels accumulate
 # in fp16 over at most 128 terms (the writer's F16_SUM_CHUNK; longer sums are added in f32), so
 # the two round differently (measured 1.1e-2 to 1.3e-2 on frames 0, 3, 5, 8, 12, 15 on 2026-12-04;
 # 3.4e-2 when the patch embedding and fc2 summed 768 and 512 terms in fp16). Then `localize` on
@@ -179,6 +182,7 @@ pick() {
     case "$1" in
         f32) bundle=models/demo/bundle; tol=1e-4 ;;
         int8) bundle="$work/int8"; tol=1e-3 ;;
+        int8-static) bundle="$work/int8-static"; tol=1e-3 ;;
         f16) bundle="$work/f16"; tol=2e-2 ;;
     esac
 }
@@ -186,15 +190,15 @@ frame=(--wav models/demo/clip/audio/s2001_00000.wav --frame 5
     --image models/demo/clip/frames/frame_5/s2001_00000.jpg)
 args=(--datafile models/demo/clip/datafile.json --no-overlays --summary-only)
 # The x86 outputs, once for every core.
-for precision in f32 int8 f16; do
+for precision in f32 int8 int8-static f16; do
     pick "$precision"
     RUST_LOG=warn target/debug/cavsync embed --bundle "$bundle" "${frame[@]}" --out "$work/x86-$precision"
 done
 RUST_LOG=warn target/debug/cavsync localize --bundle models/demo/bundle "${args[@]}" --out "$work/loc-x86" >/dev/null
 for cpu in $cpus; do
     case "$cpu" in
-        cortex-a76) list="f32 int8 f16" ;;
-        *) list="f32 int8" ;;  # the Pi 4 profile refuses f16: the A72 has no fp16
+        cortex-a76) list="f32 int8 int8-static f16" ;;
+        *) list="f32 int8 int8-static" ;;  # the Pi 4 profile refuses f16: the A72 has no fp16
     esac
     for precision in $list; do
         pick "$precision"
