@@ -2,12 +2,12 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use common::{checkpoint, fixture_dir, heads};
 
-use cavsync_core::manifest::LocalizationInfo;
+use cavsync_core::manifest::{CalibrationRecord, LocalizationInfo, Manifest, sha256_file};
 use cavsync_core::model::Precision;
 use cavsync_core::npy::read_f32;
 use cavsync_core::similarity::cosine;
@@ -16,7 +16,10 @@ use cavsync_formats::bundle::{BundleOptions, write_bundle};
 use cavsync_formats::checkpoint::Checkpoint;
 use cavsync_formats::layout::ModelConfig;
 use cavsync_formats::pb::ModelProto;
-use cavsync_formats::quantize::{QuantizeOptions, quantize_bundle};
+use cavsync_formats::quantize::{
+    Calibration, QuantizeOptions, graph_file, quantizable_activations, quantize_bundle,
+    with_extra_outputs,
+};
 use cavsync_train::LoadedModel;
 use ndarray::{ArrayD, Axis};
 use prost::Message;
@@ -239,49 +242,112 @@ fn damaged_bundles_are_refused_with_clear_errors() {
     assert!(msg.contains("manifest.toml"), "{msg}");
 }
 
-/// Bound on the cosine of int8 (dynamic, per-channel) outputs with the official f32 ones, per row.
+/// Bound on the cosine of int8 (per-channel) outputs with the official f32 ones, per row.
 const INT8_MIN_COSINE: f32 = 0.99;
 
+/// Smallest and largest value of every activation `quantize` quantizes, over the fixture's
+/// inputs run through the f32 bundle's graphs (the ranges `cavsync-export quantize --method
+/// minmax` records; here the calibration frames are the test's own).
+fn minmax_calibration(f32_dir: &Path, fixture: &Path) -> Calibration {
+    let manifest = Manifest::read(f32_dir).unwrap();
+    let mut ranges = BTreeMap::new();
+    let mut frames = 0;
+    for (info, input) in [
+        (&manifest.audio, "audio_input.npy"),
+        (&manifest.visual, "image_input.npy"),
+    ] {
+        let path = f32_dir.join(&info.file);
+        let model = ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+        let names = quantizable_activations(&model, &[]);
+        let exposed = with_extra_outputs(&model, &names).encode_to_vec();
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut exposed.as_slice())
+            .unwrap()
+            .with_input_fact(0, f32::fact(&info.input_shape).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        let batch: ArrayD<f32> = read_f32(&fixture.join(input)).unwrap();
+        frames = batch.shape()[0];
+        for item in batch.axis_iter(Axis(0)) {
+            let data: Vec<f32> = item.iter().copied().collect();
+            let x = Tensor::from_shape(&info.input_shape, &data).unwrap();
+            let outputs = plan.run(tvec!(x.into())).unwrap();
+            for (name, value) in names.iter().zip(outputs.iter().skip(2)) {
+                let key = (graph_file(&path), name.clone());
+                let range = ranges
+                    .entry(key)
+                    .or_insert((f32::INFINITY, f32::NEG_INFINITY));
+                for &v in value.to_plain_array_view::<f32>().unwrap().iter() {
+                    *range = (range.0.min(v), range.1.max(v));
+                }
+            }
+        }
+    }
+    let inputs = fixture.join("audio_input.npy");
+    Calibration {
+        ranges,
+        record: CalibrationRecord {
+            datafile: inputs.display().to_string(),
+            datafile_sha256: sha256_file(&inputs).unwrap(),
+            clips: 1,
+            frames,
+            method: "minmax".into(),
+        },
+    }
+}
+
+/// Both schemes, per-channel weights: the dynamic one (activation ranges measured at run time)
+/// and the static one (ranges calibrated on the fixture's inputs; the scheme the committed
+/// int8 bundles use, whose plans run `cavsync_device::intops`).
 #[test]
 fn int8_bundles_keep_the_official_outputs() {
     for name in FIXTURES {
         let dir = fixture_dir(name);
         let tmp = tempfile::tempdir().unwrap();
         let f32_dir = tmp.path().join("f32");
-        let int8_dir = tmp.path().join("int8");
         write(name, Precision::F32, &f32_dir);
-        let options = QuantizeOptions {
-            per_channel: true,
-            ..QuantizeOptions::default()
-        };
-        let (manifest, reports) = quantize_bundle(&f32_dir, &int8_dir, &options).unwrap();
-        assert_eq!(manifest.model.precision, Precision::Int8);
-        assert_eq!(
-            manifest.model.precision_guidance.as_deref(),
-            Some(Precision::Int8.guidance())
-        );
-        assert!(
-            reports
-                .iter()
-                .all(|r| !r.kept_float && r.relative_error <= 0.5 / 127.0 + 1e-6)
-        );
-        let bundle = Bundle::open(&int8_dir).unwrap();
-        let got = run_bundle(&bundle, &dir);
-        let dim = bundle.dim();
-        for (slot, modality) in [(0, "audio"), (1, "visual")] {
-            for (what, values) in [("global", &got[slot].0), ("tokens", &got[slot].1)] {
-                let official = read_f32(&dir.join(format!("{modality}_{what}.npy"))).unwrap();
-                let official = official.as_slice().unwrap();
-                let worst = values
-                    .chunks(dim)
-                    .zip(official.chunks(dim))
-                    .map(|(a, b)| cosine(a, b))
-                    .fold(f32::INFINITY, f32::min);
-                println!("{name} {modality} int8 {what} vs official: worst cosine {worst:.5}");
-                assert!(
-                    worst >= INT8_MIN_COSINE,
-                    "{name} {modality} {what}: {worst}"
-                );
+        for scheme in ["dynamic", "static"] {
+            let int8_dir = tmp.path().join(scheme);
+            let options = QuantizeOptions {
+                per_channel: true,
+                calibration: (scheme == "static").then(|| minmax_calibration(&f32_dir, &dir)),
+                ..QuantizeOptions::default()
+            };
+            let (manifest, reports) = quantize_bundle(&f32_dir, &int8_dir, &options).unwrap();
+            assert_eq!(manifest.model.precision, Precision::Int8);
+            assert_eq!(
+                manifest.model.precision_guidance.as_deref(),
+                Some(Precision::Int8.guidance())
+            );
+            assert_eq!(manifest.quantization.unwrap().scheme, scheme);
+            assert!(
+                reports
+                    .iter()
+                    .all(|r| !r.kept_float && r.relative_error <= 0.5 / 127.0 + 1e-6)
+            );
+            let bundle = Bundle::open(&int8_dir).unwrap();
+            let got = run_bundle(&bundle, &dir);
+            let dim = bundle.dim();
+            for (slot, modality) in [(0, "audio"), (1, "visual")] {
+                for (what, values) in [("global", &got[slot].0), ("tokens", &got[slot].1)] {
+                    let official = read_f32(&dir.join(format!("{modality}_{what}.npy"))).unwrap();
+                    let official = official.as_slice().unwrap();
+                    let worst = values
+                        .chunks(dim)
+                        .zip(official.chunks(dim))
+                        .map(|(a, b)| cosine(a, b))
+                        .fold(f32::INFINITY, f32::min);
+                    println!(
+                        "{name} {modality} int8 {scheme} {what} vs official: worst cosine {worst:.5}"
+                    );
+                    assert!(
+                        worst >= INT8_MIN_COSINE,
+                        "{name} {modality} {scheme} {what}: {worst}"
+                    );
+                }
             }
         }
     }
