@@ -402,7 +402,10 @@ fn build_plan(
         Device::Cpu => {
             let optimized = model
                 .into_typed()
-                .and_then(|m| m.into_decluttered())
+                .and_then(|mut m| {
+                    crate::rowops::fold_reshapes_into_permutes(&mut m)?;
+                    m.into_decluttered()
+                })
                 .and_then(|mut m| {
                     crate::rowops::replace_gelu(&mut m)?;
                     crate::intops::replace_int8_epilogues(&mut m)?;

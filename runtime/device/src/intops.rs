@@ -17,6 +17,8 @@ use tract_onnx::tract_hir::tract_core::ops::cast::Cast;
 use tract_onnx::tract_hir::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_hir::tract_core::ops::quant::QuantizeLinearU8;
 
+use crate::rowops::sole_successor;
+
 /// f32 to u8 as ONNX `QuantizeLinear` in tract: `x · scale` rounded half to even, plus the zero
 /// point, saturated (NaN counts as 0; tract's result for any `x · scale` within i32's range).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
@@ -234,15 +236,6 @@ fn channel_constant(
         .map(|c| values[if last == 1 { 0 } else { c }])
         .collect();
     Ok(Some(tensor1(&per_channel).into_arc_tensor()))
-}
-
-/// The single consumer of `outlet`, unless the outlet is also a model output.
-fn sole_successor(model: &TypedModel, outlet: OutletId) -> Option<&TypedNode> {
-    let successors = &model.node(outlet.node).outputs[outlet.slot].successors;
-    if successors.len() != 1 || model.output_outlets().ok()?.contains(&outlet) {
-        return None;
-    }
-    Some(model.node(successors[0].node))
 }
 
 /// Replaces tract's `QuantizeLinearU8` on f32 values by [`RowQuantizeU8`], and each cast of i32

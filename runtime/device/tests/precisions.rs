@@ -151,9 +151,9 @@ fn fp16_arithmetic() -> bool {
     false
 }
 
-/// A static int8 bundle's plans quantize activations and rescale every integer product's
-/// accumulators with cavsync's one-pass operators (`cavsync_device::intops`), leaving none of
-/// tract's casts and multiplications behind.
+/// A static int8 bundle's plans run one 2-D integer product per weight, and quantize
+/// activations and rescale every product's accumulators with cavsync's one-pass operators
+/// (`cavsync_device::intops`), leaving none of tract's casts and multiplications behind.
 #[test]
 fn static_int8_plans_use_one_pass_quantize_and_rescale() {
     let bundle = Bundle::open(&root().join("models/demo-student/bundle-int8")).unwrap();
@@ -175,6 +175,15 @@ fn static_int8_plans_use_one_pass_quantize_and_rescale() {
         assert!(products.len() >= 10, "{modality}: {products:?}");
         assert_eq!(count("RowRescale"), products.len(), "{modality}");
         assert!(count("RowQuantizeU8") >= products.len() / 2, "{modality}");
+        // One product per weight, patch embedding included (not one per row of patches).
+        for n in nodes
+            .iter()
+            .filter(|n| n.op == "OptMatMul" && n.input_type.as_deref() == Some("I8"))
+        {
+            let shape = n.detail.split("c_shape:").nth(1).unwrap_or_default();
+            let dims = shape.split(',').take_while(|d| d.parse::<usize>().is_ok());
+            assert_eq!(dims.count(), 2, "{modality}: {} {}", n.name, n.detail);
+        }
         for gone in ["Cast", "OptMulUnicast", "QuantizeLinearU8"] {
             assert_eq!(count(gone), 0, "{modality}: {gone} left in the plan");
         }
