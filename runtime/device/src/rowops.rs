@@ -239,12 +239,12 @@ pub fn fold_reshapes_into_permutes(model: &mut TypedModel) -> TractResult<()> {
 }
 
 /// The values of `src` in the order of an array of `shape` whose axes step through `src` by
-/// `strides` (in values, non-negative), copied a last-axis run at a time.
+/// `strides` (in values, non-negative), appended a last-axis run at a time (no zeroing pass).
 fn permute(src: &[f32], shape: &[usize], strides: &[isize]) -> Vec<f32> {
     let total: usize = shape.iter().product();
-    let mut out = vec![0.0f32; total];
+    let mut out = Vec::with_capacity(total);
     let Some((&inner, outer)) = shape.split_last() else {
-        out.copy_from_slice(&src[..total]);
+        out.extend_from_slice(&src[..total]);
         return out;
     };
     if total == 0 {
@@ -253,15 +253,18 @@ fn permute(src: &[f32], shape: &[usize], strides: &[isize]) -> Vec<f32> {
     let inner_stride = strides[outer.len()] as usize;
     let mut index = vec![0usize; outer.len()];
     let mut base = 0usize;
-    for dst in out.chunks_exact_mut(inner) {
+    loop {
         if inner_stride == 1 {
-            dst.copy_from_slice(&src[base..base + inner]);
+            out.extend_from_slice(&src[base..base + inner]);
         } else {
-            for (j, d) in dst.iter_mut().enumerate() {
-                *d = src[base + j * inner_stride];
-            }
+            out.extend((0..inner).map(|j| src[base + j * inner_stride]));
         }
-        for axis in (0..outer.len()).rev() {
+        let mut axis = outer.len();
+        loop {
+            if axis == 0 {
+                return out;
+            }
+            axis -= 1;
             index[axis] += 1;
             base += strides[axis] as usize;
             if index[axis] < outer[axis] {
@@ -271,7 +274,6 @@ fn permute(src: &[f32], shape: &[usize], strides: &[isize]) -> Vec<f32> {
             index[axis] = 0;
         }
     }
-    out
 }
 
 /// Whether a value's type is one the row operators run (f16 is computed in f32).
