@@ -2,7 +2,8 @@
 //!
 //! Each frame gives observations (a peak's position, the box around it, its strength, and
 //! whether the frame was judged active). They are matched to existing tracks greedily by
-//! distance within a gate; a matched track moves toward its observation (exponential
+//! distance within a gate, then by the overlap of their boxes beyond it (a peak that jumps
+//! within its object's region), and a track born on an older one is folded into it; a matched track moves toward its observation (exponential
 //! smoothing of position and box) and its activity moves toward the observation's evidence: how
 //! close its peak is to the map's maximum (1 for the strongest peak, 0 at `min_peak`), scaled
 //! down by `inactive_evidence` when the frame was judged inactive; an unmatched one keeps its place while its activity decays twice as fast. So a track
@@ -54,6 +55,8 @@ pub struct TrackerConfig {
     pub min_separation: f32,
     /// Weight, in [0, 1], of a peak on a frame judged inactive: its track keeps a small activity, above tracks the map no longer points at (default 0.1).
     pub inactive_evidence: f32,
+    /// Smallest overlap (intersection over union, in (0, 1]) of a track's box and an observation's box that lets the track take an observation beyond `gate`: a peak that jumps within one object's region stays that object's track (default 0.3).
+    pub iou_gate: f32,
 }
 
 impl Default for TrackerConfig {
@@ -67,6 +70,7 @@ impl Default for TrackerConfig {
             min_peak: 0.75,
             min_separation: 0.2,
             inactive_evidence: 0.1,
+            iou_gate: 0.3,
         }
     }
 }
@@ -112,6 +116,7 @@ impl TrackerConfig {
         unit("activity_smoothing", self.activity_smoothing, true)?;
         unit("min_peak", self.min_peak, false)?;
         unit("inactive_evidence", self.inactive_evidence, false)?;
+        unit("iou_gate", self.iou_gate, true)?;
         if self.confirm == 0 {
             return Err(TrackerConfigError {
                 field: "confirm",
@@ -231,12 +236,20 @@ impl Tracker {
     pub fn update(&mut self, observations: &[Observation]) -> &[Track] {
         let observations = &observations[..observations.len().min(MAX_OBSERVATIONS)];
         self.pairs.clear();
+        let gate = self.config.gate;
         for (t, track) in self.tracks.iter().enumerate() {
             for (o, obs) in observations.iter().enumerate() {
                 let d = (track.x - obs.x).hypot(track.y - obs.y);
-                if d <= self.config.gate {
+                // Beyond the gate, overlapping boxes still pair (after every pair within it).
+                let cost = if d <= gate {
+                    Some(d)
+                } else {
+                    let overlap = iou(&track.bbox, &obs.bbox);
+                    (overlap >= self.config.iou_gate).then_some(gate + 1.0 - overlap)
+                };
+                if let Some(cost) = cost {
                     // Capacity is MAX_TRACKS * MAX_OBSERVATIONS: every pair fits.
-                    let _ = self.pairs.push((d, t as u8, o as u8));
+                    let _ = self.pairs.push((cost, t as u8, o as u8));
                 }
             }
         }
@@ -275,6 +288,7 @@ impl Tracker {
                 track.activity *= (1.0 - ka) * (1.0 - ka);
             }
         }
+        self.merge_duplicates();
         let hold = self.config.hold;
         self.tracks.retain(|t| {
             if t.confirmed {
@@ -302,6 +316,43 @@ impl Tracker {
             }
         }
         self.tracks()
+    }
+
+    /// Folds each younger track that sits on an older one (within `min_separation` of it, or
+    /// inside its box) into the older: one source, one id. The older takes the younger's place
+    /// when only the younger was seen this frame.
+    fn merge_duplicates(&mut self) {
+        let mut gone = [false; MAX_TRACKS];
+        let n = self.tracks.len();
+        for young in 1..n {
+            let older = (0..young).find(|&old| {
+                let (a, b) = (&self.tracks[old], &self.tracks[young]);
+                !gone[old]
+                    && ((a.x - b.x).hypot(a.y - b.y) < self.config.min_separation
+                        || (b.x >= a.bbox[0]
+                            && b.x < a.bbox[2]
+                            && b.y >= a.bbox[1]
+                            && b.y < a.bbox[3]))
+            });
+            let Some(old) = older else {
+                continue;
+            };
+            gone[young] = true;
+            let y = self.tracks[young];
+            let o = &mut self.tracks[old];
+            if o.missed > 0 && y.missed == 0 {
+                (o.x, o.y, o.bbox) = (y.x, y.y, y.bbox);
+            }
+            o.activity = o.activity.max(y.activity);
+            o.missed = o.missed.min(y.missed);
+            o.streak = o.streak.max(y.streak);
+            o.confirmed |= y.confirmed;
+        }
+        let mut index = 0;
+        self.tracks.retain(|_| {
+            index += 1;
+            !gone[index - 1]
+        });
     }
 
     /// How much one observation says its source sounds, in [0, 1]: its peak's standing between `min_peak` (0) and the map's maximum (1), times `inactive_evidence` on an inactive frame.
@@ -333,6 +384,15 @@ impl Tracker {
     pub fn confirmed(&self) -> impl Iterator<Item = &Track> {
         self.tracks.iter().filter(|t| t.confirmed)
     }
+}
+
+/// Intersection over union of two boxes `[x0, y0, x1, y1]` (0 when either has no area).
+fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
 }
 
 #[cfg(test)]
@@ -406,6 +466,57 @@ mod tests {
             t.update(&[obs(0.3, 0.3)]);
         }
         assert_eq!(confirmed_ids(&t), vec![2]);
+    }
+
+    fn boxed(x: f32, y: f32, bbox: [f32; 4]) -> Observation {
+        Observation { bbox, ..obs(x, y) }
+    }
+
+    #[test]
+    fn a_peak_that_jumps_within_its_region_keeps_the_id() {
+        let mut t = tracker();
+        for _ in 0..4 {
+            t.update(&[boxed(0.35, 0.35, [0.3, 0.3, 0.8, 0.8])]);
+        }
+        // 0.52 away (beyond the 0.2 gate) and outside the track's box, but in a region that
+        // overlaps it (IoU 0.67): the same track.
+        for _ in 0..4 {
+            t.update(&[boxed(0.85, 0.5, [0.4, 0.3, 0.9, 0.8])]);
+        }
+        assert_eq!(confirmed_ids(&t), vec![1]);
+        assert_eq!(t.tracks().len(), 1);
+        assert!(t.tracks()[0].x > 0.8, "x {}", t.tracks()[0].x);
+        // A region that barely overlaps (IoU 0.05) is another source.
+        let mut t = tracker();
+        for _ in 0..4 {
+            t.update(&[boxed(0.35, 0.35, [0.3, 0.3, 0.5, 0.5])]);
+        }
+        for _ in 0..4 {
+            t.update(&[boxed(0.75, 0.75, [0.45, 0.45, 0.9, 0.9])]);
+        }
+        assert_eq!(confirmed_ids(&t), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_track_born_inside_an_older_ones_region_is_folded_into_it() {
+        let mut t = tracker();
+        for _ in 0..4 {
+            t.update(&[boxed(0.4, 0.4, [0.2, 0.2, 0.8, 0.8])]);
+        }
+        t.update(&[]);
+        t.update(&[]);
+        // Back as a small peak far from the track (0.42) inside its region: the old id moves there.
+        for _ in 0..4 {
+            t.update(&[obs(0.7, 0.7)]);
+        }
+        assert_eq!(confirmed_ids(&t), vec![1]);
+        assert_eq!(t.tracks().len(), 1);
+        assert!(
+            (t.tracks()[0].x - 0.7).abs() < 0.01,
+            "x {}",
+            t.tracks()[0].x
+        );
+        assert_eq!(t.tracks()[0].missed, 0);
     }
 
     #[test]
@@ -484,6 +595,12 @@ mod tests {
 
     #[test]
     fn bad_settings_name_the_field() {
+        let err = Tracker::new(TrackerConfig {
+            iou_gate: 0.0,
+            ..TrackerConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.field, "iou_gate");
         let err = Tracker::new(TrackerConfig {
             smoothing: 0.0,
             ..TrackerConfig::default()
