@@ -5,6 +5,9 @@
 # output scored against the clips' annotations (scripts/live_score.py) and the summary printed.
 #
 # usage: scripts/live_check.sh OUT_DIR [CLIPS (default 6 = 60 s)] [THREADS (default 2)] [MODE (causal)] [SEED (3001)]
+# BOARD=pi5 (any firmware-config profile) runs that board's profile, and its bundle, on this
+# machine (the camera set to the clips' 224 x 224, sources and threads as above); BUNDLE=DIR
+# another bundle (of the profile's precision).
 # needs: ffmpeg, python3; chromium for the screenshot (skipped without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +46,8 @@ seconds=$((clips * 10))
 
 printf '[camera]\nwidth = 224\nheight = 224\nfps = 30\n' > "$out/camera.toml"
 echo "== cavsync run: $seconds s, $threads threads, $mode ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
-target/release/cavsync run --threads "$threads" --mode "$mode" --duration "$seconds" \
+profile=(${BOARD:+--board "$BOARD"} ${BUNDLE:+--bundle "$BUNDLE"})
+target/release/cavsync run "${profile[@]}" --threads "$threads" --mode "$mode" --duration "$seconds" \
     --config "$out/camera.toml" --video "ffmpeg:$video" --audio "ffmpeg:$video" \
     --out "file:$out/live.jsonl" --summary "$out/summary.json" --report-every 10
 python3 scripts/live_score.py "$out/live.jsonl" "$data/annotations.json" "$data/datafile.json" 30 "$out/summary.json"
@@ -51,7 +55,7 @@ python3 scripts/live_score.py "$out/live.jsonl" "$data/annotations.json" "$data/
 # The live page, in a second short run (a browser starting would take the CPU from the first).
 if command -v chromium >/dev/null 2>&1; then
     port=18080
-    target/release/cavsync run --threads "$threads" --mode "$mode" --duration 15 \
+    target/release/cavsync run "${profile[@]}" --threads "$threads" --mode "$mode" --duration 15 \
         --config "$out/camera.toml" --video "ffmpeg:$video" --audio "ffmpeg:$video" \
         --out "file:$out/page_run.jsonl" --http "127.0.0.1:$port" 2>/dev/null &
     pid=$!
