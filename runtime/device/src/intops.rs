@@ -62,9 +62,8 @@ impl EvalOp for RowQuantizeU8 {
             quantize_u8(&src[from..from + chunk.len()], chunk, scale, zero_point);
             Ok(())
         })?;
-        Ok(tvec!(
-            Tensor::from_shape(input.shape(), &out)?.into_tvalue()
-        ))
+        let out = tract_onnx::prelude::tract_ndarray::Array::from_shape_vec(input.shape(), out)?;
+        Ok(tvec!(out.into_tensor().into_tvalue()))
     }
 }
 
