@@ -219,7 +219,7 @@ fn a_live_run_equals_offline_localization_and_tracks_the_sounding_objects() {
     };
     let truth = Annotations::read(&root().join("models/demo/clip/annotations.json")).unwrap();
     let clip = truth.clip(ID).unwrap();
-    let (mut same, mut compared) = (0, 0);
+    let (mut same, mut compared, mut repaired) = (0, 0, 0);
     let (mut sounding, mut offline_hits, mut track_hits) = (0, 0, 0);
     for r in &records {
         let seq = r["timeStamp"].as_u64().unwrap() as usize;
@@ -231,6 +231,13 @@ fn a_live_run_equals_offline_localization_and_tracks_the_sounding_objects() {
             r["segment"][1].as_i64().unwrap(),
         );
         if end > mel.nrows() as i64 {
+            continue;
+        }
+        // A segment holding audio the source did not deliver (it ended and was reopened, as a
+        // file does at its end) is flagged and, if faulty, not encoded: offline has the real
+        // audio there, so such frames are not comparable.
+        if r["audio_flagged"].as_bool() != Some(false) || !r["audio_fault"].is_null() {
+            repaired += 1;
             continue;
         }
         let mut segment = Vec::new();
@@ -267,6 +274,11 @@ fn a_live_run_equals_offline_localization_and_tracks_the_sounding_objects() {
             (None, None) => true,
             _ => false,
         };
+        if !close {
+            eprintln!(
+                "frame {seq}, rows {start}..{end}: live peak {live_peak:?}, offline {offline_peak:?}"
+            );
+        }
         same += usize::from(close);
 
         // Ground truth of the synthetic frame on screen.
@@ -298,12 +310,16 @@ fn a_live_run_equals_offline_localization_and_tracks_the_sounding_objects() {
     let offline_pointing = offline_hits as f64 / sounding.max(1) as f64;
     let track_pointing = track_hits as f64 / sounding.max(1) as f64;
     eprintln!(
-        "same peak as offline in {same}/{compared} frames ({:.1}%); pointing over {sounding} sounding frames: offline peaks {:.1}%, live tracks {:.1}%",
+        "same peak as offline in {same}/{compared} frames ({:.1}%; {repaired} with repaired audio left out); pointing over {sounding} sounding frames: offline peaks {:.1}%, live tracks {:.1}%",
         100.0 * agreement,
         100.0 * offline_pointing,
         100.0 * track_pointing
     );
     assert!(compared >= 100, "{compared} frames compared");
+    assert!(
+        repaired * 10 <= compared,
+        "{repaired} frames with repaired audio against {compared} compared"
+    );
     assert!(
         agreement >= 0.99,
         "live and offline peaks agree in {agreement}"
