@@ -210,12 +210,10 @@ impl Tracker {
                     [b.x0, b.y0, b.x1, b.y1]
                 });
             let (x, y) = (peak.x / w, peak.y / h);
-            let separation = self.config.min_separation;
-            let same_source = |o: &Observation| {
-                (o.x - x).hypot(o.y - y) < separation
-                    || (x >= o.bbox[0] && x < o.bbox[2] && y >= o.bbox[1] && y < o.bbox[3])
-            };
-            if observations.iter().any(same_source) {
+            if observations
+                .iter()
+                .any(|o| self.same_source((o.x, o.y), &o.bbox, (x, y)))
+            {
                 continue;
             }
             let observation = Observation {
@@ -318,6 +316,14 @@ impl Tracker {
         self.tracks()
     }
 
+    /// Whether a point at `other` belongs to the source at `at` with box `bbox`: closer than
+    /// `min_separation`, or inside the box (one region of the map is one source).
+    fn same_source(&self, at: (f32, f32), bbox: &[f32; 4], other: (f32, f32)) -> bool {
+        let (x, y) = other;
+        (at.0 - x).hypot(at.1 - y) < self.config.min_separation
+            || (x >= bbox[0] && x < bbox[2] && y >= bbox[1] && y < bbox[3])
+    }
+
     /// Folds each younger track that sits on an older one (within `min_separation` of it, or
     /// inside its box) into the older: one source, one id. The older takes the younger's place
     /// when only the younger was seen this frame.
@@ -327,12 +333,7 @@ impl Tracker {
         for young in 1..n {
             let older = (0..young).find(|&old| {
                 let (a, b) = (&self.tracks[old], &self.tracks[young]);
-                !gone[old]
-                    && ((a.x - b.x).hypot(a.y - b.y) < self.config.min_separation
-                        || (b.x >= a.bbox[0]
-                            && b.x < a.bbox[2]
-                            && b.y >= a.bbox[1]
-                            && b.y < a.bbox[3]))
+                !gone[old] && self.same_source((a.x, a.y), &a.bbox, (b.x, b.y))
             });
             let Some(old) = older else {
                 continue;

@@ -17,7 +17,7 @@ use tract_onnx::tract_hir::tract_core::ops::cast::Cast;
 use tract_onnx::tract_hir::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_hir::tract_core::ops::quant::QuantizeLinearU8;
 
-use crate::rowops::sole_successor;
+use crate::rowops::{rows_in_place, sole_successor};
 
 /// f32 to u8 as ONNX `QuantizeLinear` in tract: `x · scale` rounded half to even, plus the zero
 /// point, saturated (NaN counts as 0; tract's result for any `x · scale` within i32's range).
@@ -120,23 +120,9 @@ impl EvalOp for RowRescale {
         );
         // In place: a fresh output of the full-size model's widest product (2.7 MB) costs more
         // in page faults than the pass itself (12 against 4 ms per encoder, profiled).
-        let mut t = input.into_tensor();
-        if t.strides() != &*Tensor::natural_strides(t.shape()) {
-            t = t
-                .to_plain_array_view::<i32>()?
-                .as_standard_layout()
-                .into_owned()
-                .into_tensor();
-        }
-        {
-            let mut plain = t.try_as_plain_ram_mut()?;
-            let data = plain.as_slice_mut::<i32>()?;
-            let total = data.len();
-            tract_linalg::multithread::par_chunks_mut(data, row, total, |_, chunk| {
-                rescale_rows(chunk, scale, bias);
-                Ok(())
-            })?;
-        }
+        let mut t = rows_in_place(input.into_tensor(), row, |chunk: &mut [i32]| {
+            rescale_rows(chunk, scale, bias)
+        })?;
         // SAFETY: the storage now holds f32 bit patterns, and i32 and f32 have the same size
         // and alignment, with every bit pattern a valid f32.
         unsafe { t.set_datum_type(DatumType::F32) };

@@ -381,32 +381,43 @@ fn on_rows(
     kernel: impl Fn(&mut [f32]) + Sync + Send,
 ) -> TractResult<TVec<TValue>> {
     let dt = input.datum_type();
-    let mut t = if dt == DatumType::F32 {
+    let t = if dt == DatumType::F32 {
         input.into_tensor()
     } else {
         input.cast_to::<f32>()?.into_owned()
     };
+    let t = rows_in_place(t, row, kernel)?;
+    if dt == DatumType::F32 {
+        Ok(tvec!(t.into_tvalue()))
+    } else {
+        Ok(tvec!(t.cast_to_dt(dt)?.into_owned().into_tvalue()))
+    }
+}
+
+/// Runs `kernel` in place on the `row`-long rows of `t` (made contiguous first if it is not),
+/// splitting the rows across tract's threads.
+pub(crate) fn rows_in_place<T: Datum>(
+    mut t: Tensor,
+    row: usize,
+    kernel: impl Fn(&mut [T]) + Sync + Send,
+) -> TractResult<Tensor> {
     if t.strides() != &*Tensor::natural_strides(t.shape()) {
         t = t
-            .to_plain_array_view::<f32>()?
+            .to_plain_array_view::<T>()?
             .as_standard_layout()
             .into_owned()
             .into_tensor();
     }
     if row > 0 {
         let mut plain = t.try_as_plain_ram_mut()?;
-        let data = plain.as_slice_mut::<f32>()?;
+        let data = plain.as_slice_mut::<T>()?;
         let total = data.len();
         tract_linalg::multithread::par_chunks_mut(data, row, total, |_, chunk| {
             kernel(chunk);
             Ok(())
         })?;
     }
-    if dt == DatumType::F32 {
-        Ok(tvec!(t.into_tvalue()))
-    } else {
-        Ok(tvec!(t.cast_to_dt(dt)?.into_owned().into_tvalue()))
-    }
+    Ok(t)
 }
 
 /// A one-input row operator of an f32 or f16 tensor: softmax over the last axis, or exact GELU
