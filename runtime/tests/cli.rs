@@ -365,6 +365,48 @@ fn calibrate_reads_the_records_localize_writes() {
         assert!(text.contains(field), "{field} not in {text}");
     }
 
+    // --bundle replaces a bundle's [localization] in place; the bundle still loads and runs.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    for entry in std::fs::read_dir(root.join("models/demo/bundle")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), bundle.join(entry.file_name())).unwrap();
+    }
+    let out = cavsync()
+        .args(["calibrate", "--results"])
+        .arg(&mixed)
+        .arg("--bundle")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = std::fs::read_to_string(bundle.join("manifest.toml")).unwrap();
+    assert!(
+        manifest.contains("of 14), silent frames not active 100.0% (of 4)"),
+        "{manifest}"
+    );
+    let info = cavsync()
+        .arg("info")
+        .arg("--bundle")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains(" band_spread ") && info.contains(" floor "),
+        "{info}"
+    );
+
     // A record without ground truth is refused with its line number.
     let mut bare = records[0].clone();
     bare.truth = None;

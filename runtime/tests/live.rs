@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cavsync_core::annotations::Annotations;
-use cavsync_core::localize::FrameSize;
+use cavsync_core::localize::{AudioDescriptor, FrameSize};
 use cavsync_core::preprocess::audio::load_wav_16k;
 use cavsync_core::preprocess::image::ImagePreprocessor;
 use cavsync_core::preprocess::segment::{NORM_MEAN, NORM_STD};
@@ -252,12 +252,12 @@ fn a_live_run_equals_offline_localization_and_tracks_the_sounding_objects() {
                 );
             }
         }
-        let level = segment.iter().map(|&v| f64::from(v)).sum::<f64>() / segment.len() as f64;
+        let descriptor = AudioDescriptor::of(&segment, 128);
         let audio = bundle.embed_audio(&segment).unwrap();
         images.run_into(frame, &mut image).unwrap();
         let visual = bundle.embed_visual(&image).unwrap();
         let loc = localizer
-            .localize_pair(&audio, level as f32, &visual, size)
+            .localize_pair(&audio, descriptor, &visual, size)
             .unwrap();
         let offline_peak = loc
             .peaks

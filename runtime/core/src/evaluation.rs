@@ -313,7 +313,10 @@ mod tests {
         FrameLocalization {
             score: 0.5,
             contrast: 0.1,
-            audio_level: 0.0,
+            audio: crate::localize::AudioDescriptor {
+                level: 0.0,
+                ..Default::default()
+            },
             active,
             peaks: vec![Peak { x, y, value: 1.0 }],
             boxes: Vec::new(),

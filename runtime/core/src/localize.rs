@@ -301,8 +301,8 @@ pub struct FrameLocalization {
     pub score: f32,
     /// Largest minus mean raw cosine of the patch grid: how much one place stands out.
     pub contrast: f32,
-    /// Mean of the frame's normalised audio segment (the audio encoder's input): how loud it is.
-    pub audio_level: f32,
+    /// What the frame's audio segment (the audio encoder's input) says about sound in it.
+    pub audio: AudioDescriptor,
     /// Whether a sounding source is judged visible: the bundle's [`ActivityHead`] when it has one, else `score` >= [`LocalizeConfig::active_threshold`].
     pub active: bool,
     /// Local maxima of the normalised heatmap, strongest first.
@@ -317,10 +317,99 @@ impl FrameLocalization {
         ActivityFeatures {
             score: self.score,
             contrast: self.contrast,
-            audio_level: self.audio_level,
+            audio: self.audio,
         }
     }
 }
+
+/// Loudness, spectral shape and dynamics of one normalised log-mel audio segment (time-major, `bands` values per row).
+///
+/// A silent stretch holds stationary background noise: a smooth spectrum (small band spread,
+/// no loud band) whose quietest row is close to its mean. A sounding source adds a loud band
+/// or a few (its pitch and timbre) and dynamics (onsets, rhythm). The mean alone (`level`)
+/// cannot tell loud noise from a quiet source; these together can.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioDescriptor {
+    /// Mean of all values: overall loudness.
+    pub level: f32,
+    /// Largest time-averaged band: the loudest pitch region.
+    pub loudest_band: f32,
+    /// Standard deviation of the time-averaged bands: how far the spectrum is from flat.
+    pub band_spread: f32,
+    /// Largest single value: the loudest band at the loudest instant.
+    pub peak: f32,
+    /// Smallest row mean: the quietest instant, the floor under any sound.
+    pub floor: f32,
+}
+
+impl AudioDescriptor {
+    /// Describes `segment`, `bands` values per row; an empty segment or zero bands gives all zeros.
+    pub fn of(segment: &[f32], bands: usize) -> Self {
+        if bands == 0 || segment.len() < bands {
+            return Self::default();
+        }
+        let rows = segment.len() / bands;
+        let segment = &segment[..rows * bands];
+        let (mut total, mut loudest, mut sum_sq) = (0.0f64, f64::NEG_INFINITY, 0.0f64);
+        for band in 0..bands {
+            let mean = segment
+                .iter()
+                .skip(band)
+                .step_by(bands)
+                .map(|&v| f64::from(v))
+                .sum::<f64>()
+                / rows as f64;
+            total += mean;
+            sum_sq += mean * mean;
+            loudest = loudest.max(mean);
+        }
+        let level = total / bands as f64;
+        let spread = (sum_sq / bands as f64 - level * level).max(0.0).sqrt();
+        let floor = segment
+            .chunks_exact(bands)
+            .map(|row| row.iter().map(|&v| f64::from(v)).sum::<f64>() / bands as f64)
+            .fold(f64::INFINITY, f64::min);
+        let peak = segment.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        Self {
+            level: level as f32,
+            loudest_band: loudest as f32,
+            band_spread: spread as f32,
+            peak,
+            floor: floor as f32,
+        }
+    }
+
+    /// The first field that is NaN or infinite, with its name.
+    pub fn non_finite(&self) -> Option<(&'static str, f32)> {
+        [
+            ("audio level", self.level),
+            ("audio loudest band", self.loudest_band),
+            ("audio band spread", self.band_spread),
+            ("audio peak", self.peak),
+            ("audio floor", self.floor),
+        ]
+        .into_iter()
+        .find(|(_, v)| !v.is_finite())
+    }
+}
+
+/// Number of features an [`ActivityHead`] weighs.
+pub const ACTIVITY_FEATURES: usize = 7;
+
+/// Names of the features, in the order of [`ActivityHead::weights`].
+pub const ACTIVITY_FEATURE_NAMES: [&str; ACTIVITY_FEATURES] = [
+    "score",
+    "contrast",
+    "level",
+    "loudest_band",
+    "band_spread",
+    "peak",
+    "floor",
+];
+
+/// Features of a head calibrated before the audio descriptor: score, contrast and level only.
+const LEGACY_ACTIVITY_FEATURES: usize = 3;
 
 /// What a frame's activity is judged from: the similarity map and the audio it was made with.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -329,25 +418,56 @@ pub struct ActivityFeatures {
     pub score: f32,
     /// Largest minus mean raw cosine of the map.
     pub contrast: f32,
-    /// Mean of the normalised audio segment.
-    pub audio_level: f32,
+    /// The audio segment's descriptor.
+    pub audio: AudioDescriptor,
 }
 
 impl ActivityFeatures {
-    /// The features in the order of [`ActivityHead::weights`].
-    pub fn to_array(self) -> [f32; 3] {
-        [self.score, self.contrast, self.audio_level]
+    /// The features in the order of [`ActivityHead::weights`] ([`ACTIVITY_FEATURE_NAMES`]).
+    pub fn to_array(self) -> [f32; ACTIVITY_FEATURES] {
+        let a = self.audio;
+        [
+            self.score,
+            self.contrast,
+            a.level,
+            a.loudest_band,
+            a.band_spread,
+            a.peak,
+            a.floor,
+        ]
     }
 }
 
-/// A calibrated linear rule for activity: active when `weights . [score, contrast, audio_level] + bias >= 0`.
+/// A calibrated linear rule for activity: active when `weights . features + bias >= 0`, the features in the order of [`ACTIVITY_FEATURE_NAMES`].
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActivityHead {
-    /// Weights of score, contrast and audio level.
-    pub weights: [f32; 3],
+    /// Weights of score, contrast, level, loudest band, band spread, peak and floor.
+    ///
+    /// A head of three weights (score, contrast, level: bundles calibrated before the audio
+    /// descriptor) is read with zero weights for the other four, which is the rule it was
+    /// calibrated as.
+    #[serde(deserialize_with = "activity_weights")]
+    pub weights: [f32; ACTIVITY_FEATURES],
     /// Bias (the decision threshold folded in).
     pub bias: f32,
+}
+
+/// Reads [`ActivityHead::weights`]: all seven, or the first three of an older head.
+fn activity_weights<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<[f32; ACTIVITY_FEATURES], D::Error> {
+    let v: Vec<f32> = serde::Deserialize::deserialize(d)?;
+    if v.len() != ACTIVITY_FEATURES && v.len() != LEGACY_ACTIVITY_FEATURES {
+        return Err(serde::de::Error::custom(format!(
+            "expected {ACTIVITY_FEATURES} weights ({}) or {LEGACY_ACTIVITY_FEATURES} (score, contrast, level: a head calibrated before the audio descriptor), found {}",
+            ACTIVITY_FEATURE_NAMES.join(", "),
+            v.len()
+        )));
+    }
+    let mut w = [0.0; ACTIVITY_FEATURES];
+    w[..v.len()].copy_from_slice(&v);
+    Ok(w)
 }
 
 impl ActivityHead {
@@ -368,14 +488,13 @@ impl ActivityHead {
 }
 
 impl std::fmt::Display for ActivityHead {
-    /// `BIAS score W contrast W level W`, each signed with four decimals.
+    /// `BIAS name W ...` over the features, each signed with four decimals.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [score, contrast, level] = self.weights;
-        write!(
-            f,
-            "{:+.4} score {score:+.4} contrast {contrast:+.4} level {level:+.4}",
-            self.bias
-        )
+        write!(f, "{:+.4}", self.bias)?;
+        for (name, w) in ACTIVITY_FEATURE_NAMES.iter().zip(self.weights) {
+            write!(f, " {name} {w:+.4}")?;
+        }
+        Ok(())
     }
 }
 
@@ -562,7 +681,7 @@ impl Localizer {
 
     /// Localizes one frame from its raw cosine map on `grid`, writing the normalised frame-size heatmap (row-major, height x width) into `heatmap_out`.
     ///
-    /// `audio_level` is the mean of the normalised audio segment the map was made with.
+    /// `audio` describes the normalised audio segment the map was made with.
     /// score = max raw cosine; contrast = score - mean raw cosine; active = the activity
     /// head's logit >= 0 when the config has one, else score >= active_threshold; peaks = pixels of the
     /// heatmap that are >= their 8 neighbours and >= region_threshold, strongest first (ties
@@ -574,13 +693,13 @@ impl Localizer {
     pub fn run(
         &mut self,
         raw_map: &[f32],
-        audio_level: f32,
+        audio: AudioDescriptor,
         grid: Grid,
         frame: FrameSize,
         heatmap_out: &mut Vec<f32>,
     ) -> Result<FrameLocalization, LocalizeError> {
         let mut out = FrameLocalization::default();
-        self.run_into(raw_map, audio_level, grid, frame, heatmap_out, &mut out)?;
+        self.run_into(raw_map, audio, grid, frame, heatmap_out, &mut out)?;
         Ok(out)
     }
 
@@ -588,7 +707,7 @@ impl Localizer {
     pub fn run_into(
         &mut self,
         raw_map: &[f32],
-        audio_level: f32,
+        audio: AudioDescriptor,
         grid: Grid,
         frame: FrameSize,
         heatmap_out: &mut Vec<f32>,
@@ -606,11 +725,11 @@ impl Localizer {
                 value,
             });
         }
-        if !audio_level.is_finite() {
+        if let Some((what, value)) = audio.non_finite() {
             return Err(LocalizeError::NonFinite {
-                what: "audio level",
+                what,
                 index: 0,
-                value: audio_level,
+                value,
             });
         }
         let score = raw_map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -619,7 +738,7 @@ impl Localizer {
         let features = ActivityFeatures {
             score,
             contrast,
-            audio_level,
+            audio,
         };
         out.active = match &self.config.activity {
             Some(head) => head.logit(features) >= 0.0,
@@ -627,7 +746,7 @@ impl Localizer {
         };
         out.score = score;
         out.contrast = contrast;
-        out.audio_level = audio_level;
+        out.audio = audio;
         self.render_heatmap(raw_map, grid, frame, heatmap_out);
         self.find_peaks(heatmap_out, frame_w, frame_h, &mut out.peaks);
         self.find_boxes(heatmap_out, frame_w, frame_h, &mut out.boxes);

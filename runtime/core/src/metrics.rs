@@ -12,7 +12,7 @@
 //! EZ-VSL evaluates 224 x 224 maps; the functions here take any size, so frames that are not
 //! 224 x 224 are evaluated at their own resolution.
 
-use crate::localize::{ActivityFeatures, ActivityHead};
+use crate::localize::{ACTIVITY_FEATURES, ActivityFeatures, ActivityHead};
 
 /// Errors raised by the metric functions.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -468,28 +468,28 @@ pub fn fit_activity_head(
     if positives == 0 || negatives == 0 {
         return Err(MetricsError::Empty);
     }
-    let raw: Vec<[f64; 3]> = samples
+    const N: usize = ACTIVITY_FEATURES;
+    let raw: Vec<[f64; N]> = samples
         .iter()
         .map(|(f, _)| f.to_array().map(f64::from))
         .collect();
     let n = raw.len() as f64;
-    let mut mean = [0.0f64; 3];
-    let mut sd = [0.0f64; 3];
-    for j in 0..3 {
+    let mut mean = [0.0f64; N];
+    let mut sd = [0.0f64; N];
+    for j in 0..N {
         mean[j] = raw.iter().map(|x| x[j]).sum::<f64>() / n;
         let var = raw.iter().map(|x| (x[j] - mean[j]).powi(2)).sum::<f64>() / n;
         // A constant feature carries no information: keep its weight at zero.
         sd[j] = if var > 0.0 { var.sqrt() } else { 1.0 };
     }
-    let x: Vec<[f64; 4]> = raw
+    let x: Vec<[f64; N + 1]> = raw
         .iter()
         .map(|r| {
-            [
-                (r[0] - mean[0]) / sd[0],
-                (r[1] - mean[1]) / sd[1],
-                (r[2] - mean[2]) / sd[2],
-                1.0,
-            ]
+            let mut z = [1.0; N + 1];
+            for j in 0..N {
+                z[j] = (r[j] - mean[j]) / sd[j];
+            }
+            z
         })
         .collect();
     // Each class weighs one half in total.
@@ -500,29 +500,29 @@ pub fn fit_activity_head(
             0.5 / negatives as f64
         }
     };
-    let mut beta = [0.0f64; 4];
+    let mut beta = [0.0f64; N + 1];
     for _ in 0..100 {
-        let mut grad = [0.0f64; 4];
-        let mut hess = [[0.0f64; 4]; 4];
+        let mut grad = [0.0f64; N + 1];
+        let mut hess = [[0.0f64; N + 1]; N + 1];
         for (xi, (_, y)) in x.iter().zip(samples) {
             let z: f64 = xi.iter().zip(&beta).map(|(a, b)| a * b).sum();
             let p = 1.0 / (1.0 + (-z).exp());
             let w = weight(*y);
             let r = w * (p - f64::from(u8::from(*y)));
             let c = w * p * (1.0 - p);
-            for a in 0..4 {
+            for a in 0..=N {
                 grad[a] += r * xi[a];
-                for b in 0..4 {
+                for b in 0..=N {
                     hess[a][b] += c * xi[a] * xi[b];
                 }
             }
         }
-        for a in 0..4 {
-            let ridge = if a < 3 { ACTIVITY_RIDGE } else { 1e-12 };
+        for a in 0..=N {
+            let ridge = if a < N { ACTIVITY_RIDGE } else { 1e-12 };
             grad[a] += ridge * beta[a];
             hess[a][a] += ridge;
         }
-        let step = solve4(hess, grad);
+        let step = solve(hess, grad);
         for (b, s) in beta.iter_mut().zip(step) {
             *b -= s;
         }
@@ -533,7 +533,7 @@ pub fn fit_activity_head(
     // Back to raw units (w_j = beta_j / sd_j); the intercept is replaced by the threshold on
     // w . x of best balanced accuracy, which is what the head is judged by.
     let unbiased = ActivityHead {
-        weights: [0, 1, 2].map(|j| (beta[j] / sd[j]) as f32),
+        weights: std::array::from_fn(|j| (beta[j] / sd[j]) as f32),
         bias: 0.0,
     };
     let logits: Vec<(f32, bool)> = samples
@@ -557,19 +557,19 @@ pub fn fit_activity_head(
     })
 }
 
-/// Solves the 4 x 4 system `a x = b` by Gaussian elimination with partial pivoting (a singular system gives zeros).
-fn solve4(mut a: [[f64; 4]; 4], mut b: [f64; 4]) -> [f64; 4] {
-    for col in 0..4 {
-        let pivot = (col..4)
+/// Solves the K x K system `a x = b` by Gaussian elimination with partial pivoting (a singular system gives zeros).
+fn solve<const K: usize>(mut a: [[f64; K]; K], mut b: [f64; K]) -> [f64; K] {
+    for col in 0..K {
+        let pivot = (col..K)
             .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
             .unwrap_or(col);
         if a[pivot][col].abs() < 1e-300 {
-            return [0.0; 4];
+            return [0.0; K];
         }
         a.swap(col, pivot);
         b.swap(col, pivot);
         let pivot_row = a[col];
-        for row in col + 1..4 {
+        for row in col + 1..K {
             let f = a[row][col] / pivot_row[col];
             for (v, p) in a[row].iter_mut().zip(pivot_row).skip(col) {
                 *v -= f * p;
@@ -577,9 +577,9 @@ fn solve4(mut a: [[f64; 4]; 4], mut b: [f64; 4]) -> [f64; 4] {
             b[row] -= f * b[col];
         }
     }
-    let mut x = [0.0; 4];
-    for row in (0..4).rev() {
-        let rest: f64 = (row + 1..4).map(|k| a[row][k] * x[k]).sum();
+    let mut x = [0.0; K];
+    for row in (0..K).rev() {
+        let rest: f64 = (row + 1..K).map(|k| a[row][k] * x[k]).sum();
         x[row] = (b[row] - rest) / a[row][row];
     }
     x
@@ -588,6 +588,7 @@ fn solve4(mut a: [[f64; 4]; 4], mut b: [f64; 4]) -> [f64; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::localize::AudioDescriptor;
 
     #[test]
     fn gt_map_truncates_like_the_field() {
@@ -659,10 +660,13 @@ mod tests {
         let mut samples = Vec::new();
         for i in 0..60 {
             let jitter = (i as f32 * 0.618).fract() * 0.1;
-            let f = |score: f32, contrast: f32, audio_level: f32| ActivityFeatures {
+            let f = |score: f32, contrast: f32, level: f32| ActivityFeatures {
                 score: score + jitter,
                 contrast: contrast + jitter,
-                audio_level: audio_level - 10.0 * jitter,
+                audio: AudioDescriptor {
+                    level: level - 10.0 * jitter,
+                    ..AudioDescriptor::default()
+                },
             };
             samples.push((f(0.5, 0.3, -4.0), true));
             samples.push((f(0.2, 0.1, -4.0), false));
@@ -690,6 +694,34 @@ mod tests {
     }
 
     #[test]
+    fn activity_head_tells_a_source_from_loud_noise_by_the_spectrum() {
+        // Same match and loudness; the source has a loud band (spread), the noise is flat.
+        let mut samples = Vec::new();
+        for i in 0..40 {
+            let jitter = (i as f32 * 0.618).fract();
+            let f = |spread: f32| ActivityFeatures {
+                score: 0.5 + 0.1 * jitter,
+                contrast: 0.3 - 0.1 * jitter,
+                audio: AudioDescriptor {
+                    level: -4.0 + jitter,
+                    band_spread: spread + 0.1 * jitter,
+                    ..AudioDescriptor::default()
+                },
+            };
+            samples.push((f(1.0), true));
+            samples.push((f(0.4), false));
+        }
+        let c = fit_activity_head(&samples).unwrap();
+        assert_eq!(
+            (c.sounding_active_rate, c.silent_inactive_rate),
+            (1.0, 1.0),
+            "{c:?}"
+        );
+        assert!(c.head.weights[4] > 0.0, "{c:?}");
+        assert_eq!(c.head.weights[5..], [0.0, 0.0], "constant features: {c:?}");
+    }
+
+    #[test]
     fn activity_head_needs_both_classes_and_ignores_constant_features() {
         let samples = three_kinds();
         let only_negative: Vec<_> = samples.iter().filter(|s| !s.1).copied().collect();
@@ -697,10 +729,10 @@ mod tests {
         // A constant audio level: the head works from the map alone, with finite weights.
         let flat: Vec<_> = samples
             .iter()
-            .filter(|s| s.0.audio_level > -8.0)
+            .filter(|s| s.0.audio.level > -8.0)
             .map(|(f, y)| {
                 let mut f = *f;
-                f.audio_level = -5.0;
+                f.audio.level = -5.0;
                 (f, *y)
             })
             .collect();

@@ -188,7 +188,10 @@ mod tests {
             localization: FrameLocalization {
                 score: 0.25,
                 contrast: 0.125,
-                audio_level: -6.5,
+                audio: crate::localize::AudioDescriptor {
+                    level: -6.5,
+                    ..Default::default()
+                },
                 active: true,
                 peaks: vec![crate::localize::Peak {
                     x: 10.5,

@@ -214,7 +214,10 @@ mod tests {
             localization: crate::localize::FrameLocalization {
                 score: 0.5,
                 contrast: 0.25,
-                audio_level: -7.0,
+                audio: crate::localize::AudioDescriptor {
+                    level: -7.0,
+                    ..Default::default()
+                },
                 active: true,
                 peaks: vec![],
                 boxes: vec![],

@@ -4,15 +4,21 @@
 use std::path::{Path, PathBuf};
 
 use cavsync_core::localize::{
-    ActivityFeatures, ActivityHead, FrameLocalization, FrameSize, Grid, LocalizeConfig,
-    LocalizeError, Localizer, Peak, min_max_normalize, render_overlay, save_png, similarity_map,
-    upsample_bilinear,
+    ActivityFeatures, ActivityHead, AudioDescriptor, FrameLocalization, FrameSize, Grid,
+    LocalizeConfig, LocalizeError, Localizer, Peak, min_max_normalize, render_overlay, save_png,
+    similarity_map, upsample_bilinear,
 };
 use image::{Rgb, RgbImage};
 
 const GRID: usize = 14;
-/// Audio level handed with maps whose activity does not depend on it.
-const LEVEL: f32 = -6.0;
+/// Audio descriptor handed with maps whose activity does not depend on it.
+const LEVEL: AudioDescriptor = AudioDescriptor {
+    level: -6.0,
+    loudest_band: -5.0,
+    band_spread: 0.5,
+    peak: -4.0,
+    floor: -6.5,
+};
 
 fn grid(rows: usize, cols: usize) -> Grid {
     Grid { rows, cols }
@@ -364,7 +370,7 @@ fn activity_head_replaces_the_threshold_and_sees_contrast_and_level() {
     let map = grid_with(&[(4, 4)], 0.05, 0.3);
     let mean = (0.3 + 0.05 * (GRID * GRID - 1) as f32) / (GRID * GRID) as f32;
     let head = ActivityHead {
-        weights: [0.0, 0.0, 1.0],
+        weights: [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0],
         bias: 8.0,
     };
     for (level, active) in [(-7.5, true), (-8.0, true), (-8.5, false)] {
@@ -378,25 +384,25 @@ fn activity_head_replaces_the_threshold_and_sees_contrast_and_level() {
         let loc = localizer
             .run(
                 &map,
-                level,
+                AudioDescriptor { level, ..LEVEL },
                 grid(GRID, GRID),
                 size(224, 224),
                 &mut Vec::new(),
             )
             .unwrap();
         assert_eq!(loc.active, active, "level {level}");
-        assert_eq!(loc.audio_level, level);
+        assert_eq!(loc.audio, AudioDescriptor { level, ..LEVEL });
         assert!((loc.contrast - (0.3 - mean)).abs() < 1e-6, "{loc:?}");
         let features = ActivityFeatures {
             score: loc.score,
             contrast: loc.contrast,
-            audio_level: level,
+            audio: loc.audio,
         };
         assert_eq!(head.logit(features) >= 0.0, active);
     }
     let err = Localizer::new(LocalizeConfig {
         activity: Some(ActivityHead {
-            weights: [1.0, f32::INFINITY, 0.0],
+            weights: [1.0, f32::INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0],
             bias: 0.0,
         }),
         ..LocalizeConfig::default()
@@ -408,13 +414,54 @@ fn activity_head_replaces_the_threshold_and_sees_contrast_and_level() {
         .unwrap()
         .run(
             &map,
-            f32::NAN,
+            AudioDescriptor {
+                floor: f32::NAN,
+                ..LEVEL
+            },
             grid(GRID, GRID),
             size(224, 224),
             &mut Vec::new(),
         )
         .unwrap_err();
-    assert!(err.to_string().contains("audio level"), "{err}");
+    assert!(err.to_string().contains("audio floor"), "{err}");
+}
+
+#[test]
+fn audio_descriptor_reads_loudness_shape_and_dynamics() {
+    // 3 rows of 4 bands: band means 2, 3, 4, 7 (mean 4, spread sqrt(3.5)); row means 3, 4, 5.
+    let segment = [
+        1.0, 2.0, 3.0, 6.0, //
+        2.0, 3.0, 4.0, 7.0, //
+        3.0, 4.0, 5.0, 8.0,
+    ];
+    let d = AudioDescriptor::of(&segment, 4);
+    assert_eq!(d.level, 4.0);
+    assert_eq!(d.loudest_band, 7.0);
+    assert!((d.band_spread - 3.5f32.sqrt()).abs() < 1e-6, "{d:?}");
+    assert_eq!(d.peak, 8.0);
+    assert_eq!(d.floor, 3.0);
+    // A trailing partial row is ignored; nothing to describe gives zeros.
+    let mut longer = segment.to_vec();
+    longer.push(100.0);
+    assert_eq!(AudioDescriptor::of(&longer, 4), d);
+    assert_eq!(AudioDescriptor::of(&[], 4), AudioDescriptor::default());
+    assert_eq!(AudioDescriptor::of(&segment, 0), AudioDescriptor::default());
+}
+
+#[test]
+fn an_activity_head_of_three_weights_reads_as_score_contrast_and_level() {
+    let legacy: ActivityHead = toml::from_str("weights = [1.0, 2.0, 3.0]\nbias = -1.0").unwrap();
+    assert_eq!(legacy.weights, [1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 0.0]);
+    let full: ActivityHead =
+        toml::from_str("weights = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]\nbias = 0.5").unwrap();
+    assert_eq!(full.weights[6], 7.0);
+    let err = toml::from_str::<ActivityHead>("weights = [1.0, 2.0]\nbias = 0.0").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expected 7 weights (score, contrast, level, loudest_band"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("found 2"), "{err}");
 }
 
 #[test]
@@ -544,7 +591,7 @@ fn overlay_rejects_a_heatmap_of_the_wrong_size_and_clips_outside_marks() {
     let loc = FrameLocalization {
         score: 0.5,
         contrast: 0.25,
-        audio_level: LEVEL,
+        audio: LEVEL,
         active: true,
         peaks: vec![Peak {
             x: 1e30,

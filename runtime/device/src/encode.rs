@@ -3,6 +3,7 @@
 use image::RgbImage;
 use ndarray::{Array2, ArrayView2};
 
+use cavsync_core::localize::AudioDescriptor;
 use cavsync_core::model::Modality;
 use cavsync_core::preprocess::fbank::{FbankError, ShortInput, clip_log_mel};
 use cavsync_core::preprocess::image::{ImageError, ImagePreprocessor};
@@ -42,8 +43,8 @@ pub fn clip_fbank(clip: &str, samples: &[f32]) -> Result<Array2<f32>, EncodeErro
 pub struct FrameEmbeddings {
     /// Audio embedding of the frame-aligned segment.
     pub audio: Embedding,
-    /// Mean of the normalised segment: how loud it is.
-    pub audio_level: f32,
+    /// Loudness, spectral shape and dynamics of the normalised segment.
+    pub audio_descriptor: AudioDescriptor,
     /// Visual embedding of the frame.
     pub visual: Embedding,
 }
@@ -82,7 +83,7 @@ impl<'a> FrameEncoder<'a> {
         frame: FramePosition,
         rgb: &RgbImage,
     ) -> Result<&FrameEmbeddings, EncodeError> {
-        self.embeddings.audio_level = encode_audio(
+        self.embeddings.audio_descriptor = encode_audio(
             self.bundle,
             &mut self.segment_buf,
             clip_mel,
@@ -99,14 +100,14 @@ impl<'a> FrameEncoder<'a> {
         Ok(&self.embeddings)
     }
 
-    /// Encode only the audio segment placed by `alignment` at `frame` in `clip_mel`, into `out`; returns the segment's level (its mean).
+    /// Encode only the audio segment placed by `alignment` at `frame` in `clip_mel`, into `out`; returns the segment's descriptor.
     pub fn encode_audio_into(
         &mut self,
         clip_mel: ArrayView2<'_, f32>,
         alignment: Alignment,
         frame: FramePosition,
         out: &mut Embedding,
-    ) -> Result<f32, EncodeError> {
+    ) -> Result<AudioDescriptor, EncodeError> {
         encode_audio(
             self.bundle,
             &mut self.segment_buf,
@@ -118,7 +119,7 @@ impl<'a> FrameEncoder<'a> {
     }
 }
 
-/// Cuts the frame's segment into `segment`, encodes it into `out` and returns its mean.
+/// Cuts the frame's segment into `segment`, encodes it into `out` and returns its descriptor.
 fn encode_audio(
     bundle: &Bundle,
     segment: &mut Vec<f32>,
@@ -126,16 +127,13 @@ fn encode_audio(
     alignment: Alignment,
     frame: FramePosition,
     out: &mut Embedding,
-) -> Result<f32, EncodeError> {
+) -> Result<AudioDescriptor, EncodeError> {
     let target = bundle.manifest.audio_preprocessing.target_length;
     let bounds = alignment.bounds(frame, clip_mel.nrows(), target);
     segment_rows_into(clip_mel, bounds, target, segment);
     bundle.embed_into(Modality::Audio, segment, out)?;
-    Ok(segment_level(segment))
-}
-
-/// How loud a normalised audio segment is: the mean of its values (the activity head's audio level).
-pub fn segment_level(segment: &[f32]) -> f32 {
-    let sum: f64 = segment.iter().map(|&v| f64::from(v)).sum();
-    (sum / segment.len().max(1) as f64) as f32
+    Ok(AudioDescriptor::of(
+        segment,
+        bundle.manifest.audio_preprocessing.num_mel_bins,
+    ))
 }

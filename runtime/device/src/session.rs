@@ -17,7 +17,8 @@ use ndarray::Array2;
 use cavsync_core::annotations::{Annotations, ClipAnnotation};
 use cavsync_core::clip::Clip;
 use cavsync_core::localize::{
-    FrameLocalization, FrameSize, Grid, LocalizeConfig, LocalizeError, Localizer, similarity_map,
+    AudioDescriptor, FrameLocalization, FrameSize, Grid, LocalizeConfig, LocalizeError, Localizer,
+    similarity_map,
 };
 use cavsync_core::metrics::{
     self, Baselines, LocalizationSummary, LocalizationTally, MetricsError, centre_prior,
@@ -200,19 +201,19 @@ impl FrameLocalizer {
         emb: &FrameEmbeddings,
         size: FrameSize,
     ) -> Result<FrameLocalization, LocalizeError> {
-        self.localize_pair(&emb.audio, emb.audio_level, &emb.visual, size)
+        self.localize_pair(&emb.audio, emb.audio_descriptor, &emb.visual, size)
     }
 
-    /// Localize an audio embedding (of a segment at `audio_level`) on a frame's visual embedding, the frame being of `size`.
+    /// Localize an audio embedding (of a segment described by `audio_descriptor`) on a frame's visual embedding, the frame being of `size`.
     pub fn localize_pair(
         &mut self,
         audio: &Embedding,
-        audio_level: f32,
+        audio_descriptor: AudioDescriptor,
         visual: &Embedding,
         size: FrameSize,
     ) -> Result<FrameLocalization, LocalizeError> {
         let mut out = FrameLocalization::default();
-        self.localize_pair_into(audio, audio_level, visual, size, &mut out)?;
+        self.localize_pair_into(audio, audio_descriptor, visual, size, &mut out)?;
         Ok(out)
     }
 
@@ -220,7 +221,7 @@ impl FrameLocalizer {
     pub fn localize_pair_into(
         &mut self,
         audio: &Embedding,
-        audio_level: f32,
+        audio_descriptor: AudioDescriptor,
         visual: &Embedding,
         size: FrameSize,
         out: &mut FrameLocalization,
@@ -228,7 +229,7 @@ impl FrameLocalizer {
         similarity_map(&audio.global, &visual.tokens, &mut self.raw_map)?;
         self.localizer.run_into(
             &self.raw_map,
-            audio_level,
+            audio_descriptor,
             self.grid,
             size,
             &mut self.heatmap,
@@ -420,11 +421,11 @@ impl<'a> Session<'a> {
             });
         }
         clip.size = Some(size);
-        let mut baseline_level = 0.0;
+        let mut baseline_descriptor = AudioDescriptor::default();
         if let Some(b) = &clip.baselines {
             let m = &b.mismatched;
             let position = m.position(input.index, input.time_s);
-            baseline_level = self.encoder.encode_audio_into(
+            baseline_descriptor = self.encoder.encode_audio_into(
                 m.mel.view(),
                 m.alignment,
                 position,
@@ -462,7 +463,7 @@ impl<'a> Session<'a> {
                 score(&mut b.centre, &gt, &self.centre, true, size)?;
                 let base = self.baseline_localizer.localize_pair(
                     &self.baseline_audio,
-                    baseline_level,
+                    baseline_descriptor,
                     &emb.visual,
                     size,
                 )?;

@@ -17,7 +17,7 @@ use heapless::Deque;
 use heapless::spsc::Queue;
 use tracing::{info, warn};
 
-use cavsync_core::localize::{FrameLocalization, FrameSize};
+use cavsync_core::localize::{AudioDescriptor, FrameLocalization, FrameSize};
 use cavsync_core::model::Modality;
 use cavsync_core::preprocess::audio::SAMPLE_RATE;
 use cavsync_core::preprocess::fbank::NUM_MEL_BINS;
@@ -25,7 +25,6 @@ use cavsync_core::preprocess::image::ImagePreprocessor;
 use cavsync_core::preprocess::stream::{FbankStream, LiveAlignment};
 use cavsync_core::track::{MAX_TRACKS, Track, Tracker, TrackerConfig, TrackerConfigError};
 use cavsync_device::bundle::{Bundle, BundleError, Embedding};
-use cavsync_device::encode::segment_level;
 use cavsync_device::session::FrameLocalizer;
 
 use crate::audio::{AudioChunk, AudioFormat, AudioInput, capture_audio};
@@ -280,7 +279,7 @@ pub struct FrameWorker<'b> {
     tracker: Tracker,
     segment: Vec<f32>,
     image: Vec<f32>,
-    level: f32,
+    audio_descriptor: AudioDescriptor,
     audio: Embedding,
     visual: Embedding,
     loc: FrameLocalization,
@@ -309,7 +308,7 @@ impl<'b> FrameWorker<'b> {
             tracker: Tracker::new(tracker)?,
             segment: vec![0.0; target * NUM_MEL_BINS],
             image: vec![0.0; bundle.input_len(Modality::Visual)],
-            level: 0.0,
+            audio_descriptor: AudioDescriptor::default(),
             audio: Embedding::default(),
             visual: Embedding::default(),
             loc: FrameLocalization::default(),
@@ -339,7 +338,7 @@ impl<'b> FrameWorker<'b> {
         self.images
             .run_into(&frame.image, &mut self.image)
             .map_err(|e| LiveError::Fatal(format!("frame {}: {e}", frame.seq)))?;
-        self.level = segment_level(&self.segment);
+        self.audio_descriptor = AudioDescriptor::of(&self.segment, NUM_MEL_BINS);
         self.stamps[1] = now_ns();
         Ok(())
     }
@@ -375,7 +374,7 @@ impl<'b> FrameWorker<'b> {
             self.stamps[3] = self.stamps[1];
             self.loc.score = 0.0;
             self.loc.contrast = 0.0;
-            self.loc.audio_level = self.level;
+            self.loc.audio = self.audio_descriptor;
             self.loc.active = false;
             self.loc.peaks.clear();
             self.loc.boxes.clear();
@@ -383,7 +382,7 @@ impl<'b> FrameWorker<'b> {
         } else {
             self.localizer.localize_pair_into(
                 &self.audio,
-                self.level,
+                self.audio_descriptor,
                 &self.visual,
                 size,
                 &mut self.loc,
@@ -404,7 +403,7 @@ impl<'b> FrameWorker<'b> {
             height: size.height as u32,
             active: self.loc.active,
             score: self.loc.score,
-            audio_level: self.level,
+            audio_level: self.audio_descriptor.level,
             peak: self
                 .loc
                 .peaks

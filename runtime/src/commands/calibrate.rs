@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 
 use cavsync_core::atomic::write_atomic;
 use cavsync_core::localize::ActivityFeatures;
-use cavsync_core::manifest::LocalizationInfo;
+use cavsync_core::manifest::{LocalizationInfo, MANIFEST_FILE, Manifest};
 use cavsync_core::metrics;
 use cavsync_core::record::FrameRecord;
 
@@ -19,6 +19,9 @@ pub struct Args {
     /// Write the calibration (threshold, activity head, how they were obtained) to this TOML file for `cavsync-export convert --localization`.
     #[arg(long, value_name = "TOML")]
     out: Option<PathBuf>,
+    /// Also write the calibration into this bundle's manifest (its `[localization]` section, replaced in place; the model files are untouched).
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
 }
 
 /// One labelled frame: its activity features and whether a visible object sounds in it.
@@ -97,7 +100,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     println!("{threshold_line}");
     println!("{head_line}");
-    if let Some(out) = &args.out {
+    if args.out.is_some() || args.bundle.is_some() {
         let files: Vec<String> = args
             .results
             .iter()
@@ -112,10 +115,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             ),
             activity: Some(h),
         };
-        let text = toml::to_string(&info).context("cannot serialise the calibration")?;
-        write_atomic(out, |w| w.write_all(text.as_bytes()))
-            .with_context(|| format!("{}: cannot write the calibration", out.display()))?;
-        println!("wrote {}", out.display());
+        if let Some(out) = &args.out {
+            let text = toml::to_string(&info).context("cannot serialise the calibration")?;
+            write_atomic(out, |w| w.write_all(text.as_bytes()))
+                .with_context(|| format!("{}: cannot write the calibration", out.display()))?;
+            println!("wrote {}", out.display());
+        }
+        if let Some(dir) = &args.bundle {
+            let mut manifest = Manifest::read(dir)?;
+            manifest.localization = info;
+            let text =
+                toml::to_string_pretty(&manifest).context("cannot serialise the manifest")?;
+            let path = dir.join(MANIFEST_FILE);
+            write_atomic(&path, |w| w.write_all(text.as_bytes()))
+                .with_context(|| format!("{}: cannot write the manifest", path.display()))?;
+            println!("wrote the calibration into {}", path.display());
+        }
     }
     Ok(())
 }
