@@ -13,13 +13,11 @@ use cavsync_core::npy::read_f32;
 use cavsync_core::similarity::cosine;
 use cavsync_device::bundle::Bundle;
 use cavsync_formats::bundle::{BundleOptions, write_bundle};
+use cavsync_formats::calibrate::{Observed, Probe, RangeRule};
 use cavsync_formats::checkpoint::Checkpoint;
 use cavsync_formats::layout::ModelConfig;
 use cavsync_formats::pb::ModelProto;
-use cavsync_formats::quantize::{
-    Calibration, QuantizeOptions, graph_file, quantizable_activations, quantize_bundle,
-    with_extra_outputs,
-};
+use cavsync_formats::quantize::{Calibration, QuantizeOptions, quantize_bundle};
 use cavsync_train::LoadedModel;
 use ndarray::{ArrayD, Axis};
 use prost::Message;
@@ -258,32 +256,19 @@ fn minmax_calibration(f32_dir: &Path, fixture: &Path) -> Calibration {
     ] {
         let path = f32_dir.join(&info.file);
         let model = ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
-        let names = quantizable_activations(&model, &[]);
-        let exposed = with_extra_outputs(&model, &names).encode_to_vec();
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut exposed.as_slice())
-            .unwrap()
-            .with_input_fact(0, f32::fact(&info.input_shape).into())
-            .unwrap()
-            .into_optimized()
-            .unwrap()
-            .into_runnable()
-            .unwrap();
+        let probe = Probe::new(&model, &info.input_shape, &path, &[]).unwrap();
+        let mut seen = vec![Observed::default(); probe.names().len()];
         let batch: ArrayD<f32> = read_f32(&fixture.join(input)).unwrap();
         frames = batch.shape()[0];
         for item in batch.axis_iter(Axis(0)) {
             let data: Vec<f32> = item.iter().copied().collect();
-            let x = Tensor::from_shape(&info.input_shape, &data).unwrap();
-            let outputs = plan.run(tvec!(x.into())).unwrap();
-            for (name, value) in names.iter().zip(outputs.iter().skip(2)) {
-                let key = (graph_file(&path), name.clone());
-                let range = ranges
-                    .entry(key)
-                    .or_insert((f32::INFINITY, f32::NEG_INFINITY));
-                for &v in value.to_plain_array_view::<f32>().unwrap().iter() {
-                    *range = (range.0.min(v), range.1.max(v));
-                }
-            }
+            probe.observe(&data, &mut seen).unwrap();
+        }
+        for (name, o) in probe.names().iter().zip(&seen) {
+            ranges.insert(
+                (probe.graph_file(), name.clone()),
+                o.range(RangeRule::Minmax),
+            );
         }
     }
     let inputs = fixture.join("audio_input.npy");

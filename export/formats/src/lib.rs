@@ -7,10 +7,13 @@
 //! Random-weight checkpoints with the same key names serve benchmarks and tests ([`random`]).
 //! The vocabulary (precision, layout, modality) and the manifest schema come from
 //! `cavsync_core`, so the exporter and the runtime cannot disagree about them. Writing ONNX
-//! needs only the protobuf schema ([`pb`]), not an inference engine.
+//! needs only the protobuf schema ([`pb`]); calibrating the static int8 scheme runs the f32
+//! graphs through tract ([`calibrate`]).
 
 /// Writing a model bundle: both encoder graphs as ONNX plus the manifest the runtime reads.
 pub mod bundle;
+/// Activation ranges of the static int8 scheme, calibrated by running the f32 graphs.
+pub mod calibrate;
 /// Reading `torch.save` and safetensors checkpoints into named f32 tensors.
 pub mod checkpoint;
 /// Detecting a checkpoint's layout and dimensions from its keys, and verifying every key.

@@ -16,10 +16,10 @@ use cavsync_core::preprocess::image::{ImagePreprocessor, load_rgb};
 use cavsync_core::preprocess::segment::{FramePosition, segment_rows_into};
 use cavsync_core::similarity::cosine;
 use cavsync_device::encode::clip_fbank;
+use cavsync_formats::calibrate::{Observed, Probe, RangeRule, plan_of};
 use cavsync_formats::pb::ModelProto;
 use cavsync_formats::quantize::{
-    Calibration, QuantizeOptions, entropy_threshold, graph_file, quantizable_activations,
-    quantizable_weights, quantize_bundle, quantize_graph, with_extra_outputs,
+    Calibration, QuantizeOptions, quantizable_weights, quantize_bundle, quantize_graph,
 };
 
 /// How activations are quantized.
@@ -83,68 +83,6 @@ pub struct QuantizeArgs {
     keep_below: Option<f64>,
 }
 
-/// Bins of the histogram a percentile range is read from.
-const HISTOGRAM_BINS: usize = 4096;
-/// Bins of the histogram of magnitudes an entropy threshold is chosen from (TensorRT's count).
-const ENTROPY_BINS: usize = 2048;
-
-/// Values seen of one activation: range, then a histogram over it (of the values, for
-/// percentiles; of their magnitudes up to the largest, for entropy).
-#[derive(Debug, Clone)]
-struct Observed {
-    min: f32,
-    max: f32,
-    histogram: Vec<u64>,
-    magnitudes: bool,
-}
-
-impl Observed {
-    fn new() -> Self {
-        Self {
-            min: f32::INFINITY,
-            max: f32::NEG_INFINITY,
-            histogram: Vec::new(),
-            magnitudes: false,
-        }
-    }
-
-    /// Start the histogram pass: `bins` bins over the values' range, or over their magnitudes.
-    fn start_histogram(&mut self, bins: usize, magnitudes: bool) {
-        self.histogram = vec![0; bins];
-        self.magnitudes = magnitudes;
-    }
-
-    /// Largest magnitude seen.
-    fn magnitude(&self) -> f32 {
-        self.min.abs().max(self.max.abs())
-    }
-
-    fn bin(&self, v: f32) -> usize {
-        let bins = self.histogram.len();
-        let (from, width, v) = if self.magnitudes {
-            (0.0, self.magnitude(), v.abs())
-        } else {
-            (self.min, self.max - self.min, v)
-        };
-        (((v - from) / width.max(f32::MIN_POSITIVE) * bins as f32) as usize).min(bins - 1)
-    }
-
-    /// The value below which `q` of the histogram's mass lies (bin edges).
-    fn quantile(&self, q: f64) -> f32 {
-        let total: u64 = self.histogram.iter().sum();
-        let target = (q * total as f64).round() as u64;
-        let mut seen = 0;
-        let width = (self.max - self.min) / self.histogram.len() as f32;
-        for (i, &c) in self.histogram.iter().enumerate() {
-            seen += c;
-            if seen >= target.max(1) {
-                return self.min + width * (i as f32 + if q < 0.5 { 0.0 } else { 1.0 });
-            }
-        }
-        self.max
-    }
-}
-
 /// The f32 bundle being quantized: its manifest and both decoded graphs, read and verified once.
 struct Source {
     manifest: Manifest,
@@ -177,54 +115,6 @@ impl Source {
             .into_iter()
             .zip(&self.graphs)
             .map(|(info, (path, model))| SourceGraph { info, path, model })
-    }
-}
-
-/// One encoder's calibration plan: the f32 graph with every quantized activation as an extra output.
-struct Probe {
-    plan: Arc<TypedRunnableModel>,
-    input_shape: Vec<usize>,
-    names: Vec<String>,
-    path: PathBuf,
-}
-
-impl Probe {
-    fn new(graph: &SourceGraph<'_>, keep_float: &[String]) -> anyhow::Result<Self> {
-        let names = quantizable_activations(graph.model, keep_float);
-        let exposed = with_extra_outputs(graph.model, &names);
-        Ok(Self {
-            plan: plan_of(&exposed, &graph.info.input_shape, graph.path)?,
-            input_shape: graph.info.input_shape.clone(),
-            names,
-            path: graph.path.to_path_buf(),
-        })
-    }
-
-    /// Run one input; hand each exposed activation's values to `seen`.
-    fn observe(&self, input: &[f32], seen: &mut [Observed], histogram: bool) -> anyhow::Result<()> {
-        let tensor = Tensor::from_shape(&self.input_shape, input)?;
-        let outputs = self.plan.run(tvec!(tensor.into())).map_err(|e| {
-            anyhow::anyhow!("{}: calibration run failed: {e:#}", self.path.display())
-        })?;
-        for (value, obs) in outputs.iter().skip(2).zip(seen.iter_mut()) {
-            let view = value.to_plain_array_view::<f32>()?;
-            for &v in view.iter() {
-                if !v.is_finite() {
-                    bail!(
-                        "{}: an activation holds {v} during calibration",
-                        self.path.display()
-                    );
-                }
-                if histogram {
-                    let b = obs.bin(v);
-                    obs.histogram[b] += 1;
-                } else {
-                    obs.min = obs.min.min(v);
-                    obs.max = obs.max.max(v);
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -268,18 +158,28 @@ fn for_each_frame(
     Ok((clips, frames))
 }
 
+/// The range rule `args` ask for.
+fn range_rule(args: &QuantizeArgs) -> RangeRule {
+    match args.method {
+        Method::Minmax => RangeRule::Minmax,
+        Method::Percentile => RangeRule::Percentile(args.percentile / 100.0),
+        Method::Entropy => RangeRule::Entropy,
+    }
+}
+
 /// Calibrate the activation ranges of both encoders of the f32 bundle at `dir` on `datafile`.
 fn calibrate(args: &QuantizeArgs, datafile: &Path, source: &Source) -> anyhow::Result<Calibration> {
     let manifest = &source.manifest;
     let probes = source
         .encoders()
-        .map(|g| Probe::new(&g, &args.keep_float))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|g| Probe::new(g.model, &g.info.input_shape, g.path, &args.keep_float))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut seen: Vec<Vec<Observed>> = probes
         .iter()
-        .map(|p| vec![Observed::new(); p.names.len()])
+        .map(|p| vec![Observed::default(); p.names().len()])
         .collect();
-    let passes = if args.method == Method::Minmax { 1 } else { 2 };
+    let rule = range_rule(args);
+    let passes = rule.passes();
     let available = clip::read_datafile(datafile)?.len().min(args.clips);
     let frames_per_pass = available * manifest.audio_preprocessing.total_frames;
     let bar = cavsync_cli::progress_bar(
@@ -288,13 +188,9 @@ fn calibrate(args: &QuantizeArgs, datafile: &Path, source: &Source) -> anyhow::R
     );
     let mut counted = (0, 0);
     for pass in 0..passes {
-        let histogram = pass == 1;
-        if histogram {
+        if pass == 1 {
             for obs in seen.iter_mut().flatten() {
-                match args.method {
-                    Method::Entropy => obs.start_histogram(ENTROPY_BINS, true),
-                    _ => obs.start_histogram(HISTOGRAM_BINS, false),
-                }
+                obs.start_histogram(rule);
             }
         }
         counted = for_each_frame(
@@ -305,8 +201,9 @@ fn calibrate(args: &QuantizeArgs, datafile: &Path, source: &Source) -> anyhow::R
             &bar,
             |audio, image| {
                 let (a, v) = seen.split_at_mut(1);
-                probes[0].observe(audio, &mut a[0], histogram)?;
-                probes[1].observe(image, &mut v[0], histogram)
+                probes[0].observe(audio, &mut a[0])?;
+                probes[1].observe(image, &mut v[0])?;
+                Ok(())
             },
         )?;
     }
@@ -314,19 +211,10 @@ fn calibrate(args: &QuantizeArgs, datafile: &Path, source: &Source) -> anyhow::R
     if counted.1 == 0 {
         bail!("{}: no clip to calibrate on", datafile.display());
     }
-    let q = args.percentile / 100.0;
     let mut ranges = BTreeMap::new();
     for (probe, obs) in probes.iter().zip(&seen) {
-        for (name, o) in probe.names.iter().zip(obs) {
-            let range = match args.method {
-                Method::Minmax => (o.min, o.max),
-                Method::Percentile => (o.quantile(1.0 - q), o.quantile(q)),
-                Method::Entropy => {
-                    let t = entropy_threshold(&o.histogram, o.magnitude() / ENTROPY_BINS as f32);
-                    (-t, t)
-                }
-            };
-            ranges.insert((graph_file(&probe.path), name.clone()), range);
+        for (name, o) in probe.names().iter().zip(obs) {
+            ranges.insert((probe.graph_file(), name.clone()), o.range(rule));
         }
     }
     Ok(Calibration {
@@ -343,21 +231,6 @@ fn calibrate(args: &QuantizeArgs, datafile: &Path, source: &Source) -> anyhow::R
             },
         },
     })
-}
-
-/// An optimised single-input plan of an ONNX model held in memory.
-fn plan_of(
-    model: &ModelProto,
-    input_shape: &[usize],
-    path: &Path,
-) -> anyhow::Result<Arc<TypedRunnableModel>> {
-    let bytes = model.encode_to_vec();
-    tract_onnx::onnx()
-        .model_for_read(&mut bytes.as_slice())
-        .and_then(|m| m.with_input_fact(0, f32::fact(input_shape).into()))
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| anyhow::anyhow!("{}: cannot plan: {e:#}", path.display()))
 }
 
 /// The global output (first output) of `plan` for each input.
