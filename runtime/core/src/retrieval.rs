@@ -117,6 +117,14 @@ pub enum RetrievalError {
         /// The size given.
         found: usize,
     },
+    /// A visual frame was never added to [`PatchScores`].
+    #[error("frame {frame} of visual clip {clip} was never scored")]
+    MissingFrame {
+        /// Clip index.
+        clip: usize,
+        /// Frame index within the clip.
+        frame: usize,
+    },
     /// The similarity matrix is not square or is empty.
     #[error("similarity matrix must be square and non-empty, found {rows} x {cols}")]
     NotSquare {
@@ -357,6 +365,111 @@ fn fill_parallel(
         }
     });
     out
+}
+
+/// The clip-pair scores of localization: audio clip i against visual clip j is the mean over aligned frames of the best patch cosine (frame k's audio global token against every patch token of frame k's image, the score of [`crate::localize`]'s map).
+///
+/// A model trained to find the sounding patch (a multiple-instance objective, as the demo
+/// model) matches an audio clip to the image that holds its source, not to the image's global
+/// token; this scores clip pairs the way such a model was trained. Visual frames are added one
+/// at a time as they are encoded (their patch tokens are not kept), against audio embeddings
+/// known in full.
+#[derive(Debug, Clone)]
+pub struct PatchScores {
+    audio: ClipEmbeddings,
+    sums: Array2<f64>,
+    added: Vec<bool>,
+}
+
+impl PatchScores {
+    /// Scores against `audio` (clips x frames of global tokens), every score zero until frames are added.
+    pub fn new(audio: ClipEmbeddings) -> Self {
+        let n = audio.clips;
+        let added = vec![false; n * audio.frames];
+        Self {
+            audio,
+            sums: Array2::zeros((n, n)),
+            added,
+        }
+    }
+
+    /// Adds frame `frame` of visual clip `clip`: its patch tokens, patches x dim row-major (not normalised).
+    pub fn add_frame(
+        &mut self,
+        clip: usize,
+        frame: usize,
+        tokens: &[f32],
+    ) -> Result<(), RetrievalError> {
+        let (clips, frames, dim) = (self.audio.clips, self.audio.frames, self.audio.dim);
+        if clip >= clips {
+            return Err(RetrievalError::ShapeMismatch {
+                what: "visual clip index (below the audio clips)",
+                expected: clips,
+                found: clip,
+            });
+        }
+        if frame >= frames {
+            return Err(RetrievalError::ShapeMismatch {
+                what: "visual frame index (below the frames per clip)",
+                expected: frames,
+                found: frame,
+            });
+        }
+        if tokens.is_empty() || !tokens.len().is_multiple_of(dim) {
+            return Err(RetrievalError::ShapeMismatch {
+                what: "patch token values (a positive multiple of the embedding dimension)",
+                expected: dim,
+                found: tokens.len(),
+            });
+        }
+        let mut unit = tokens.to_vec();
+        for (patch, vector) in unit.chunks_exact_mut(dim).enumerate() {
+            if let Some((index, &value)) = vector.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(RetrievalError::NonFiniteEmbedding {
+                    clip,
+                    frame,
+                    index: patch * dim + index,
+                    value,
+                });
+            }
+            let norm = crate::similarity::norm(vector);
+            if norm == 0.0 {
+                return Err(RetrievalError::ZeroNorm { clip, frame });
+            }
+            for v in vector.iter_mut() {
+                *v = (f64::from(*v) / norm) as f32;
+            }
+        }
+        for i in 0..clips {
+            let a = &self.audio.clip(i)[frame * dim..(frame + 1) * dim];
+            let best = unit
+                .chunks_exact(dim)
+                .map(|p| dot_f32(a, p))
+                .fold(f32::NEG_INFINITY, f32::max);
+            self.sums[[i, clip]] += f64::from(best);
+        }
+        self.added[clip * frames + frame] = true;
+        Ok(())
+    }
+
+    /// The (audio clips x visual clips) matrix, once every frame of every visual clip was added.
+    pub fn matrix(&self) -> Result<Array2<f32>, RetrievalError> {
+        if let Some(missing) = self.added.iter().position(|&a| !a) {
+            let frames = self.audio.frames;
+            return Err(RetrievalError::MissingFrame {
+                clip: missing / frames,
+                frame: missing % frames,
+            });
+        }
+        let frames = self.audio.frames as f64;
+        Ok(self.sums.mapv(|s| (s / frames) as f32))
+    }
+
+    /// Retrieval both ways on the finished matrix (visual to audio ranks its transpose).
+    pub fn evaluate(&self) -> Result<(RetrievalMetrics, RetrievalMetrics), RetrievalError> {
+        let m = self.matrix()?;
+        Ok((compute_metrics(&m)?, compute_metrics(&m.t().to_owned())?))
+    }
 }
 
 /// R@1, R@5, R@10 (fractions) and median rank of one retrieval direction.
@@ -713,5 +826,42 @@ mod tests {
             assert_eq!(strategy.to_string(), strategy.as_str());
         }
         assert!("diagonal-mean".parse::<Strategy>().is_err());
+    }
+
+    #[test]
+    fn patch_scores_take_the_best_patch_of_aligned_frames() {
+        // Audio clip 0 points at [1, 0], clip 1 at [0, 1], in both frames.
+        let audio =
+            ClipEmbeddings::new(vec![1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0], 2, 2, 2).unwrap();
+        let mut scores = PatchScores::new(audio);
+        // Visual clip 0 holds [1, 0] among its patches, clip 1 holds [0, 1] (scaled: cosines).
+        let v0 = [1.0, 0.0, 0.0, -1.0];
+        let v1 = [0.0, 2.0, -1.0, 0.0];
+        for frame in 0..2 {
+            scores.add_frame(0, frame, &v0).unwrap();
+        }
+        let err = scores.matrix().unwrap_err();
+        assert_eq!(err.to_string(), "frame 0 of visual clip 1 was never scored");
+        scores.add_frame(1, 0, &v1).unwrap();
+        // Frame 1 of clip 1 shows clip 0's source only: half the mean for the true pair.
+        scores.add_frame(1, 1, &[1.0, 0.0, 0.0, -3.0]).unwrap();
+        let m = scores.matrix().unwrap();
+        assert_eq!(m, array![[1.0, 0.5], [0.0, 0.5]]);
+        let (a2v, v2a) = scores.evaluate().unwrap();
+        // Each audio clip ranks its own first; visual 1 ties audio 0 and 1 at 0.5 (both positions count).
+        assert_eq!((a2v.r1, a2v.queries), (1.0, 2));
+        assert_eq!(v2a.r1, 2.0 / 3.0);
+        assert!(matches!(
+            scores.add_frame(2, 0, &v0),
+            Err(RetrievalError::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            scores.add_frame(0, 0, &[1.0, 0.0, 0.0]),
+            Err(RetrievalError::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            scores.add_frame(0, 0, &[0.0, 0.0]),
+            Err(RetrievalError::ZeroNorm { clip: 0, frame: 0 })
+        ));
     }
 }

@@ -91,13 +91,19 @@ impl<'a> FrameEncoder<'a> {
             frame,
             &mut self.embeddings.audio,
         )?;
+        self.encode_visual(rgb)?;
+        Ok(&self.embeddings)
+    }
+
+    /// Encode only the image `rgb`; returns its visual embedding.
+    pub fn encode_visual(&mut self, rgb: &RgbImage) -> Result<&Embedding, EncodeError> {
         self.images.run_into(rgb, &mut self.image_buf)?;
         self.bundle.embed_into(
             Modality::Visual,
             &self.image_buf,
             &mut self.embeddings.visual,
         )?;
-        Ok(&self.embeddings)
+        Ok(&self.embeddings.visual)
     }
 
     /// Encode only the audio segment placed by `alignment` at `frame` in `clip_mel`, into `out`; returns the segment's descriptor.

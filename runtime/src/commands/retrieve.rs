@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use cavsync_core::clip;
 use cavsync_core::preprocess::image::load_rgb;
 use cavsync_core::preprocess::segment::FramePosition;
-use cavsync_core::retrieval::{ClipEmbeddings, Strategy, evaluate};
+use cavsync_core::retrieval::{ClipEmbeddings, PatchScores, Strategy, evaluate};
+use cavsync_device::bundle::Embedding;
 use cavsync_device::encode::{FrameEncoder, clip_fbank};
 
 use super::{BundleArgs, DeviceArgs};
@@ -20,9 +21,12 @@ pub struct Args {
     /// CAV-MAE datafile JSON listing the clips.
     #[arg(long)]
     datafile: PathBuf,
-    /// How frame similarities are aggregated per clip pair: max, mean, diagonal_mean or diagonal_max.
-    #[arg(long, default_value = "diagonal_mean")]
+    /// How frame similarities of the global tokens are aggregated per clip pair: max, mean, diagonal_mean or diagonal_max (the official retrieval).
+    #[arg(long, default_value = "diagonal_mean", conflicts_with = "patch")]
     strategy: Strategy,
+    /// Score clip pairs as localization does instead: each aligned frame's audio global token against its image's best patch token, averaged over the frames (how a model trained to find the sounding patch, like the demo model, matches sound to image).
+    #[arg(long)]
+    patch: bool,
 }
 
 /// Embed every frame of every clip, then rank clips in both directions.
@@ -31,38 +35,69 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let total = bundle.manifest.audio_preprocessing.total_frames;
     let entries = clip::read_datafile(&args.datafile)?;
     let dim = bundle.dim();
-    let bar = super::frame_progress(entries.len() * total, "embedding");
+    let passes = if args.patch { 2 } else { 1 };
+    let bar = super::frame_progress(passes * entries.len() * total, "embedding");
     let mut encoder = FrameEncoder::new(&bundle);
     let mut audio = Vec::with_capacity(entries.len() * total * dim);
     let mut visual = Vec::with_capacity(entries.len() * total * dim);
+    let mut clips = Vec::with_capacity(entries.len());
+    let mut audio_emb = Embedding::default();
     for entry in &entries {
         let clip = clip::clip_from_datafile_entry(entry, total)?;
         let mel = clip_fbank(&clip.id, &clip.audio)?;
         for frame in &clip.frames {
-            let image = load_rgb(&frame.path)?;
             let position = FramePosition {
                 index: frame.index,
                 total_frames: clip.total_frames,
                 time_s: frame.time_s,
                 duration_s: clip.duration_s(),
             };
-            let emb = encoder.encode(mel.view(), clip.alignment, position, &image)?;
-            audio.extend_from_slice(&emb.audio.global);
-            visual.extend_from_slice(&emb.visual.global);
+            if args.patch {
+                encoder.encode_audio_into(mel.view(), clip.alignment, position, &mut audio_emb)?;
+                audio.extend_from_slice(&audio_emb.global);
+            } else {
+                let image = load_rgb(&frame.path)?;
+                let emb = encoder.encode(mel.view(), clip.alignment, position, &image)?;
+                audio.extend_from_slice(&emb.audio.global);
+                visual.extend_from_slice(&emb.visual.global);
+            }
             bar.inc(1);
         }
+        if args.patch {
+            clips.push(clip);
+        }
     }
-    bar.finish_and_clear();
     let n = entries.len();
     let audio = ClipEmbeddings::new(audio, n, total, dim)?;
-    let visual = ClipEmbeddings::new(visual, n, total, dim)?;
-    let report = evaluate(&audio, &visual, args.strategy)?;
-    println!("{n} clips x {total} frames, strategy {}", args.strategy);
+    let (score, a2v, v2a) = if args.patch {
+        let mut scores = PatchScores::new(audio);
+        for (c, clip) in clips.iter().enumerate() {
+            for (k, frame) in clip.frames.iter().enumerate() {
+                let emb = encoder.encode_visual(&load_rgb(&frame.path)?)?;
+                scores.add_frame(c, k, &emb.tokens)?;
+                bar.inc(1);
+            }
+        }
+        let (a2v, v2a) = scores.evaluate()?;
+        (
+            "patch (audio global against the best patch of the aligned image, mean over frames)"
+                .to_string(),
+            a2v,
+            v2a,
+        )
+    } else {
+        let visual = ClipEmbeddings::new(visual, n, total, dim)?;
+        let report = evaluate(&audio, &visual, args.strategy)?;
+        (
+            format!("strategy {}", args.strategy),
+            report.audio_to_visual,
+            report.visual_to_audio,
+        )
+    };
+    bar.finish_and_clear();
+    println!("{n} clips x {total} frames, {score}");
     println!("direction        R@1     R@5     R@10    median rank");
-    for (name, r) in [
-        ("audio->visual", &report.audio_to_visual),
-        ("visual->audio", &report.visual_to_audio),
-    ] {
+    for (name, r) in [("audio->visual", &a2v), ("visual->audio", &v2a)] {
         println!(
             "{name:<14} {:>6.2}% {:>6.2}% {:>6.2}%  {}",
             100.0 * r.r1,
