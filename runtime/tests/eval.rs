@@ -219,5 +219,50 @@ fn eval_compares_a_student_of_another_width_and_grid_with_its_teacher() {
     for model in [&json["reference"], &candidate["model"]] {
         let r1 = model["retrieval"]["audio_to_visual"]["r1"].as_f64();
         assert!(r1.is_some(), "{model}");
+        let r1 = model["patch_retrieval"]["visual_to_audio"]["r1"].as_f64();
+        assert!(r1.is_some_and(|r| (0.0..=1.0).contains(&r)), "{model}");
+    }
+    assert!(
+        stdout.contains("A->V R@1 / R@5 / R@10, by the map"),
+        "{stdout}"
+    );
+    // The same scores as `retrieve --patch`, which streams the images instead of keeping tokens.
+    let out = Command::new(env!("CARGO_BIN_EXE_cavsync"))
+        .env("RUST_LOG", "warn")
+        .current_dir(root())
+        .args([
+            "retrieve",
+            "--patch",
+            "--bundle",
+            "models/demo/bundle",
+            "--datafile",
+        ])
+        .arg(&datafile)
+        .output()
+        .unwrap();
+    let retrieved = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = &json["reference"]["patch_retrieval"];
+    for (row, key) in [
+        ("audio->visual", "audio_to_visual"),
+        ("visual->audio", "visual_to_audio"),
+    ] {
+        let line = retrieved.lines().find(|l| l.starts_with(row)).unwrap();
+        let r1: f64 = line
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('%')
+            .parse()
+            .unwrap();
+        let expected = 100.0 * reference[key]["r1"].as_f64().unwrap();
+        assert!(
+            (r1 - expected).abs() < 0.005,
+            "{row}: retrieve {r1}, eval {expected}"
+        );
     }
 }

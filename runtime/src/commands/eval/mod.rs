@@ -16,7 +16,9 @@ use cavsync_core::localize::{FrameLocalization, FrameSize, Grid, render_overlay}
 use cavsync_core::manifest::Manifest;
 use cavsync_core::metrics::{Baselines, LocalizationSummary};
 use cavsync_core::preprocess::image::load_rgb;
-use cavsync_core::retrieval::{ClipEmbeddings, RetrievalReport, Strategy, evaluate};
+use cavsync_core::retrieval::{
+    ClipEmbeddings, PatchScores, RetrievalMetrics, RetrievalReport, Strategy, evaluate,
+};
 use cavsync_device::bundle::{Bundle, PlanOptions};
 use cavsync_device::latency::{self, Latency};
 use cavsync_device::session::{ClipAudio, FrameInput, FrameOutput, GroundTruth, Session};
@@ -84,7 +86,21 @@ pub struct ModelReport {
     pub ciou_success: Vec<(f64, f64)>,
     /// Retrieval among the clips (diagonal_mean), when there are at least two full clips.
     pub retrieval: Option<RetrievalReport>,
+    /// Retrieval scored by the map (`retrieve --patch`), when there are at least two full clips and their patch tokens fit [`PATCH_TOKEN_BUDGET`].
+    pub patch_retrieval: Option<PatchRetrieval>,
 }
+
+/// Retrieval with clip pairs scored by the map: each aligned frame's audio global token against its image's best patch token, mean over frames.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PatchRetrieval {
+    /// Audio clips as queries, visual clips as candidates.
+    pub audio_to_visual: RetrievalMetrics,
+    /// Visual clips as queries, audio clips as candidates.
+    pub visual_to_audio: RetrievalMetrics,
+}
+
+/// Most bytes of patch tokens kept per model for [`PatchRetrieval`] (every frame's, until the audio of all clips is known).
+const PATCH_TOKEN_BUDGET: usize = 1 << 30;
 
 /// One candidate against the reference.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -150,6 +166,8 @@ struct Capture {
     cious: Vec<f64>,
     all_audio: Vec<f32>,
     all_visual: Vec<f32>,
+    /// Every frame's patch tokens, when they fit the budget (`None`: not kept).
+    all_tokens: Option<Vec<f32>>,
 }
 
 impl Capture {
@@ -181,6 +199,9 @@ impl Sink for Capture {
         copy_into(&mut self.heatmap, frame.heatmap);
         self.all_audio.extend_from_slice(&emb.audio.global);
         self.all_visual.extend_from_slice(&emb.visual.global);
+        if let Some(tokens) = &mut self.all_tokens {
+            tokens.extend_from_slice(&emb.visual.tokens);
+        }
         if let Some(ciou) = frame.record.truth.as_ref().and_then(|t| t.ciou) {
             self.cious.push(ciou);
         }
@@ -313,15 +334,15 @@ fn side_by_side(
     Ok(out)
 }
 
-/// Retrieval among the clips (taking the captured embeddings) when every clip has the same number of frames and there are at least two.
+/// Retrieval among the clips (taking the captured embeddings) when every clip has the same number of frames and there are at least two: on the global tokens, and by the map where the patch tokens were kept.
 fn retrieval(
     capture: &mut Capture,
     clips: &[Clip],
     dim: usize,
-) -> anyhow::Result<Option<RetrievalReport>> {
+) -> anyhow::Result<(Option<RetrievalReport>, Option<PatchRetrieval>)> {
     let frames = clips.first().map_or(0, |c| c.frames.len());
     if clips.len() < 2 || frames == 0 || clips.iter().any(|c| c.frames.len() != frames) {
-        return Ok(None);
+        return Ok((None, None));
     }
     let audio = ClipEmbeddings::new(
         std::mem::take(&mut capture.all_audio),
@@ -335,7 +356,23 @@ fn retrieval(
         frames,
         dim,
     )?;
-    Ok(Some(evaluate(&audio, &visual, Strategy::DiagonalMean)?))
+    let global = evaluate(&audio, &visual, Strategy::DiagonalMean)?;
+    let Some(tokens) = capture.all_tokens.take() else {
+        return Ok((Some(global), None));
+    };
+    let per_frame = tokens.len() / (clips.len() * frames);
+    let mut scores = PatchScores::new(audio);
+    for (i, frame_tokens) in tokens.chunks_exact(per_frame.max(1)).enumerate() {
+        scores.add_frame(i / frames, i % frames, frame_tokens)?;
+    }
+    let (audio_to_visual, visual_to_audio) = scores.evaluate()?;
+    Ok((
+        Some(global),
+        Some(PatchRetrieval {
+            audio_to_visual,
+            visual_to_audio,
+        }),
+    ))
 }
 
 /// Run every model over every frame, compare, measure, write the report.
@@ -367,6 +404,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(args.report.join("frames"))
         .with_context(|| format!("{}: cannot create", args.report.display()))?;
     let frame_count: usize = clips.iter().map(|c| c.frames.len()).sum();
+    for model in &mut models {
+        let m = &model.bundle.manifest;
+        let bytes = frame_count
+            .saturating_mul(m.visual.grid.iter().product::<usize>())
+            .saturating_mul(model.bundle.dim())
+            .saturating_mul(std::mem::size_of::<f32>());
+        if bytes <= PATCH_TOKEN_BUDGET {
+            model.capture.all_tokens = Some(Vec::with_capacity(bytes / 4));
+        } else {
+            tracing::warn!(
+                model = %model.name,
+                mib = bytes >> 20,
+                "retrieval by the map skipped: its patch tokens would exceed the budget"
+            );
+        }
+    }
     let bar = super::frame_progress(frame_count, "evaluating");
     let (bundles, mut captures): (Vec<&Bundle>, Vec<&mut Capture>) = models
         .iter_mut()
@@ -428,6 +481,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for (model, run) in models.iter_mut().zip(runs) {
         let latency = latency::measure(&model.bundle, args.iterations)?;
         let dim = model.bundle.dim();
+        let (retrieval, patch_retrieval) = retrieval(&mut model.capture, &clips, dim)?;
         let m = &model.bundle.manifest;
         reports.push(ModelReport {
             name: model.name.clone(),
@@ -440,7 +494,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             localization: run.summary,
             baselines: run.baselines,
             ciou_success: success_curve(&model.capture.cious, 20),
-            retrieval: retrieval(&mut model.capture, &clips, dim)?,
+            retrieval,
+            patch_retrieval,
         });
     }
     let mut reports = reports.into_iter();

@@ -13,9 +13,9 @@ use cavsync_core::atomic::write_atomic;
 use cavsync_core::localize::save_png;
 use cavsync_core::metrics::LocalizationSummary;
 use cavsync_core::report::escape;
-use cavsync_core::retrieval::RetrievalReport;
+use cavsync_core::retrieval::{RetrievalMetrics, RetrievalReport};
 
-use super::{EvalReport, ModelReport};
+use super::{EvalReport, ModelReport, PatchRetrieval};
 
 /// The font every plot is labelled with, bundled so that plots look the same on every machine.
 static FONT: &[u8] = include_bytes!("../../../../assets/fonts/DejaVuSans.ttf");
@@ -208,6 +208,20 @@ fn task_rows(models: &[&ModelReport]) -> Vec<(String, Vec<String>)> {
             .map(|m| m.retrieval.as_ref().map_or_else(|| "-".to_string(), f))
             .collect()
     };
+    let by_map = |f: &dyn Fn(&PatchRetrieval) -> &RetrievalMetrics| -> Vec<String> {
+        models
+            .iter()
+            .map(|m| {
+                m.patch_retrieval.as_ref().map_or_else(
+                    || "-".to_string(),
+                    |r| {
+                        let x = f(r);
+                        format!("{} / {} / {}", pct(x.r1), pct(x.r5), pct(x.r10))
+                    },
+                )
+            })
+            .collect()
+    };
     vec![
         (
             "sounding frames".into(),
@@ -266,6 +280,14 @@ fn task_rows(models: &[&ModelReport]) -> Vec<(String, Vec<String>)> {
                 let v = &r.visual_to_audio;
                 format!("{} / {} / {}", pct(v.r1), pct(v.r5), pct(v.r10))
             }),
+        ),
+        (
+            "A->V R@1 / R@5 / R@10, by the map".into(),
+            by_map(&|r| &r.audio_to_visual),
+        ),
+        (
+            "V->A R@1 / R@5 / R@10, by the map".into(),
+            by_map(&|r| &r.visual_to_audio),
         ),
         (
             "audio encoder, median ms".into(),
