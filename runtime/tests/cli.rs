@@ -407,6 +407,19 @@ fn calibrate_reads_the_records_localize_writes() {
         "{info}"
     );
 
+    // A folder that is not a bundle is refused before anything is fitted or written.
+    let out = cavsync()
+        .args(["calibrate", "--results"])
+        .arg(&mixed)
+        .arg("--bundle")
+        .arg(dir.path().join("missing"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing/manifest.toml"), "{stderr}");
+
     // A record without ground truth is refused with its line number.
     let mut bare = records[0].clone();
     bare.truth = None;

@@ -43,7 +43,11 @@ fn read_samples(args: &Args) -> anyhow::Result<Vec<Sample>> {
             .filter(|(_, l)| !l.trim().is_empty())
         {
             let record: FrameRecord = serde_json::from_str(line).with_context(|| {
-                format!("{}:{}: not a localization record", path.display(), i + 1)
+                format!(
+                    "{}:{}: not a localization record (records written before the audio descriptor lack `audio`: rerun `localize --annotations`)",
+                    path.display(),
+                    i + 1
+                )
             })?;
             let Some(truth) = record.truth else {
                 bail!(
@@ -60,6 +64,7 @@ fn read_samples(args: &Args) -> anyhow::Result<Vec<Sample>> {
 
 /// Read the records, fit the threshold and the activity head, print how each separates the frames, and write the calibration.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    let bundle = args.bundle.as_deref().map(Manifest::read).transpose()?;
     let samples = read_samples(args)?;
     let empty = || {
         let files: Vec<String> = args
@@ -121,8 +126,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 .with_context(|| format!("{}: cannot write the calibration", out.display()))?;
             println!("wrote {}", out.display());
         }
-        if let Some(dir) = &args.bundle {
-            let mut manifest = Manifest::read(dir)?;
+        if let (Some(dir), Some(mut manifest)) = (&args.bundle, bundle) {
             manifest.localization = info;
             let text =
                 toml::to_string_pretty(&manifest).context("cannot serialise the manifest")?;
