@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use cavsync_core::manifest::{
     AudioPreprocessing, EncoderInfo, FORMAT_VERSION, ImagePreprocessing, LocalizationInfo,
-    MANIFEST_FILE, Manifest, ManifestError, ModelInfo, Provenance, sha256_file, sha256_hex,
+    Manifest, ManifestError, ModelInfo, Provenance, sha256_file, sha256_hex,
 };
 use cavsync_core::model::{Modality, Precision};
 
@@ -26,12 +26,9 @@ pub enum BundleWriteError {
     /// A graph could not be built.
     #[error(transparent)]
     Onnx(#[from] onnx::OnnxError),
-    /// The manifest could not be serialised.
-    #[error("cannot serialise manifest: {0}")]
-    Manifest(#[from] toml::ser::Error),
-    /// Hashing the source checkpoint failed.
+    /// Hashing the source checkpoint or writing the manifest failed.
     #[error(transparent)]
-    Hash(#[from] ManifestError),
+    Manifest(#[from] ManifestError),
 }
 
 /// What `convert` needs beyond the checkpoint.
@@ -191,9 +188,7 @@ fn write_into(
         },
         quantization: None,
     };
-    let text = toml::to_string_pretty(&manifest)?;
-    let path = dir.join(MANIFEST_FILE);
-    std::fs::write(&path, text).map_err(io_err(&path))?;
+    manifest.write(dir)?;
     Ok(manifest)
 }
 
@@ -237,7 +232,8 @@ mod tests {
         let written = write_bundle(&ck, &config, &options(Precision::F16), &out).unwrap();
         assert_eq!(written.model.layout, Layout::Sync);
         assert_eq!(written.model.precision, Precision::F16);
-        let text = std::fs::read_to_string(out.join(MANIFEST_FILE)).unwrap();
+        let text =
+            std::fs::read_to_string(out.join(cavsync_core::manifest::MANIFEST_FILE)).unwrap();
         assert!(text.contains("layout = \"sync\""), "{text}");
         assert!(text.contains("precision = \"f16\""), "{text}");
         assert_eq!(Manifest::read(&out).unwrap(), written);

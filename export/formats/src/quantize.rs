@@ -73,9 +73,6 @@ pub enum QuantizeError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The manifest could not be serialised.
-    #[error("cannot serialise manifest: {0}")]
-    Serialise(#[from] toml::ser::Error),
 }
 
 /// How to quantize.
@@ -607,12 +604,7 @@ fn write_quantized(
         sensitivity: options.sensitivity.clone(),
         source_manifest_sha256: sha256_file(&src.join(MANIFEST_FILE))?,
     });
-    let text = toml::to_string_pretty(&manifest)?;
-    let path = dir.join(MANIFEST_FILE);
-    std::fs::write(&path, text).map_err(|source| QuantizeError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    manifest.write(dir)?;
     Ok((manifest, reports))
 }
 

@@ -61,6 +61,22 @@ pub enum ManifestError {
         /// What was expected.
         problem: String,
     },
+    /// The manifest could not be written.
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        /// The manifest file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The manifest could not be serialised to TOML.
+    #[error("{path}: cannot serialise the manifest: {message}")]
+    Serialise {
+        /// The manifest file.
+        path: PathBuf,
+        /// What the serialiser reported.
+        message: String,
+    },
     /// A model file's hash differs from the manifest's.
     #[error(
         "{path}: sha256 {found} does not match the manifest's {expected}: the file was modified or corrupted"
@@ -351,6 +367,22 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Manifest {
+    /// Writes the manifest as `dir`'s `manifest.toml`, atomically (a reader sees the old file or the new one); returns its path.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf, ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = toml::to_string_pretty(self).map_err(|e| ManifestError::Serialise {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        crate::atomic::write_atomic(&path, |w| w.write_all(text.as_bytes())).map_err(|source| {
+            ManifestError::Write {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        Ok(path)
+    }
+
     /// Read and parse a bundle's manifest, checking the format version first.
     pub fn read(dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join(MANIFEST_FILE);

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 
 use cavsync_core::atomic::write_atomic;
 use cavsync_core::localize::ActivityFeatures;
-use cavsync_core::manifest::{LocalizationInfo, MANIFEST_FILE, Manifest};
+use cavsync_core::manifest::{LocalizationInfo, Manifest};
 use cavsync_core::metrics;
 use cavsync_core::record::FrameRecord;
 
@@ -64,17 +64,20 @@ fn read_samples(args: &Args) -> anyhow::Result<Vec<Sample>> {
 
 /// Read the records, fit the threshold and the activity head, print how each separates the frames, and write the calibration.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let bundle = args.bundle.as_deref().map(Manifest::read).transpose()?;
+    let bundle = match &args.bundle {
+        Some(dir) => Some((dir, Manifest::read(dir)?)),
+        None => None,
+    };
     let samples = read_samples(args)?;
+    let files = args
+        .results
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let empty = || {
-        let files: Vec<String> = args
-            .results
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
         format!(
-            "{}: {} frames: calibration needs both sounding and silent frames (expected the localization.jsonl of `localize --annotations`)",
-            files.join(", "),
+            "{files}: {} frames: calibration needs both sounding and silent frames (expected the localization.jsonl of `localize --annotations`)",
             samples.len()
         )
     };
@@ -105,36 +108,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     println!("{threshold_line}");
     println!("{head_line}");
-    if args.out.is_some() || args.bundle.is_some() {
-        let files: Vec<String> = args
-            .results
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        let info = LocalizationInfo {
-            active_threshold: threshold.threshold,
-            calibration: format!(
-                "best balanced accuracy on {} frames of {}: {head_line} (score alone: {threshold_line})",
-                samples.len(),
-                files.join(", ")
-            ),
-            activity: Some(h),
-        };
-        if let Some(out) = &args.out {
-            let text = toml::to_string(&info).context("cannot serialise the calibration")?;
-            write_atomic(out, |w| w.write_all(text.as_bytes()))
-                .with_context(|| format!("{}: cannot write the calibration", out.display()))?;
-            println!("wrote {}", out.display());
-        }
-        if let (Some(dir), Some(mut manifest)) = (&args.bundle, bundle) {
-            manifest.localization = info;
-            let text =
-                toml::to_string_pretty(&manifest).context("cannot serialise the manifest")?;
-            let path = dir.join(MANIFEST_FILE);
-            write_atomic(&path, |w| w.write_all(text.as_bytes()))
-                .with_context(|| format!("{}: cannot write the manifest", path.display()))?;
-            println!("wrote the calibration into {}", path.display());
-        }
+    let info = LocalizationInfo {
+        active_threshold: threshold.threshold,
+        calibration: format!(
+            "best balanced accuracy on {} frames of {files}: {head_line} (score alone: {threshold_line})",
+            samples.len()
+        ),
+        activity: Some(h),
+    };
+    if let Some(out) = &args.out {
+        let text = toml::to_string(&info).context("cannot serialise the calibration")?;
+        write_atomic(out, |w| w.write_all(text.as_bytes()))
+            .with_context(|| format!("{}: cannot write the calibration", out.display()))?;
+        println!("wrote {}", out.display());
+    }
+    if let Some((dir, mut manifest)) = bundle {
+        manifest.localization = info;
+        let path = manifest
+            .write(dir)
+            .with_context(|| format!("{}: cannot write the calibration", dir.display()))?;
+        println!("wrote the calibration into {}", path.display());
     }
     Ok(())
 }
