@@ -181,22 +181,7 @@ impl ClipEmbeddings {
         }
         let mut unit = data;
         for (row, vector) in unit.chunks_exact_mut(dim).enumerate() {
-            let (clip, frame) = (row / frames, row % frames);
-            if let Some((index, &value)) = vector.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(RetrievalError::NonFiniteEmbedding {
-                    clip,
-                    frame,
-                    index,
-                    value,
-                });
-            }
-            let norm = crate::similarity::norm(vector);
-            if norm == 0.0 {
-                return Err(RetrievalError::ZeroNorm { clip, frame });
-            }
-            for v in vector.iter_mut() {
-                *v = (f64::from(*v) / norm) as f32;
-            }
+            normalize(vector, row / frames, row % frames, 0)?;
         }
         Ok(Self {
             unit,
@@ -248,6 +233,31 @@ impl ClipEmbeddings {
         }
         means
     }
+}
+
+/// L2-normalises one vector of frame `frame` of clip `clip` in place; `offset` places its values within the frame's in errors.
+fn normalize(
+    vector: &mut [f32],
+    clip: usize,
+    frame: usize,
+    offset: usize,
+) -> Result<(), RetrievalError> {
+    if let Some((index, &value)) = vector.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(RetrievalError::NonFiniteEmbedding {
+            clip,
+            frame,
+            index: offset + index,
+            value,
+        });
+    }
+    let norm = crate::similarity::norm(vector);
+    if norm == 0.0 {
+        return Err(RetrievalError::ZeroNorm { clip, frame });
+    }
+    for v in vector.iter_mut() {
+        *v = (f64::from(*v) / norm) as f32;
+    }
+    Ok(())
 }
 
 /// The (queries x candidates) aggregated similarity matrix, rows = queries, exactly as get_agg_sim_mat.
@@ -379,6 +389,8 @@ pub struct PatchScores {
     audio: ClipEmbeddings,
     sums: Array2<f64>,
     added: Vec<bool>,
+    /// The frame being added, normalised (its buffer reused from frame to frame).
+    unit: Vec<f32>,
 }
 
 impl PatchScores {
@@ -390,6 +402,7 @@ impl PatchScores {
             audio,
             sums: Array2::zeros((n, n)),
             added,
+            unit: Vec::new(),
         }
     }
 
@@ -422,27 +435,15 @@ impl PatchScores {
                 found: tokens.len(),
             });
         }
-        let mut unit = tokens.to_vec();
-        for (patch, vector) in unit.chunks_exact_mut(dim).enumerate() {
-            if let Some((index, &value)) = vector.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(RetrievalError::NonFiniteEmbedding {
-                    clip,
-                    frame,
-                    index: patch * dim + index,
-                    value,
-                });
-            }
-            let norm = crate::similarity::norm(vector);
-            if norm == 0.0 {
-                return Err(RetrievalError::ZeroNorm { clip, frame });
-            }
-            for v in vector.iter_mut() {
-                *v = (f64::from(*v) / norm) as f32;
-            }
+        self.unit.clear();
+        self.unit.extend_from_slice(tokens);
+        for (patch, vector) in self.unit.chunks_exact_mut(dim).enumerate() {
+            normalize(vector, clip, frame, patch * dim)?;
         }
         for i in 0..clips {
             let a = &self.audio.clip(i)[frame * dim..(frame + 1) * dim];
-            let best = unit
+            let best = self
+                .unit
                 .chunks_exact(dim)
                 .map(|p| dot_f32(a, p))
                 .fold(f32::NEG_INFINITY, f32::max);
