@@ -40,7 +40,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut encoder = FrameEncoder::new(&bundle);
     let mut audio = Vec::with_capacity(entries.len() * total * dim);
     let mut visual = Vec::with_capacity(entries.len() * total * dim);
-    let mut clips = Vec::with_capacity(entries.len());
+    // With --patch, each clip's image files for the second pass (its audio is not kept).
+    let mut images: Vec<Vec<PathBuf>> = Vec::new();
     let mut audio_emb = Embedding::default();
     for entry in &entries {
         let clip = clip::clip_from_datafile_entry(entry, total)?;
@@ -64,16 +65,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             bar.inc(1);
         }
         if args.patch {
-            clips.push(clip);
+            images.push(clip.frames.iter().map(|f| f.path.clone()).collect());
         }
     }
     let n = entries.len();
     let audio = ClipEmbeddings::new(audio, n, total, dim)?;
     let (score, a2v, v2a) = if args.patch {
         let mut scores = PatchScores::new(audio);
-        for (c, clip) in clips.iter().enumerate() {
-            for (k, frame) in clip.frames.iter().enumerate() {
-                let emb = encoder.encode_visual(&load_rgb(&frame.path)?)?;
+        for (c, paths) in images.iter().enumerate() {
+            for (k, path) in paths.iter().enumerate() {
+                let emb = encoder.encode_visual(&load_rgb(path)?)?;
                 scores.add_frame(c, k, &emb.tokens)?;
                 bar.inc(1);
             }

@@ -13,9 +13,9 @@ use cavsync_core::atomic::write_atomic;
 use cavsync_core::localize::save_png;
 use cavsync_core::metrics::LocalizationSummary;
 use cavsync_core::report::escape;
-use cavsync_core::retrieval::{RetrievalMetrics, RetrievalReport};
+use cavsync_core::retrieval::RetrievalMetrics;
 
-use super::{EvalReport, ModelReport, PatchRetrieval};
+use super::{EvalReport, ModelReport};
 
 /// The font every plot is labelled with, bundled so that plots look the same on every machine.
 static FONT: &[u8] = include_bytes!("../../../../assets/fonts/DejaVuSans.ttf");
@@ -184,6 +184,11 @@ fn pct(v: f64) -> String {
     format!("{:.1}%", 100.0 * v)
 }
 
+/// R@1 / R@5 / R@10 of one retrieval direction, as percentages.
+fn recalls(m: &RetrievalMetrics) -> String {
+    format!("{} / {} / {}", pct(m.r1), pct(m.r5), pct(m.r10))
+}
+
 fn opt_pct(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), pct)
 }
@@ -202,24 +207,10 @@ fn task_rows(models: &[&ModelReport]) -> Vec<(String, Vec<String>)> {
             .map(|m| m.baselines.as_ref().map_or_else(|| "-".to_string(), f))
             .collect()
     };
-    let ret = |f: &dyn Fn(&RetrievalReport) -> String| -> Vec<String> {
+    let recall_row = |pick: &dyn Fn(&ModelReport) -> Option<&RetrievalMetrics>| -> Vec<String> {
         models
             .iter()
-            .map(|m| m.retrieval.as_ref().map_or_else(|| "-".to_string(), f))
-            .collect()
-    };
-    let by_map = |f: &dyn Fn(&PatchRetrieval) -> &RetrievalMetrics| -> Vec<String> {
-        models
-            .iter()
-            .map(|m| {
-                m.patch_retrieval.as_ref().map_or_else(
-                    || "-".to_string(),
-                    |r| {
-                        let x = f(r);
-                        format!("{} / {} / {}", pct(x.r1), pct(x.r5), pct(x.r10))
-                    },
-                )
-            })
+            .map(|m| pick(m).map_or_else(|| "-".to_string(), recalls))
             .collect()
     };
     vec![
@@ -269,25 +260,19 @@ fn task_rows(models: &[&ModelReport]) -> Vec<(String, Vec<String>)> {
         ),
         (
             "A->V R@1 / R@5 / R@10".into(),
-            ret(&|r| {
-                let a = &r.audio_to_visual;
-                format!("{} / {} / {}", pct(a.r1), pct(a.r5), pct(a.r10))
-            }),
+            recall_row(&|m| m.retrieval.as_ref().map(|r| &r.audio_to_visual)),
         ),
         (
             "V->A R@1 / R@5 / R@10".into(),
-            ret(&|r| {
-                let v = &r.visual_to_audio;
-                format!("{} / {} / {}", pct(v.r1), pct(v.r5), pct(v.r10))
-            }),
+            recall_row(&|m| m.retrieval.as_ref().map(|r| &r.visual_to_audio)),
         ),
         (
             "A->V R@1 / R@5 / R@10, by the map".into(),
-            by_map(&|r| &r.audio_to_visual),
+            recall_row(&|m| m.patch_retrieval.as_ref().map(|r| &r.audio_to_visual)),
         ),
         (
             "V->A R@1 / R@5 / R@10, by the map".into(),
-            by_map(&|r| &r.visual_to_audio),
+            recall_row(&|m| m.patch_retrieval.as_ref().map(|r| &r.visual_to_audio)),
         ),
         (
             "audio encoder, median ms".into(),
