@@ -1,5 +1,6 @@
 //! End-to-end tests of the `cavsync` binary: preprocessing, bundle errors and the README's main command.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -289,14 +290,15 @@ fn calibrate_reads_the_records_localize_writes() {
     std::fs::write(&only_sounding, &text).unwrap();
 
     // Only sounding frames: no threshold can be chosen, and the error says why.
-    let run = |path: &Path| {
+    let run = |path: &Path, extra: &[&OsStr]| {
         cavsync()
             .args(["calibrate", "--results"])
             .arg(path)
+            .args(extra)
             .output()
             .unwrap()
     };
-    let out = run(&only_sounding);
+    let out = run(&only_sounding, &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -324,7 +326,7 @@ fn calibrate_reads_the_records_localize_writes() {
     }
     let mixed = dir.path().join("mixed.jsonl");
     std::fs::write(&mixed, lines).unwrap();
-    let out = run(&mixed);
+    let out = run(&mixed, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -346,13 +348,7 @@ fn calibrate_reads_the_records_localize_writes() {
         "{stdout}"
     );
     let calibration = dir.path().join("activity.toml");
-    let out = cavsync()
-        .args(["calibrate", "--results"])
-        .arg(&mixed)
-        .arg("--out")
-        .arg(&calibration)
-        .output()
-        .unwrap();
+    let out = run(&mixed, &["--out".as_ref(), calibration.as_os_str()]);
     assert!(out.status.success());
     let text = std::fs::read_to_string(&calibration).unwrap();
     for field in [
@@ -373,13 +369,7 @@ fn calibrate_reads_the_records_localize_writes() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), bundle.join(entry.file_name())).unwrap();
     }
-    let out = cavsync()
-        .args(["calibrate", "--results"])
-        .arg(&mixed)
-        .arg("--bundle")
-        .arg(&bundle)
-        .output()
-        .unwrap();
+    let out = run(&mixed, &["--bundle".as_ref(), bundle.as_os_str()]);
     assert!(
         out.status.success(),
         "{}",
@@ -408,13 +398,8 @@ fn calibrate_reads_the_records_localize_writes() {
     );
 
     // A folder that is not a bundle is refused before anything is fitted or written.
-    let out = cavsync()
-        .args(["calibrate", "--results"])
-        .arg(&mixed)
-        .arg("--bundle")
-        .arg(dir.path().join("missing"))
-        .output()
-        .unwrap();
+    let missing = dir.path().join("missing");
+    let out = run(&mixed, &["--bundle".as_ref(), missing.as_os_str()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -425,7 +410,7 @@ fn calibrate_reads_the_records_localize_writes() {
     bare.truth = None;
     let plain = dir.path().join("plain.jsonl");
     std::fs::write(&plain, serde_json::to_string(&bare).unwrap()).unwrap();
-    let out = run(&plain);
+    let out = run(&plain, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
