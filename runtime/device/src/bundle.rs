@@ -409,6 +409,8 @@ fn build_plan(
                 .and_then(|mut m| {
                     crate::rowops::replace_gelu(&mut m)?;
                     crate::intops::replace_int8_epilogues(&mut m)?;
+                    #[cfg(target_arch = "x86_64")]
+                    crate::matops::replace_float_products(&mut m)?;
                     m.into_optimized()
                 })
                 .map(Arc::new)

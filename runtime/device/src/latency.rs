@@ -72,11 +72,21 @@ pub fn measure(bundle: &Bundle, iterations: usize) -> Result<Latency, BundleErro
     })
 }
 
-/// The f32 matrix-product floor of this machine: GFLOP/s of tract's own optimised `n x n x n` product, median of `iterations` runs (after one warm-up), with the plan options the bundles use.
+/// Which kernel an `n x n x n` floor measurement runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloorKernel {
+    /// tract's own optimised product.
+    Tract,
+    /// The product the bundles' CPU plans run (on x86-64 the `gemm` crate's, elsewhere tract's).
+    Plans,
+}
+
+/// The f32 matrix-product floor of this machine: GFLOP/s of an `n x n x n` product by `kernel`, median of `iterations` runs (after one warm-up), with the plan options the bundles use.
 pub fn sgemm_gflops(
     options: &PlanOptions,
     n: usize,
     iterations: usize,
+    kernel: FloorKernel,
 ) -> Result<f64, BundleError> {
     let err = |e: TractError| BundleError::Run(format!("sgemm floor: {e:#}"));
     let run_options = options.run_options()?;
@@ -88,6 +98,12 @@ pub fn sgemm_gflops(
         let axes = "ik,kj->ij".parse()?;
         let c = model.wire_node("product", EinSum::new(axes, f32::datum_type()), &[a, b])?;
         model.select_output_outlets(&c)?;
+        #[cfg(target_arch = "x86_64")]
+        if kernel == FloorKernel::Plans {
+            crate::matops::replace_float_products(&mut model)?;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = kernel;
         model
             .into_optimized()?
             .into_runnable_with_options(&run_options)

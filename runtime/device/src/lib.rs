@@ -9,6 +9,8 @@ pub mod encode;
 mod graph;
 pub mod intops;
 pub mod latency;
+#[cfg(target_arch = "x86_64")]
+pub mod matops;
 pub mod rowops;
 pub mod session;
 pub mod sink;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use cavsync_core::model::Modality;
 use cavsync_device::bundle::NodeProfile;
-use cavsync_device::latency::{self, measure, pattern, sgemm_gflops};
+use cavsync_device::latency::{self, FloorKernel, measure, pattern, sgemm_gflops};
 
 use super::{BundleArgs, DeviceArgs};
 
@@ -135,17 +135,32 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!("frame pair        {:>10.2} ms", 1e3 * lat.pair_s);
     println!("throughput        {:>10.2} pairs/s", 1.0 / lat.pair_s);
     if args.profile {
+        let mut pair_fma = 0u64;
         for (what, modality, stride) in [
             ("audio", Modality::Audio, 7919),
             ("visual", Modality::Visual, 104_729),
         ] {
             let input = pattern(bundle.input_len(modality), stride);
             let nodes = bundle.profile(modality, &input, args.iterations)?;
+            pair_fma += nodes.iter().map(|n| n.fma).sum::<u64>();
             print_profile(what, &nodes, args.iterations, args.top);
         }
-        let floor = sgemm_gflops(&bundle.options, FLOOR_N, args.iterations.min(10))?;
+        let runs = args.iterations.min(10);
+        let plans = sgemm_gflops(&bundle.options, FLOOR_N, runs, FloorKernel::Plans)?;
+        let tract = sgemm_gflops(&bundle.options, FLOOR_N, runs, FloorKernel::Tract)?;
+        let floor = plans.max(tract);
+        let at_floor = 2.0 * pair_fma as f64 / (floor * 1e9);
         println!(
-            "f32 floor: tract's {FLOOR_N}^3 f32 product reaches {floor:.1} GFLOP/s on this machine with the same threads"
+            "f32 floor: the {FLOOR_N}^3 f32 product reaches {plans:.1} GFLOP/s with the plans' kernel ({}), {tract:.1} with tract's, same threads; the pair's {:.2} GFLOP at {floor:.1} GFLOP/s take {:.2} ms, the pair measured {:.2} ms ({:.2}x the floor)",
+            if cfg!(target_arch = "x86_64") {
+                "gemm crate"
+            } else {
+                "tract"
+            },
+            2.0 * pair_fma as f64 / 1e9,
+            1e3 * at_floor,
+            1e3 * lat.pair_s,
+            lat.pair_s / at_floor
         );
     }
     if !args.compare.is_empty() {

@@ -1,0 +1,474 @@
+//! f32 matrix products of x86-64 CPU plans, run by the `gemm` crate instead of tract's kernels.
+//!
+//! tract 0.23.9 runs the encoders' f32 products at 180-196 GFLOP/s on a 2-core AVX-512 Xeon
+//! (the weight products, 205-217 rows by 768 to 3072 columns) and attention's batched products
+//! (217 x 64 x 217 per head) at 65-87 GFLOP/s; `gemm` 0.19 reaches 246-277 and 104-174 GFLOP/s on
+//! the same shapes and threads (`cavsync bench --profile` prints each product's rate). A product
+//! reads its operands through strides, so transposed operands cost nothing. On aarch64 the plans
+//! keep tract's kernels, which were written for the Cortex cores the boards use.
+//!
+//! [`replace_float_products`] puts [`FloatProduct`] in place of each f32 `EinSum` that is a
+//! batched product of two operands: one summed axis, and every other axis in the output.
+
+use tract_linalg::multithread::{Executor, current_tract_executor};
+use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::tract_core::ops::einsum::EinSum;
+
+/// Multiply-adds below which a product runs on the calling thread alone: waking a second thread
+/// costs tens of microseconds, more than such a product takes.
+const THREADED_MIN_FMA: usize = 1 << 21;
+
+/// Where one axis of a product sits in the first operand, the second and the output.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+struct AxisPlace {
+    a: Option<usize>,
+    b: Option<usize>,
+    c: Option<usize>,
+}
+
+/// An f32 product C = A·B, batched over the axes all three share, summed over those only A and
+/// B hold.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct FloatProduct {
+    /// Every axis of the product; `m`, `k` and `n` index into it, `summed` lists the other
+    /// summed axes, the rest are batch axes.
+    axes: Vec<AxisPlace>,
+    /// The output's rows (in A and C).
+    m: usize,
+    /// The longest summed axis (in A and B).
+    k: usize,
+    /// The other summed axes, accumulated one product after another.
+    summed: Vec<usize>,
+    /// The output's columns (in B and C).
+    n: usize,
+    /// The output's rank.
+    c_rank: usize,
+}
+
+/// One axis's extent and element strides in A, B and C (0 where it is absent or broadcast).
+#[derive(Debug, Clone, Copy, Default)]
+struct Walk {
+    len: usize,
+    a: isize,
+    b: isize,
+    c: isize,
+}
+
+/// Operand and output addresses, shareable between the threads of one product.
+#[derive(Clone, Copy)]
+struct Operands {
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+}
+
+// SAFETY: the pointers address the operands of one `eval`, which outlive every thread that uses
+// them (rayon joins before `eval` returns); batches write disjoint parts of C.
+unsafe impl Send for Operands {}
+// SAFETY: as for `Send`; threads only read A and B.
+unsafe impl Sync for Operands {}
+
+impl FloatProduct {
+    /// The product `einsum` computes on operands of these shapes, when it is one (f32, two
+    /// operands, summed axes that both hold, every other axis in the output, a row and a column
+    /// axis; the longest such axes become the rows, columns and the product's own sum).
+    fn of(einsum: &EinSum, a_shape: &[usize], b_shape: &[usize]) -> Option<FloatProduct> {
+        let mapping = &einsum.axes;
+        if einsum.q_params.is_some()
+            || einsum.operating_dt != DatumType::F32
+            || mapping.input_count() != 2
+            || mapping.output_count() != 1
+        {
+            return None;
+        }
+        let single = |positions: &TVec<usize>| match positions.as_slice() {
+            [] => Some(None),
+            [p] => Some(Some(*p)),
+            _ => None,
+        };
+        let mut axes = Vec::new();
+        for axis in mapping.iter_all_axes() {
+            axes.push(AxisPlace {
+                a: single(&axis.inputs[0])?,
+                b: single(&axis.inputs[1])?,
+                c: single(&axis.outputs[0])?,
+            });
+        }
+        let placed = |f: fn(&AxisPlace) -> bool| -> Vec<usize> {
+            (0..axes.len()).filter(|&i| f(&axes[i])).collect()
+        };
+        let summed = placed(|p| p.c.is_none());
+        let rows = placed(|p| p.a.is_some() && p.b.is_none() && p.c.is_some());
+        let cols = placed(|p| p.a.is_none() && p.b.is_some() && p.c.is_some());
+        let longest = |ids: Vec<usize>, extent: &dyn Fn(&AxisPlace) -> Option<usize>| {
+            ids.into_iter().max_by_key(|&i| extent(&axes[i]))
+        };
+        if summed
+            .iter()
+            .any(|&i| axes[i].a.is_none() || axes[i].b.is_none())
+        {
+            return None;
+        }
+        let a_extent = |p: &AxisPlace| p.a.and_then(|i| a_shape.get(i).copied());
+        let m = longest(rows, &|p| a_extent(p));
+        let n = longest(cols, &|p| p.b.and_then(|i| b_shape.get(i).copied()));
+        let k = longest(summed.clone(), &|p| a_extent(p));
+        let (Some(m), Some(k), Some(n)) = (m, k, n) else {
+            return None;
+        };
+        let summed = summed.into_iter().filter(|&i| i != k).collect();
+        let c_rank = axes.iter().filter(|p| p.c.is_some()).count();
+        let ranks_match = axes.iter().filter(|p| p.a.is_some()).count() == a_shape.len()
+            && axes.iter().filter(|p| p.b.is_some()).count() == b_shape.len();
+        ranks_match.then_some(FloatProduct {
+            axes,
+            m,
+            k,
+            summed,
+            n,
+            c_rank,
+        })
+    }
+
+    /// Each axis's extent and strides for operands of these shapes, with the output's shape.
+    fn walks(&self, a: &[usize], b: &[usize]) -> TractResult<(Vec<Walk>, TVec<usize>)> {
+        let strides = |shape: &[usize]| -> Vec<isize> {
+            let mut s = vec![1isize; shape.len()];
+            for i in (0..shape.len().saturating_sub(1)).rev() {
+                s[i] = s[i + 1] * shape[i + 1] as isize;
+            }
+            s
+        };
+        let (sa, sb) = (strides(a), strides(b));
+        let mut c_shape: TVec<usize> = tvec![0; self.c_rank];
+        let mut walks = Vec::with_capacity(self.axes.len());
+        for place in &self.axes {
+            let la = place.a.map(|p| a[p]);
+            let lb = place.b.map(|p| b[p]);
+            let len = match (la, lb) {
+                (Some(x), Some(y)) if x == y || y == 1 => x,
+                (Some(1), Some(y)) => y,
+                (Some(x), None) | (None, Some(x)) => x,
+                _ => bail!("product operands of shapes {a:?} and {b:?} do not match"),
+            };
+            let stride = |l: Option<usize>, s: &[isize], p: Option<usize>| match (l, p) {
+                (Some(l), Some(p)) if l == len => s[p],
+                _ => 0,
+            };
+            if let Some(p) = place.c {
+                c_shape[p] = len;
+            }
+            walks.push(Walk {
+                len,
+                a: stride(la, &sa, place.a),
+                b: stride(lb, &sb, place.b),
+                c: 0,
+            });
+        }
+        let sc = strides(&c_shape);
+        for (walk, place) in walks.iter_mut().zip(&self.axes) {
+            if let Some(p) = place.c {
+                walk.c = sc[p];
+            }
+        }
+        Ok((walks, c_shape))
+    }
+}
+
+impl Operands {
+    /// The addresses of batch `index`, counting over the batch axes `batch` row-major.
+    fn batch(self, batch: &[Walk], mut index: usize) -> Operands {
+        let (mut a, mut b, mut c) = (0, 0, 0);
+        for w in batch.iter().rev() {
+            let i = (index % w.len) as isize;
+            index /= w.len;
+            a += i * w.a;
+            b += i * w.b;
+            c += i * w.c;
+        }
+        // SAFETY: offsets of an in-range batch index stay inside each operand (the walks come
+        // from the operands' own shapes; broadcast axes have stride 0).
+        unsafe {
+            Operands {
+                a: self.a.offset(a),
+                b: self.b.offset(b),
+                c: self.c.offset(c),
+            }
+        }
+    }
+}
+
+/// The rows, columns and sums of one batch's product.
+#[derive(Debug, Clone, Copy)]
+struct Shape<'a> {
+    m: Walk,
+    k: Walk,
+    n: Walk,
+    /// Summed axes besides `k`, each adding one more product into C.
+    summed: &'a [Walk],
+}
+
+/// C = A·B for one batch, the operands addressed by `at`.
+///
+/// # Safety
+/// Every address the walks reach from `at` must lie inside its operand, and C's must be
+/// written by nobody else during the call.
+unsafe fn product(at: Operands, shape: Shape, parallelism: gemm::Parallelism) {
+    let Shape { m, k, n, summed } = shape;
+    let products: usize = summed.iter().map(|w| w.len).product();
+    for i in 0..products {
+        let at = at.batch(summed, i);
+        // SAFETY: the caller's contract; gemm reads A and B and writes C, adding to it (alpha
+        // 1) after the first product (C is not read when `read_dst` is false).
+        unsafe {
+            gemm::gemm(
+                m.len,
+                n.len,
+                k.len,
+                at.c,
+                n.c,
+                m.c,
+                i > 0,
+                at.a,
+                k.a,
+                m.a,
+                at.b,
+                n.b,
+                k.b,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+}
+
+impl Op for FloatProduct {
+    fn name(&self) -> StaticName {
+        "FloatProduct".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "gemm crate, {} batch axes, {} summed",
+            self.axes.len() - 3 - self.summed.len(),
+            self.summed.len() + 1
+        )])
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for FloatProduct {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (a, b) = args_2!(inputs);
+        let (a_ram, b_ram) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
+        let (av, bv) = (a_ram.as_slice::<f32>()?, b_ram.as_slice::<f32>()?);
+        let (walks, c_shape) = self.walks(a.shape(), b.shape())?;
+        // SAFETY: every element of C is written by exactly one batch's product below.
+        let mut c = unsafe { Tensor::uninitialized::<f32>(&c_shape)? };
+        let mut c_ram = c.try_as_plain_ram_mut()?;
+        let cv = c_ram.as_slice_mut::<f32>()?;
+        if cv.is_empty() {
+            return Ok(tvec!(c.into_tvalue()));
+        }
+        let summed: Vec<Walk> = self.summed.iter().map(|&i| walks[i]).collect();
+        let shape = Shape {
+            m: walks[self.m],
+            k: walks[self.k],
+            n: walks[self.n],
+            summed: &summed,
+        };
+        let batch: Vec<Walk> = (0..walks.len())
+            .filter(|&i| ![self.m, self.k, self.n].contains(&i) && !self.summed.contains(&i))
+            .map(|i| walks[i])
+            .collect();
+        let batches: usize = batch.iter().map(|w| w.len).product();
+        let base = Operands {
+            a: av.as_ptr(),
+            b: bv.as_ptr(),
+            c: cv.as_mut_ptr(),
+        };
+        let at = |index: usize| base.batch(&batch, index);
+        let pool = match current_tract_executor() {
+            Executor::MultiThread(pool)
+                if walks.iter().map(|w| w.len).product::<usize>() >= THREADED_MIN_FMA =>
+            {
+                Some(pool)
+            }
+            _ => None,
+        };
+        match pool {
+            Some(pool) if batches >= pool.current_num_threads() => pool.install(|| {
+                use rayon::prelude::*;
+                (0..batches).into_par_iter().for_each(|i| {
+                    // SAFETY: batch `i` writes its own part of C.
+                    unsafe { product(at(i), shape, gemm::Parallelism::None) }
+                });
+            }),
+            Some(pool) => pool.install(|| {
+                let threads = gemm::Parallelism::Rayon(pool.current_num_threads());
+                for i in 0..batches {
+                    // SAFETY: batches run one after another.
+                    unsafe { product(at(i), shape, threads) }
+                }
+            }),
+            None => {
+                for i in 0..batches {
+                    // SAFETY: batches run one after another.
+                    unsafe { product(at(i), shape, gemm::Parallelism::None) }
+                }
+            }
+        }
+        Ok(tvec!(c.into_tvalue()))
+    }
+}
+
+impl TypedOp for FloatProduct {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let (a, b) = (inputs[0], inputs[1]);
+        ensure!(a.datum_type == DatumType::F32 && b.datum_type == DatumType::F32);
+        let (a_shape, b_shape) = (a.shape.as_concrete(), b.shape.as_concrete());
+        let (Some(a_shape), Some(b_shape)) = (a_shape, b_shape) else {
+            bail!("FloatProduct needs concrete shapes, got {a:?} and {b:?}");
+        };
+        let (_, c_shape) = self.walks(a_shape, b_shape)?;
+        Ok(tvec!(f32::fact(c_shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let (a, b) = (inputs[0].shape.as_concrete(), inputs[1].shape.as_concrete());
+        let (Some(a), Some(b)) = (a, b) else {
+            return Ok(tvec!());
+        };
+        let (walks, _) = self.walks(a, b)?;
+        let fma: usize = walks.iter().map(|w| w.len).product();
+        Ok(tvec!((Cost::FMA(DatumType::F32), fma.to_dim())))
+    }
+    as_op!();
+}
+
+/// Replaces each f32 `EinSum` of `model` that [`FloatProduct`] computes (concrete shapes, f32
+/// operands) by one.
+pub fn replace_float_products(model: &mut TypedModel) -> TractResult<()> {
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(einsum) = node.op_as::<EinSum>() else {
+            continue;
+        };
+        if node.inputs.len() != 2 {
+            continue;
+        }
+        let (a, b) = (
+            model.outlet_fact(node.inputs[0])?,
+            model.outlet_fact(node.inputs[1])?,
+        );
+        let (Some(a_shape), Some(b_shape)) = (a.shape.as_concrete(), b.shape.as_concrete()) else {
+            continue;
+        };
+        if a.datum_type != DatumType::F32 || b.datum_type != DatumType::F32 {
+            continue;
+        }
+        if let Some(op) = FloatProduct::of(einsum, a_shape, b_shape) {
+            let inputs = node.inputs.clone();
+            TypedModelPatch::replace_single_op(model, node, &inputs, op)?.apply(model)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_hir::tract_core::axes::AxesMapping;
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 104_729) % 1999) as f32 / 999.5) - 1.0)
+            .collect()
+    }
+
+    /// Runs `expr` on the two operands through tract's own EinSum and through FloatProduct.
+    fn both(expr: &str, a: Tensor, b: Tensor) -> (Tensor, Tensor) {
+        let mut model = TypedModel::default();
+        let sa = model.add_const("a", a).unwrap();
+        let sb = model.add_source("b", f32::fact(b.shape())).unwrap();
+        let axes: AxesMapping = expr.parse().unwrap();
+        let out = model
+            .wire_node("p", EinSum::new(axes, DatumType::F32), &[sa, sb])
+            .unwrap();
+        model.select_output_outlets(&out).unwrap();
+        let reference = model
+            .clone()
+            .into_runnable()
+            .unwrap()
+            .run(tvec!(b.clone().into_tvalue()))
+            .unwrap()
+            .remove(0)
+            .into_tensor();
+        replace_float_products(&mut model).unwrap();
+        assert!(
+            model.nodes().iter().any(|n| n.op_is::<FloatProduct>()),
+            "{expr} was not replaced"
+        );
+        let ours = model
+            .into_runnable()
+            .unwrap()
+            .run(tvec!(b.into_tvalue()))
+            .unwrap()
+            .remove(0)
+            .into_tensor();
+        (reference, ours)
+    }
+
+    fn assert_close(expr: &str, a_shape: &[usize], b_shape: &[usize]) {
+        let a = Tensor::from_shape(a_shape, &values(a_shape.iter().product(), 1)).unwrap();
+        let b = Tensor::from_shape(b_shape, &values(b_shape.iter().product(), 2)).unwrap();
+        let (reference, ours) = both(expr, a, b);
+        assert_eq!(reference.shape(), ours.shape(), "{expr}");
+        let (r, o) = (
+            reference.try_as_plain_ram().unwrap(),
+            ours.try_as_plain_ram().unwrap(),
+        );
+        let (r, o) = (r.as_slice::<f32>().unwrap(), o.as_slice::<f32>().unwrap());
+        let worst = r
+            .iter()
+            .zip(o)
+            .map(|(x, y)| (x - y).abs() / (1.0 + x.abs()))
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{expr}: worst relative difference {worst}");
+    }
+
+    #[test]
+    fn weight_products_match_tract() {
+        assert_close("mk,kn->mn", &[5, 7], &[7, 3]);
+        assert_close("bmk,kn->bmn", &[1, 217, 96], &[96, 130]);
+        assert_close("mk,bkn->bmn", &[9, 33], &[2, 33, 17]);
+    }
+
+    #[test]
+    fn transposed_and_batched_products_match_tract() {
+        assert_close("hmk,hnk->hmn", &[4, 21, 16], &[4, 19, 16]);
+        assert_close("hkm,hkn->hnm", &[3, 16, 21], &[3, 16, 11]);
+        assert_close("bhmk,bhkn->bhmn", &[2, 3, 13, 8], &[2, 1, 8, 13]);
+    }
+
+    #[test]
+    fn products_summed_over_two_axes_match_tract() {
+        assert_close("htd,hdn->tn", &[4, 23, 16], &[4, 16, 40]);
+        assert_close("hkt,hkn->nt", &[3, 8, 9], &[3, 8, 5]);
+    }
+
+    #[test]
+    fn sums_over_one_operand_alone_are_left_to_tract() {
+        let axes: AxesMapping = "mkj,kn->mn".parse().unwrap();
+        let f32_sum = EinSum::new(axes, DatumType::F32);
+        assert!(FloatProduct::of(&f32_sum, &[2, 3, 4], &[3, 5]).is_none());
+        let axes: AxesMapping = "mk,kn->mn".parse().unwrap();
+        let i32_product = EinSum::new(axes, DatumType::I32);
+        assert!(FloatProduct::of(&i32_product, &[2, 3], &[3, 5]).is_none());
+    }
+}
