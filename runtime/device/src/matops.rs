@@ -149,6 +149,7 @@ impl FloatProduct {
                 (Some(x), Some(y)) if x == y || y == 1 => x,
                 (Some(1), Some(y)) => y,
                 (Some(x), None) | (None, Some(x)) => x,
+                (None, None) => 1,
                 _ => bail!("product operands of shapes {a:?} and {b:?} do not match"),
             };
             let stride = |l: Option<usize>, s: &[isize], p: Option<usize>| match (l, p) {
@@ -453,6 +454,7 @@ mod tests {
     fn transposed_and_batched_products_match_tract() {
         assert_close("hmk,hnk->hmn", &[4, 21, 16], &[4, 19, 16]);
         assert_close("hkm,hkn->hnm", &[3, 16, 21], &[3, 16, 11]);
+        assert_close("mk,nk->hmn", &[35, 64], &[35, 64]);
         assert_close("bhmk,bhkn->bhmn", &[2, 3, 13, 8], &[2, 1, 8, 13]);
     }
 
