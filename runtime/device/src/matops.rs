@@ -103,16 +103,24 @@ impl FloatProduct {
         let longest = |ids: Vec<usize>, extent: &dyn Fn(&AxisPlace) -> Option<usize>| {
             ids.into_iter().max_by_key(|&i| extent(&axes[i]))
         };
+        let a_extent = |p: &AxisPlace| p.a.and_then(|i| a_shape.get(i).copied());
+        let b_extent = |p: &AxisPlace| p.b.and_then(|i| b_shape.get(i).copied());
+        let shared = |p: &AxisPlace| p.a.is_some() && p.b.is_some();
+        // A sum over one operand alone is a product only where that axis has one element.
         if summed
             .iter()
-            .any(|&i| axes[i].a.is_none() || axes[i].b.is_none())
+            .any(|&i| !shared(&axes[i]) && a_extent(&axes[i]).or(b_extent(&axes[i])) != Some(1))
         {
             return None;
         }
-        let a_extent = |p: &AxisPlace| p.a.and_then(|i| a_shape.get(i).copied());
         let m = longest(rows, &|p| a_extent(p));
-        let n = longest(cols, &|p| p.b.and_then(|i| b_shape.get(i).copied()));
-        let k = longest(summed.clone(), &|p| a_extent(p));
+        let n = longest(cols, &|p| b_extent(p));
+        let both: Vec<usize> = summed
+            .iter()
+            .copied()
+            .filter(|&i| shared(&axes[i]))
+            .collect();
+        let k = longest(both, &|p| a_extent(p));
         let (Some(m), Some(k), Some(n)) = (m, k, n) else {
             return None;
         };
@@ -462,6 +470,7 @@ mod tests {
     fn products_summed_over_two_axes_match_tract() {
         assert_close("htd,hdn->tn", &[4, 23, 16], &[4, 16, 40]);
         assert_close("hkt,hkn->nt", &[3, 8, 9], &[3, 8, 5]);
+        assert_close("amk,kn->mn", &[1, 19, 19], &[19, 6]);
     }
 
     #[test]
@@ -469,6 +478,7 @@ mod tests {
         let axes: AxesMapping = "mkj,kn->mn".parse().unwrap();
         let f32_sum = EinSum::new(axes, DatumType::F32);
         assert!(FloatProduct::of(&f32_sum, &[2, 3, 4], &[3, 5]).is_none());
+        assert!(FloatProduct::of(&f32_sum, &[2, 3, 1], &[3, 5]).is_some());
         let axes: AxesMapping = "mk,kn->mn".parse().unwrap();
         let i32_product = EinSum::new(axes, DatumType::I32);
         assert!(FloatProduct::of(&i32_product, &[2, 3], &[3, 5]).is_none());
