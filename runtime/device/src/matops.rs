@@ -8,7 +8,8 @@
 //! keep tract's kernels, which were written for the Cortex cores the boards use.
 //!
 //! [`replace_float_products`] puts [`FloatProduct`] in place of each f32 `EinSum` that is a
-//! batched product of two operands: one summed axis, and every other axis in the output.
+//! batched product of two operands: every summed axis in both (or of one element), every other
+//! axis in the output.
 
 use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_onnx::tract_hir::internal::*;
@@ -26,8 +27,8 @@ struct AxisPlace {
     c: Option<usize>,
 }
 
-/// An f32 product C = A·B, batched over the axes all three share, summed over those only A and
-/// B hold.
+/// An f32 product C = A·B, batched over the output's other axes, summed over those only A and B
+/// hold (and over one-element axes of one operand alone).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct FloatProduct {
     /// Every axis of the product; `m`, `k` and `n` index into it, `summed` lists the other
@@ -46,7 +47,7 @@ pub struct FloatProduct {
 }
 
 /// One axis's extent and element strides in A, B and C (0 where it is absent or broadcast).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Walk {
     len: usize,
     a: isize,
@@ -138,16 +139,19 @@ impl FloatProduct {
         })
     }
 
-    /// Each axis's extent and strides for operands of these shapes, with the output's shape.
-    fn walks(&self, a: &[usize], b: &[usize]) -> TractResult<(Vec<Walk>, TVec<usize>)> {
-        let strides = |shape: &[usize]| -> Vec<isize> {
-            let mut s = vec![1isize; shape.len()];
-            for i in (0..shape.len().saturating_sub(1)).rev() {
-                s[i] = s[i + 1] * shape[i + 1] as isize;
-            }
-            s
-        };
-        let (sa, sb) = (strides(a), strides(b));
+    /// Each axis's extent and strides for operands of these shapes and element strides, with
+    /// the output's shape.
+    fn walks(
+        &self,
+        (a, sa): (&[usize], &[isize]),
+        (b, sb): (&[usize], &[isize]),
+    ) -> TractResult<(Vec<Walk>, TVec<usize>)> {
+        let rank = |f: fn(&AxisPlace) -> bool| self.axes.iter().filter(|p| f(p)).count();
+        let (a_rank, b_rank) = (rank(|p| p.a.is_some()), rank(|p| p.b.is_some()));
+        ensure!(
+            a.len() == a_rank && b.len() == b_rank,
+            "FloatProduct of operands of shapes {a:?} and {b:?}, planned for ranks {a_rank} and {b_rank}"
+        );
         let mut c_shape: TVec<usize> = tvec![0; self.c_rank];
         let mut walks = Vec::with_capacity(self.axes.len());
         for place in &self.axes {
@@ -169,12 +173,12 @@ impl FloatProduct {
             }
             walks.push(Walk {
                 len,
-                a: stride(la, &sa, place.a),
-                b: stride(lb, &sb, place.b),
+                a: stride(la, sa, place.a),
+                b: stride(lb, sb, place.b),
                 c: 0,
             });
         }
-        let sc = strides(&c_shape);
+        let sc = Tensor::natural_strides(&c_shape);
         for (walk, place) in walks.iter_mut().zip(&self.axes) {
             if let Some(p) = place.c {
                 walk.c = sc[p];
@@ -276,14 +280,15 @@ impl EvalOp for FloatProduct {
         let (a, b) = args_2!(inputs);
         let (a_ram, b_ram) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
         let (av, bv) = (a_ram.as_slice::<f32>()?, b_ram.as_slice::<f32>()?);
-        let (walks, c_shape) = self.walks(a.shape(), b.shape())?;
-        // SAFETY: every element of C is written by exactly one batch's product below.
+        let (walks, c_shape) = self.walks((a.shape(), a.strides()), (b.shape(), b.strides()))?;
+        if walks.iter().any(|w| w.len == 0) {
+            // An empty output, or a sum over nothing: zeros, and no product to run.
+            return Ok(tvec!(Tensor::zero::<f32>(&c_shape)?.into_tvalue()));
+        }
+        // SAFETY: every element of C is written by exactly one batch's first product below.
         let mut c = unsafe { Tensor::uninitialized::<f32>(&c_shape)? };
         let mut c_ram = c.try_as_plain_ram_mut()?;
         let cv = c_ram.as_slice_mut::<f32>()?;
-        if cv.is_empty() {
-            return Ok(tvec!(c.into_tvalue()));
-        }
         let summed: Vec<Walk> = self.summed.iter().map(|&i| walks[i]).collect();
         let shape = Shape {
             m: walks[self.m],
@@ -339,12 +344,21 @@ impl EvalOp for FloatProduct {
 impl TypedOp for FloatProduct {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let (a, b) = (inputs[0], inputs[1]);
-        ensure!(a.datum_type == DatumType::F32 && b.datum_type == DatumType::F32);
+        ensure!(
+            a.datum_type == DatumType::F32 && b.datum_type == DatumType::F32,
+            "FloatProduct of {:?} and {:?} operands; expected f32",
+            a.datum_type,
+            b.datum_type
+        );
         let (a_shape, b_shape) = (a.shape.as_concrete(), b.shape.as_concrete());
         let (Some(a_shape), Some(b_shape)) = (a_shape, b_shape) else {
             bail!("FloatProduct needs concrete shapes, got {a:?} and {b:?}");
         };
-        let (_, c_shape) = self.walks(a_shape, b_shape)?;
+        let (sa, sb) = (
+            Tensor::natural_strides(a_shape),
+            Tensor::natural_strides(b_shape),
+        );
+        let (_, c_shape) = self.walks((a_shape, &sa), (b_shape, &sb))?;
         Ok(tvec!(f32::fact(c_shape)))
     }
 
@@ -353,7 +367,8 @@ impl TypedOp for FloatProduct {
         let (Some(a), Some(b)) = (a, b) else {
             return Ok(tvec!());
         };
-        let (walks, _) = self.walks(a, b)?;
+        let (sa, sb) = (Tensor::natural_strides(a), Tensor::natural_strides(b));
+        let (walks, _) = self.walks((a, &sa), (b, &sb))?;
         let fma: usize = walks.iter().map(|w| w.len).product();
         Ok(tvec!((Cost::FMA(DatumType::F32), fma.to_dim())))
     }
@@ -378,7 +393,8 @@ pub fn replace_float_products(model: &mut TypedModel) -> TractResult<()> {
         let (Some(a_shape), Some(b_shape)) = (a.shape.as_concrete(), b.shape.as_concrete()) else {
             continue;
         };
-        if a.datum_type != DatumType::F32 || b.datum_type != DatumType::F32 {
+        let plain = a.is_plain() && b.is_plain();
+        if !plain || a.datum_type != DatumType::F32 || b.datum_type != DatumType::F32 {
             continue;
         }
         if let Some(op) = FloatProduct::of(einsum, a_shape, b_shape) {
@@ -400,8 +416,9 @@ mod tests {
             .collect()
     }
 
-    /// Runs `expr` on the two operands through tract's own EinSum and through FloatProduct.
-    fn both(expr: &str, a: Tensor, b: Tensor) -> (Tensor, Tensor) {
+    /// Runs `expr` on the two operands through tract's own EinSum and through FloatProduct,
+    /// in an optimised plan on `threads` threads.
+    fn both(expr: &str, a: Tensor, b: Tensor, threads: usize) -> (Tensor, Tensor) {
         let mut model = TypedModel::default();
         let sa = model.add_const("a", a).unwrap();
         let sb = model.add_source("b", f32::fact(b.shape())).unwrap();
@@ -419,12 +436,16 @@ mod tests {
             .remove(0)
             .into_tensor();
         replace_float_products(&mut model).unwrap();
+        let model = model.into_optimized().unwrap();
         assert!(
             model.nodes().iter().any(|n| n.op_is::<FloatProduct>()),
             "{expr} was not replaced"
         );
+        let options = crate::bundle::PlanOptions { threads }
+            .run_options()
+            .unwrap();
         let ours = model
-            .into_runnable()
+            .into_runnable_with_options(&options)
             .unwrap()
             .run(tvec!(b.into_tvalue()))
             .unwrap()
@@ -433,10 +454,10 @@ mod tests {
         (reference, ours)
     }
 
-    fn assert_close(expr: &str, a_shape: &[usize], b_shape: &[usize]) {
+    fn assert_close_on(expr: &str, a_shape: &[usize], b_shape: &[usize], threads: usize) {
         let a = Tensor::from_shape(a_shape, &values(a_shape.iter().product(), 1)).unwrap();
         let b = Tensor::from_shape(b_shape, &values(b_shape.iter().product(), 2)).unwrap();
-        let (reference, ours) = both(expr, a, b);
+        let (reference, ours) = both(expr, a, b, threads);
         assert_eq!(reference.shape(), ours.shape(), "{expr}");
         let (r, o) = (
             reference.try_as_plain_ram().unwrap(),
@@ -449,6 +470,10 @@ mod tests {
             .map(|(x, y)| (x - y).abs() / (1.0 + x.abs()))
             .fold(0f32, f32::max);
         assert!(worst < 1e-5, "{expr}: worst relative difference {worst}");
+    }
+
+    fn assert_close(expr: &str, a_shape: &[usize], b_shape: &[usize]) {
+        assert_close_on(expr, a_shape, b_shape, 1);
     }
 
     #[test]
@@ -471,6 +496,26 @@ mod tests {
         assert_close("htd,hdn->tn", &[4, 23, 16], &[4, 16, 40]);
         assert_close("hkt,hkn->nt", &[3, 8, 9], &[3, 8, 5]);
         assert_close("amk,kn->mn", &[1, 19, 19], &[19, 6]);
+    }
+
+    #[test]
+    fn threaded_products_match_tract() {
+        // Over THREADED_MIN_FMA: one product shared by the pool, then batches split over it.
+        assert_close_on("bmk,kn->bmn", &[1, 256, 128], &[128, 128], 2);
+        assert_close_on("hmk,hkn->hmn", &[4, 128, 64], &[4, 64, 128], 2);
+        assert_close_on("htd,hdn->tn", &[4, 128, 64], &[4, 64, 128], 2);
+    }
+
+    #[test]
+    fn a_sum_over_nothing_is_zero() {
+        let axes: AxesMapping = "hmk,hkn->mn".parse().unwrap();
+        let op =
+            FloatProduct::of(&EinSum::new(axes, DatumType::F32), &[0, 3, 4], &[0, 4, 5]).unwrap();
+        let a = Tensor::zero::<f32>(&[0, 3, 4]).unwrap().into_tvalue();
+        let b = Tensor::zero::<f32>(&[0, 4, 5]).unwrap().into_tvalue();
+        let c = op.eval(&EvalContext::out_of_plan(), tvec!(a, b)).unwrap();
+        let c = c[0].try_as_plain_ram().unwrap();
+        assert_eq!(c.as_slice::<f32>().unwrap(), &[0f32; 15]);
     }
 
     #[test]

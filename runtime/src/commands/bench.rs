@@ -4,7 +4,7 @@ use anyhow::bail;
 
 use std::collections::BTreeMap;
 
-use cavsync_core::model::Modality;
+use cavsync_core::model::{Modality, Precision};
 use cavsync_device::bundle::NodeProfile;
 use cavsync_device::latency::{self, FloorKernel, measure, pattern, sgemm_gflops};
 
@@ -147,21 +147,27 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         let runs = args.iterations.min(10);
         let plans = sgemm_gflops(&bundle.options, FLOOR_N, runs, FloorKernel::Plans)?;
-        let tract = sgemm_gflops(&bundle.options, FLOOR_N, runs, FloorKernel::Tract)?;
+        let (tract, kernel) = if cfg!(target_arch = "x86_64") {
+            let tract = sgemm_gflops(&bundle.options, FLOOR_N, runs, FloorKernel::Tract)?;
+            (tract, "the gemm crate")
+        } else {
+            (plans, "tract")
+        };
         let floor = plans.max(tract);
-        let at_floor = 2.0 * pair_fma as f64 / (floor * 1e9);
-        println!(
-            "f32 floor: the {FLOOR_N}^3 f32 product reaches {plans:.1} GFLOP/s with the plans' kernel ({}), {tract:.1} with tract's, same threads; the pair's {:.2} GFLOP at {floor:.1} GFLOP/s take {:.2} ms, the pair measured {:.2} ms ({:.2}x the floor)",
-            if cfg!(target_arch = "x86_64") {
-                "gemm crate"
-            } else {
-                "tract"
-            },
-            2.0 * pair_fma as f64 / 1e9,
-            1e3 * at_floor,
-            1e3 * lat.pair_s,
-            lat.pair_s / at_floor
+        print!(
+            "f32 floor: the {FLOOR_N}^3 f32 product reaches {plans:.1} GFLOP/s with the plans' kernel ({kernel}), {tract:.1} with tract's, same threads"
         );
+        if m.model.precision == Precision::F32 {
+            let at_floor = 2.0 * pair_fma as f64 / (floor * 1e9);
+            print!(
+                "; the pair's {:.2} GFLOP at {floor:.1} GFLOP/s take {:.2} ms, the pair measured {:.2} ms ({:.2}x the floor)",
+                2.0 * pair_fma as f64 / 1e9,
+                1e3 * at_floor,
+                1e3 * lat.pair_s,
+                lat.pair_s / at_floor
+            );
+        }
+        println!();
     }
     if !args.compare.is_empty() {
         println!(
