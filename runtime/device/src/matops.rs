@@ -42,8 +42,6 @@ pub struct FloatProduct {
     summed: Vec<usize>,
     /// The output's columns (in B and C).
     n: usize,
-    /// The output's rank.
-    c_rank: usize,
 }
 
 /// One axis's extent and element strides in A, B and C (0 where it is absent or broadcast).
@@ -126,7 +124,6 @@ impl FloatProduct {
             return None;
         };
         let summed = summed.into_iter().filter(|&i| i != k).collect();
-        let c_rank = axes.iter().filter(|p| p.c.is_some()).count();
         let ranks_match = axes.iter().filter(|p| p.a.is_some()).count() == a_shape.len()
             && axes.iter().filter(|p| p.b.is_some()).count() == b_shape.len();
         ranks_match.then_some(FloatProduct {
@@ -135,7 +132,6 @@ impl FloatProduct {
             k,
             summed,
             n,
-            c_rank,
         })
     }
 
@@ -152,7 +148,7 @@ impl FloatProduct {
             a.len() == a_rank && b.len() == b_rank,
             "FloatProduct of operands of shapes {a:?} and {b:?}, planned for ranks {a_rank} and {b_rank}"
         );
-        let mut c_shape: TVec<usize> = tvec![0; self.c_rank];
+        let mut c_shape: TVec<usize> = tvec![0; rank(|p| p.c.is_some())];
         let mut walks = Vec::with_capacity(self.axes.len());
         for place in &self.axes {
             let la = place.a.map(|p| a[p]);
