@@ -12,10 +12,15 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The `cavsync` binary, run from the repository root with warnings-only logs.
+fn cavsync() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cavsync"));
+    command.env("RUST_LOG", "warn").current_dir(root());
+    command
+}
+
 fn eval(reference: &Path, candidate: &Path, report: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cavsync"))
-        .env("RUST_LOG", "warn")
-        .current_dir(root())
+    cavsync()
         .arg("eval")
         .arg("--reference")
         .arg(reference)
@@ -188,9 +193,7 @@ fn eval_compares_a_student_of_another_width_and_grid_with_its_teacher() {
     let dir = tempfile::tempdir().unwrap();
     let datafile = two_clip_datafile(dir.path());
     let report = dir.path().join("report");
-    let out = Command::new(env!("CARGO_BIN_EXE_cavsync"))
-        .env("RUST_LOG", "warn")
-        .current_dir(root())
+    let out = cavsync()
         .args(["eval", "--reference", "models/demo/bundle"])
         .args(["--candidate", "models/demo-student-nano/bundle"])
         .args(["--iterations", "1", "--worst", "1", "--datafile"])
@@ -227,9 +230,7 @@ fn eval_compares_a_student_of_another_width_and_grid_with_its_teacher() {
         "{stdout}"
     );
     // The same scores as `retrieve --patch`, which streams the images instead of keeping tokens.
-    let out = Command::new(env!("CARGO_BIN_EXE_cavsync"))
-        .env("RUST_LOG", "warn")
-        .current_dir(root())
+    let out = cavsync()
         .args([
             "retrieve",
             "--patch",
