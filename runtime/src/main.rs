@@ -38,6 +38,10 @@ enum Command {
     Run(run::Args),
 }
 
+/// Serves `cavsync run`'s steady state from recycled blocks; the system allocator's until engaged.
+#[global_allocator]
+static ALLOCATOR: cavsync_live::pool::RecyclingAllocator = cavsync_live::pool::RecyclingAllocator;
+
 fn main() -> ExitCode {
     cavsync_cli::end_quietly_on_closed_pipe();
     cavsync_cli::init_tracing();

@@ -6,7 +6,8 @@
 //! audio has arrived wins and older ones are dropped and counted (causal mode), or frames wait
 //! their turn in a delay line as long as their audio needs (centred mode). Every buffer of the
 //! steady state (frames, chunks, fbank ring, segment, image tensor, heatmap, peaks, tracks,
-//! the output line) is allocated once; tract allocates inside its plans.
+//! the output line) is allocated once; tract allocates a tensor per node inside its plans, and
+//! those requests are served by the recycling [`crate::pool`] once `cavsync run` engages it.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +32,7 @@ use crate::audio::{AudioChunk, AudioFormat, AudioInput, capture_audio};
 use crate::clock::now_ns;
 use crate::http::{PagePublisher, PageTrack};
 use crate::output::{Output, OutputError};
+use crate::pool::{self, PoolStats};
 use crate::source::{AudioSpec, SourceError, VideoSpec};
 use crate::stats::{CounterSnapshot, Counters, Percentiles, STAGES, StageStats};
 use crate::video::{VideoFrame, VideoInput, capture_video};
@@ -115,6 +117,24 @@ pub struct LiveSummary {
     pub tracks_started: u64,
     /// Result lines the file outputs could not write (a full disk, an I/O error), all outputs together.
     pub output_lines_unwritten: u64,
+    /// What the allocation pool did, over the run and after warm-up.
+    pub memory: MemorySummary,
+}
+
+/// Frames after which the live loop counts as warm: allocations from then on are the steady state's.
+pub const WARM_FRAMES: u64 = 60;
+
+/// The allocation pool's account of a run ([`crate::pool`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemorySummary {
+    /// The pool's counters at the end of the run.
+    pub pool: PoolStats,
+    /// Frames processed after the first [`WARM_FRAMES`].
+    pub steady_frames: u64,
+    /// Allocations that reached fresh memory (carved blocks or the system allocator) during those frames, all threads together.
+    pub steady_fresh: u64,
+    /// Allocations served by recycled blocks during those frames, all threads together.
+    pub steady_reused: u64,
 }
 
 /// State the threads share.
@@ -343,7 +363,7 @@ impl<'b> FrameWorker<'b> {
         Ok(())
     }
 
-    /// Runs both encoders (tract, which allocates inside its plans).
+    /// Runs both encoders (tract requests a tensor per node output; the engaged pool recycles them).
     pub fn encode(&mut self) -> Result<(), LiveError> {
         self.bundle
             .embed_into(Modality::Audio, &self.segment, &mut self.audio)?;
@@ -558,6 +578,8 @@ pub fn run(
 
     let started = now_ns();
     let mut worker = FrameWorker::new(bundle, size, settings.tracker, started)?;
+    // The pool's counters and the frame count when the loop became warm.
+    let mut warm: Option<(PoolStats, u64)> = None;
     let result = std::thread::scope(|scope| -> Result<(), LiveError> {
         let shared = &shared;
         let audio_thread = std::thread::Builder::new()
@@ -719,10 +741,14 @@ pub fn run(
             stats.add(&durations);
             window.add(&durations);
             page_window.add(&durations);
-            shared
+            let processed = shared
                 .counters
                 .frames_processed
-                .fetch_add(1, Ordering::Relaxed);
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            if processed == WARM_FRAMES {
+                warm = Some((pool::stats(), processed));
+            }
             let now = now_ns();
             // The page's status follows the last second; the log's the last report period.
             let since_page = now.saturating_sub(last_page);
@@ -773,6 +799,21 @@ pub fn run(
     result?;
     let seconds = now_ns().saturating_sub(started) as f64 / 1e9;
     let counters = shared.counters.snapshot();
+    let end = pool::stats();
+    let memory = match warm {
+        Some((at, frames)) => MemorySummary {
+            pool: end,
+            steady_frames: counters.frames_processed - frames,
+            steady_fresh: end.fresh_since(&at),
+            steady_reused: end.reused - at.reused,
+        },
+        None => MemorySummary {
+            pool: end,
+            steady_frames: 0,
+            steady_fresh: 0,
+            steady_reused: 0,
+        },
+    };
     let percentiles = stats.percentiles();
     Ok(LiveSummary {
         seconds,
@@ -788,6 +829,7 @@ pub fn run(
         alignment_delay_s: delay_s,
         tracks_started: worker.tracks_started(),
         output_lines_unwritten: outputs.iter().map(Output::unwritten).sum(),
+        memory,
     })
 }
 

@@ -1,11 +1,13 @@
-//! The steady state of the live loop allocates nothing outside tract: a counting global allocator around every per-frame step.
+//! The steady state of the live loop allocates nothing: a counting global allocator around every per-frame step, over the recycling pool `cavsync run` installs.
 //!
-//! Counted: pushing 33 ms of audio through the streaming fbank, cutting the segment and
-//! preprocessing the image, localizing, tracking, serialising the line, writing it to a file
-//! output and handing the frame to the live page. Not counted, but reported: the two encoder
-//! runs, where tract allocates its tensors.
+//! Counted on the loop's thread: pushing 33 ms of audio through the streaming fbank, cutting
+//! the segment and preprocessing the image, localizing, tracking, serialising the line, writing
+//! it to a file output and handing the frame to the live page: none may allocate. The two
+//! encoder runs request tensors inside tract's plans; with the pool engaged, none of those
+//! requests (nor any other, on any thread) may reach fresh memory once warm, with one thread
+//! for the plans and with two.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,7 @@ use cavsync_device::bundle::{Bundle, PlanOptions};
 use cavsync_live::http::LivePage;
 use cavsync_live::output::Output;
 use cavsync_live::pipeline::FrameWorker;
+use cavsync_live::pool::{self, RecyclingAllocator};
 use cavsync_live::video::VideoFrame;
 
 struct Counting;
@@ -27,19 +30,19 @@ thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
 }
 
-// SAFETY: forwards to the system allocator; only counts.
+// SAFETY: forwards to the recycling allocator; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if COUNTING.with(Cell::get) {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
+        unsafe { RecyclingAllocator.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { RecyclingAllocator.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -47,7 +50,7 @@ unsafe impl GlobalAlloc for Counting {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { RecyclingAllocator.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -64,13 +67,18 @@ fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
 }
 
 #[test]
-fn the_steady_state_allocates_nothing_outside_tract() {
+fn the_steady_state_allocates_nothing() {
+    pool::engage().unwrap();
+    for threads in [1, 2] {
+        steady_state(threads);
+    }
+}
+
+/// Runs 240 frames through the loop's steps with `threads` for the plans and checks the last 200.
+fn steady_state(threads: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let bundle = Bundle::open_with(
-        &root.join("models/demo/bundle"),
-        &PlanOptions { threads: 1 },
-    )
-    .unwrap();
+    let bundle =
+        Bundle::open_with(&root.join("models/demo/bundle"), &PlanOptions { threads }).unwrap();
     let target = bundle.manifest.audio_preprocessing.target_length;
     let (w, h) = (320u32, 240u32);
     let size = FrameSize {
@@ -87,7 +95,11 @@ fn the_steady_state_allocates_nothing_outside_tract() {
     let mut frame = VideoFrame::new(w, h);
     let mut audio = vec![0.0f32; 533];
     let (mut ours, mut tract, mut frames) = (0u64, 0u64, 0u64);
+    let mut warm = pool::stats();
     for n in 0..240u64 {
+        if n == 40 {
+            warm = pool::stats();
+        }
         // A moving bright square and a tone whose pitch follows it.
         for (i, px) in frame.image.pixels_mut().enumerate() {
             let (x, y) = ((i as u32 % w) as i64, (i as u32 / w) as i64);
@@ -137,11 +149,22 @@ fn the_steady_state_allocates_nothing_outside_tract() {
             frames += 1;
         }
     }
+    let end = pool::stats();
     eprintln!(
-        "over {frames} steady-state frames: {ours} allocations outside tract, {:.1} per frame inside tract's two plans",
-        tract as f64 / frames as f64
+        "{threads} thread(s), over {frames} steady-state frames: {ours} allocations outside tract; {:.1} requests per frame inside tract's two plans; {} reached fresh memory (all threads), {:.1} per frame served by recycled blocks; {} blocks, {:.1} MiB carved in all",
+        tract as f64 / frames as f64,
+        end.fresh_since(&warm),
+        (end.reused - warm.reused) as f64 / frames as f64,
+        end.carved,
+        end.carved_bytes as f64 / (1u64 << 20) as f64
     );
     assert!(worker.line().starts_with(b"{\"timeStamp\":239"));
     assert_eq!(ours, 0, "allocations per frame outside tract");
+    assert!(tract > 0, "the plans' requests were counted");
+    assert_eq!(
+        end.fresh_since(&warm),
+        0,
+        "allocations that reached fresh memory once warm"
+    );
     page.stop();
 }

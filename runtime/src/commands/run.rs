@@ -186,6 +186,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         mode = ?args.mode,
         "live run starting"
     );
+    if let Err(e) = cavsync_live::pool::engage() {
+        tracing::warn!("{e}: tract's per-frame tensors come from the system allocator in this run");
+    }
     let summary = pipeline::run(&bundle, &settings, &mut outputs, publisher.as_ref(), &stop)?;
     if let Some(page) = page {
         page.stop();
@@ -232,6 +235,21 @@ fn print_summary(s: &LiveSummary) {
         "video {}x{} at {} fps, audio {} Hz x {}, segment ends {:.3} s after its frame",
         s.video[0], s.video[1], s.video[2], s.audio[0], s.audio[1], s.alignment_delay_s
     );
+    let m = &s.memory;
+    if m.pool.engaged {
+        eprintln!(
+            "memory: {} blocks ({:.1} MiB) carved by the allocation pool; after the first {} frames, {} fresh allocations and {:.1} recycled per frame over {} frames, {} requests for the system allocator in all",
+            m.pool.carved,
+            m.pool.carved_bytes as f64 / (1u64 << 20) as f64,
+            pipeline::WARM_FRAMES,
+            m.steady_fresh,
+            m.steady_reused as f64 / m.steady_frames.max(1) as f64,
+            m.steady_frames,
+            m.pool.system
+        );
+    } else {
+        eprintln!("memory: the allocation pool was not engaged (see the warning above)");
+    }
     eprintln!("latency ms      p50      p95      p99");
     for (stage, p) in &s.latency {
         eprintln!("{stage:<12} {:>8.2} {:>8.2} {:>8.2}", p.p50, p.p95, p.p99);
