@@ -200,6 +200,19 @@ fn a_live_run_equals_offline_localization_and_tracks_the_sounding_objects() {
         records.len() as u64 * 2 >= captured,
         "most frames processed (timing on a loaded machine is checked by scripts/live_check.sh)"
     );
+    // The allocation pool served the run: once warm, frames reuse blocks instead of reaching fresh
+    // memory (a one-off event, the first late frame or report line, may still carve a block).
+    let memory = &summary["memory"];
+    let steady = memory["steady_frames"].as_u64().unwrap();
+    assert_eq!(memory["pool"]["engaged"], true, "{memory}");
+    assert!(
+        steady > 0 && memory["steady_reused"].as_u64().unwrap() > steady * 100,
+        "{memory}"
+    );
+    assert!(
+        memory["steady_fresh"].as_u64().unwrap() * 4 <= steady,
+        "{memory}"
+    );
 
     // Offline: the same frames and audio through the offline path, segment for segment.
     let bundle = Bundle::open_with(
