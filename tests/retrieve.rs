@@ -12,6 +12,11 @@ use cavsync_synth::{SynthConfig, World, write_dataset};
 
 /// R@1 (percent) of audio to visual and visual to audio, from `retrieve`'s table.
 fn recall_at_1(datafile: &Path, extra: &[&str]) -> (f64, f64) {
+    retrieve(datafile, extra).1
+}
+
+/// `retrieve`'s output and its R@1 (percent) of audio to visual and visual to audio.
+fn retrieve(datafile: &Path, extra: &[&str]) -> (String, (f64, f64)) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(bins::workspace_binary("cavsync"))
         .env("RUST_LOG", "warn")
@@ -41,7 +46,23 @@ fn recall_at_1(datafile: &Path, extra: &[&str]) -> (f64, f64) {
             .unwrap()
     };
     println!("retrieve {extra:?}:\n{stdout}");
-    (r1("audio->visual"), r1("visual->audio"))
+    let r1 = (r1("audio->visual"), r1("visual->audio"));
+    (stdout.into_owned(), r1)
+}
+
+/// R@1 (percent) of a baseline row of `retrieve --annotations`.
+fn baseline_r1(stdout: &str, name: &str, direction: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(name) && l.contains(direction))
+        .unwrap_or_else(|| panic!("no {name} {direction} row in {stdout}"));
+    line[name.len()..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -57,7 +78,25 @@ fn patch_scores_retrieve_above_chance_and_above_the_global_tokens() {
     write_dataset(&config, dir.path(), |_| {}).unwrap();
     let datafile = dir.path().join("datafile.json");
     let global = recall_at_1(&datafile, &[]);
-    let patch = recall_at_1(&datafile, &["--patch"]);
+    let annotations = dir.path().join("annotations.json");
+    let (stdout, patch) = retrieve(
+        &datafile,
+        &["--patch", "--annotations", annotations.to_str().unwrap()],
+    );
+    // Baselines: chance is 1 in 20; recognising the classes alone ranks the match first more
+    // often, and the patch scores more often still.
+    for direction in ["audio->visual", "visual->audio"] {
+        assert_eq!(baseline_r1(&stdout, "chance", direction), 5.0, "{stdout}");
+    }
+    let oracle = (
+        baseline_r1(&stdout, "class oracle", "audio->visual"),
+        baseline_r1(&stdout, "class oracle", "visual->audio"),
+    );
+    assert!(oracle.0 > 5.0 && oracle.1 > 5.0, "{oracle:?}");
+    assert!(
+        patch.0 > oracle.0 && patch.1 > oracle.1,
+        "patch {patch:?}, oracle {oracle:?}"
+    );
     assert!(patch.0 >= 50.0 && patch.1 >= 50.0, "{patch:?}");
     assert!(
         patch.0 > global.0 && patch.1 > global.1,

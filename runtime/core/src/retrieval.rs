@@ -18,6 +18,8 @@ use std::fmt;
 
 use ndarray::{Array2, ArrayView3, Axis};
 
+use crate::annotations::ClipAnnotation;
+
 /// Query clips scored together per pass over the candidates, to keep their frames in cache.
 const QUERY_BLOCK: usize = 8;
 
@@ -561,6 +563,79 @@ pub fn compute_metrics(sim: &Array2<f32>) -> Result<RetrievalMetrics, RetrievalE
     })
 }
 
+/// R@1, R@5, R@10 (fractions) and median rank when ties are broken at random: each query's chance of a rank within k, averaged; its expected rank, median over queries (for scorers with many ties, such as [`class_oracle`]).
+pub fn expected_metrics(sim: &Array2<f32>) -> Result<RetrievalMetrics, RetrievalError> {
+    let (rows, cols) = sim.dim();
+    if rows != cols || rows == 0 {
+        return Err(RetrievalError::NotSquare { rows, cols });
+    }
+    if let Some(((row, col), &value)) = sim.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(RetrievalError::NonFiniteSimilarity { row, col, value });
+    }
+    let (mut r1, mut r5, mut r10) = (0.0, 0.0, 0.0);
+    let mut ranks = Vec::with_capacity(rows);
+    for (i, row) in sim.rows().into_iter().enumerate() {
+        let truth = row[i];
+        let above = row.iter().filter(|&&v| v > truth).count() as f64;
+        let tied = row.iter().filter(|&&v| v == truth).count() as f64;
+        let within = |k: f64| (k - above).clamp(0.0, tied) / tied;
+        r1 += within(1.0);
+        r5 += within(5.0);
+        r10 += within(10.0);
+        ranks.push(above + (tied + 1.0) / 2.0);
+    }
+    ranks.sort_by(f64::total_cmp);
+    let median = if rows % 2 == 1 {
+        ranks[rows / 2]
+    } else {
+        (ranks[rows / 2 - 1] + ranks[rows / 2]) / 2.0
+    };
+    let n = rows as f64;
+    Ok(RetrievalMetrics {
+        r1: r1 / n,
+        r5: r5 / n,
+        r10: r10 / n,
+        median_rank: median,
+        queries: rows,
+    })
+}
+
+/// Scores of an oracle that knows only which classes each frame's audio holds (sounding in view or off-screen) and which classes each frame shows: for audio clip i and visual clip j, the aligned frames whose heard classes are all in view in j (rows audio, columns visual; frames beyond the shorter clip are not scored).
+///
+/// Retrieval by this matrix is what recognising classes perfectly, and nothing else, gives: a
+/// model that ranks better also matches something finer (pitch with size, timing).
+pub fn class_oracle(clips: &[&ClipAnnotation]) -> Array2<f32> {
+    let heard: Vec<Vec<Vec<&str>>> = clips
+        .iter()
+        .map(|c| {
+            c.frames
+                .iter()
+                .map(|f| {
+                    let mut h: Vec<&str> = f.sounding.iter().map(|o| o.class.as_str()).collect();
+                    h.extend(f.offscreen.iter().map(String::as_str));
+                    h
+                })
+                .collect()
+        })
+        .collect();
+    let n = clips.len();
+    Array2::from_shape_fn((n, n), |(i, j)| {
+        heard[i]
+            .iter()
+            .zip(&clips[j].frames)
+            .filter(|(h, f)| {
+                !h.is_empty()
+                    && h.iter().all(|class| {
+                        f.sounding
+                            .iter()
+                            .chain(&f.silent)
+                            .any(|o| o.class == *class)
+                    })
+            })
+            .count() as f32
+    })
+}
+
 /// Retrieval metrics of both directions for one aggregation strategy.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct RetrievalReport {
@@ -606,6 +681,73 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn expected_metrics_break_ties_at_random() {
+        // Query 0: its match tied with one other at the top: rank 1 or 2. Query 1: one above, two
+        // tied with it (ranks 2 to 4). Query 2: alone at the top.
+        let sim = array![
+            [5.0, 5.0, 1.0, 0.0],
+            [9.0, 3.0, 3.0, 3.0],
+            [0.0, 1.0, 7.0, 2.0],
+            [4.0, 4.0, 4.0, 4.0]
+        ];
+        let m = expected_metrics(&sim).unwrap();
+        assert!((m.r1 - (0.5 + 0.0 + 1.0 + 0.25) / 4.0).abs() < 1e-12);
+        assert!((m.r5 - 1.0).abs() < 1e-12);
+        // Expected ranks 1.5, 3, 1, 2.5: median 2.
+        assert_eq!(m.median_rank, 2.0);
+        // Without ties the two rules agree.
+        let plain = array![[3.0, 1.0, 2.0], [0.5, 0.7, 0.9], [0.1, 0.2, 0.3]];
+        let (a, b) = (
+            expected_metrics(&plain).unwrap(),
+            compute_metrics(&plain).unwrap(),
+        );
+        assert_eq!((a.r1, a.r5, a.median_rank), (b.r1, b.r5, b.median_rank));
+        assert!(expected_metrics(&array![[1.0, 2.0]]).is_err());
+    }
+
+    #[test]
+    fn the_class_oracle_counts_frames_whose_heard_classes_are_in_view() {
+        use crate::annotations::{FrameAnnotation, ObjectAnnotation};
+        let object = |class: &str| ObjectAnnotation {
+            class: class.to_string(),
+            bbox: [0.1, 0.1, 0.3, 0.3],
+        };
+        let frame = |k, sounding: &[&str], silent: &[&str], offscreen: &[&str]| FrameAnnotation {
+            frame: k,
+            sounding: sounding.iter().map(|c| object(c)).collect(),
+            silent: silent.iter().map(|c| object(c)).collect(),
+            offscreen: offscreen.iter().map(|c| c.to_string()).collect(),
+        };
+        let clip = |id: &str, frames| ClipAnnotation {
+            video_id: id.to_string(),
+            width: 224,
+            height: 224,
+            frames,
+        };
+        let a = clip(
+            "a",
+            vec![
+                frame(0, &["bell"], &["drum"], &[]),
+                frame(1, &[], &["bell", "drum"], &[]),
+                frame(2, &[], &["bell", "drum"], &["gong"]),
+            ],
+        );
+        let b = clip(
+            "b",
+            vec![
+                frame(0, &["drum"], &["gong"], &[]),
+                frame(1, &["gong"], &["drum"], &[]),
+                frame(2, &["gong"], &[], &["bell"]),
+            ],
+        );
+        let s = class_oracle(&[&a, &b]);
+        // a's audio (bell, silence, gong off screen): in a, bell in view at 0, and neither the
+        // silent frame nor the off-screen gong scores; in b, gong in view at 2. b's audio (drum,
+        // gong, gong with bell off screen): in a, drum at 0; in b, 0 and 1 but not 2 (no bell).
+        assert_eq!(s, array![[1.0, 1.0], [1.0, 2.0]]);
+    }
 
     const ALL: [Strategy; 4] = Strategy::ALL;
 

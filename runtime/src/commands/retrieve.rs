@@ -2,12 +2,16 @@
 
 use std::path::PathBuf;
 
+use cavsync_core::annotations::Annotations;
 use cavsync_core::clip;
 use cavsync_core::preprocess::image::load_rgb;
 use cavsync_core::preprocess::segment::FramePosition;
-use cavsync_core::retrieval::{ClipEmbeddings, PatchScores, Strategy, evaluate};
+use cavsync_core::retrieval::{
+    ClipEmbeddings, PatchScores, Strategy, class_oracle, evaluate, expected_metrics,
+};
 use cavsync_device::bundle::Embedding;
 use cavsync_device::encode::{FrameEncoder, clip_fbank};
+use ndarray::Array2;
 
 use super::{BundleArgs, DeviceArgs};
 
@@ -27,6 +31,9 @@ pub struct Args {
     /// Score clip pairs as localization does instead: each aligned frame's audio global token against its image's best patch token, averaged over the frames (how a model trained to find the sounding patch, like the demo model, matches sound to image).
     #[arg(long)]
     patch: bool,
+    /// Ground truth of the clips (annotations.json written by `cavsync-export synth`): also prints two baselines on the same clips, chance and an oracle that knows which classes each frame's audio holds and which each frame shows (ties broken at random), so the model's numbers can be read against what recognising classes alone gives.
+    #[arg(long)]
+    annotations: Option<PathBuf>,
 }
 
 /// Embed every frame of every clip, then rank clips in both directions.
@@ -34,6 +41,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let bundle = args.bundle.open_on(&args.device)?;
     let total = bundle.manifest.audio_preprocessing.total_frames;
     let entries = clip::read_datafile(&args.datafile)?;
+    let truth = match &args.annotations {
+        Some(path) => Some(Annotations::read(path)?),
+        None => None,
+    };
+    let annotated = match (&truth, &args.annotations) {
+        (Some(truth), Some(path)) => entries
+            .iter()
+            .map(|e| {
+                truth.clip(&e.video_id).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: no clip {:?} of datafile {}",
+                        path.display(),
+                        e.video_id,
+                        args.datafile.display()
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        _ => Vec::new(),
+    };
     let dim = bundle.dim();
     let passes = if args.patch { 2 } else { 1 };
     let bar = super::frame_progress(passes * entries.len() * total, "embedding");
@@ -106,6 +133,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             100.0 * r.r10,
             r.median_rank
         );
+    }
+    if truth.is_some() {
+        let oracle = class_oracle(&annotated);
+        let chance = Array2::<f32>::zeros((n, n));
+        println!("baselines on the same clips (ties broken at random):");
+        for (name, sim) in [("chance", &chance), ("class oracle", &oracle)] {
+            for (direction, m) in [
+                ("audio->visual", expected_metrics(sim)?),
+                ("visual->audio", expected_metrics(&sim.t().to_owned())?),
+            ] {
+                println!(
+                    "{name:<13} {direction:<14} {:>6.2}% {:>6.2}% {:>6.2}%  {}",
+                    100.0 * m.r1,
+                    100.0 * m.r5,
+                    100.0 * m.r10,
+                    m.median_rank
+                );
+            }
+        }
     }
     Ok(())
 }
