@@ -99,7 +99,8 @@ impl PlanOptions {
 /// A plan on its device: tract's optimised CPU plan, or what tract-cuda prepared.
 #[derive(Debug)]
 enum Plan {
-    Cpu(Arc<TypedRunnableModel>),
+    /// tract's plan, with the executor it runs in (its thread pool, when it has threads).
+    Cpu(Arc<TypedRunnableModel>, Executor),
     Cuda(Box<dyn Runnable>),
 }
 
@@ -234,7 +235,7 @@ impl Bundle {
         iterations: usize,
     ) -> Result<Vec<NodeProfile>, BundleError> {
         let enc = self.plan(modality);
-        let Plan::Cpu(plan) = &enc.plan else {
+        let Plan::Cpu(plan, executor) = &enc.plan else {
             return Err(BundleError::Options(format!(
                 "profiling times the nodes of CPU plans, and this bundle's plans run on {}",
                 self.device
@@ -273,26 +274,30 @@ impl Bundle {
             })
             .collect::<Result<_, _>>()?;
         let tensor = Tensor::from_shape(&enc.input_shape, input).map_err(run_err)?;
-        let mut state = plan.spawn().map_err(run_err)?;
-        for round in 0..=iterations {
-            let mut times = vec![0.0f64; nodes.len()];
-            state
-                .run_plan_with_eval(
-                    tvec!(tensor.clone().into()),
-                    |ctx, op_state, node, inputs| {
-                        let t0 = Instant::now();
-                        let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
-                        times[node.id] += t0.elapsed().as_secs_f64();
-                        out
-                    },
-                )
-                .map_err(run_err)?;
-            if round > 0 {
-                for (n, t) in nodes.iter_mut().zip(&times) {
-                    n.seconds += t / iterations as f64;
+        run_in(executor, || -> Result<(), BundleError> {
+            let mut state = plan.spawn().map_err(run_err)?;
+            for round in 0..=iterations {
+                let mut times = vec![0.0f64; nodes.len()];
+                state
+                    .run_plan_with_eval(
+                        tvec!(tensor.clone().into()),
+                        |ctx, op_state, node, inputs| {
+                            let t0 = Instant::now();
+                            let out =
+                                tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                            times[node.id] += t0.elapsed().as_secs_f64();
+                            out
+                        },
+                    )
+                    .map_err(run_err)?;
+                if round > 0 {
+                    for (n, t) in nodes.iter_mut().zip(&times) {
+                        n.seconds += t / iterations as f64;
+                    }
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(nodes)
     }
 
@@ -418,13 +423,15 @@ fn build_plan(
             check_outputs(&optimized)?;
             let plan =
                 TypedSimplePlan::new_with_options(optimized.clone(), options).map_err(tract_err)?;
+            let executor = options.executor.clone().unwrap_or_default();
             if threads > 1 {
-                let (fastest, used) = fastest_executor(plan, optimized, &info.input_shape, threads)
-                    .map_err(tract_err)?;
+                let (fastest, used, executor) =
+                    fastest_executor(plan, executor, optimized, &info.input_shape, threads)
+                        .map_err(tract_err)?;
                 threads = used;
-                Plan::Cpu(fastest)
+                Plan::Cpu(fastest, executor)
             } else {
-                Plan::Cpu(plan)
+                Plan::Cpu(plan, executor)
             }
         }
         Device::Cuda => {
@@ -457,36 +464,41 @@ const THREADS_SURELY_PAY_S: f64 = 0.05;
 /// Timed runs of each plan when choosing between them.
 const CHOICE_RUNS: usize = 5;
 
-/// The faster of `threaded` and a single-threaded plan of the same model (sharing its weights),
-/// with the threads it uses. Waking threads for each product costs more than it saves on small
-/// encoders (measured: the demo student ran 2.3 ms a pair on one thread, 3.7 ms on two).
+/// The faster of `threaded` (run in `pool`) and a single-threaded plan of the same model
+/// (sharing its weights), with the threads and executor it uses. Handing work to threads costs
+/// more than it saves on small encoders (measured: the demo student ran 2.3 ms a pair on one
+/// thread, 3.7 ms on two).
 fn fastest_executor(
     threaded: Arc<TypedRunnableModel>,
+    pool: Executor,
     model: Arc<TypedModel>,
     input_shape: &[usize],
     threads: usize,
-) -> TractResult<(Arc<TypedRunnableModel>, usize)> {
+) -> TractResult<(Arc<TypedRunnableModel>, usize, Executor)> {
     let len = input_shape.iter().product();
-    let input = Tensor::from_shape(input_shape, &crate::latency::pattern(len, 7919))?;
-    let time = |plan: &Arc<TypedRunnableModel>| -> TractResult<f64> {
-        let t0 = Instant::now();
-        plan.run(tvec!(input.clone().into()))?;
-        Ok(t0.elapsed().as_secs_f64())
+    let pattern = crate::latency::pattern(len, 7919);
+    let time = |plan: &Arc<TypedRunnableModel>, executor: &Executor| -> TractResult<f64> {
+        run_in(executor, || {
+            let input = Tensor::from_shape(input_shape, &pattern)?;
+            let t0 = Instant::now();
+            plan.run(tvec!(input.into()))?;
+            Ok(t0.elapsed().as_secs_f64())
+        })
     };
-    time(&threaded)?;
-    if time(&threaded)? > THREADS_SURELY_PAY_S {
-        return Ok((threaded, threads));
+    time(&threaded, &pool)?;
+    if time(&threaded, &pool)? > THREADS_SURELY_PAY_S {
+        return Ok((threaded, threads, pool));
     }
     let single_options = RunOptions {
         executor: Some(Executor::SingleThread),
         ..RunOptions::default()
     };
     let single = TypedSimplePlan::new_with_options(model, &single_options)?;
-    time(&single)?;
+    time(&single, &Executor::SingleThread)?;
     let (mut t_threaded, mut t_single) = (Vec::new(), Vec::new());
     for _ in 0..CHOICE_RUNS {
-        t_threaded.push(time(&threaded)?);
-        t_single.push(time(&single)?);
+        t_threaded.push(time(&threaded, &pool)?);
+        t_single.push(time(&single, &Executor::SingleThread)?);
     }
     let (t_threaded, t_single) = (
         crate::latency::median(t_threaded),
@@ -504,10 +516,20 @@ fn fastest_executor(
         }
     );
     Ok(if t_single < t_threaded {
-        (single, 1)
+        (single, 1, Executor::SingleThread)
     } else {
-        (threaded, threads)
+        (threaded, threads, pool)
     })
+}
+
+/// Runs `f` on a thread of `executor`'s pool when it has one: the plan's parallel nodes then hand
+/// work to a neighbour that is still awake from the last node, instead of waking the pool from
+/// outside and waiting for it, twice per node.
+fn run_in<R: Send>(executor: &Executor, f: impl FnOnce() -> R + Send) -> R {
+    match executor {
+        Executor::MultiThread(pool) => pool.install(f),
+        _ => f(),
+    }
 }
 
 /// Copies a plan output into `out`, checking its length.
@@ -548,14 +570,19 @@ fn run_plan(
             value: input[index],
         });
     }
-    let tensor = Tensor::from_shape(&enc.input_shape, input)
-        .map_err(|e| BundleError::Run(format!("{e:#}")))?;
-    let inputs = tvec!(tensor.into());
-    let outputs = match &enc.plan {
-        Plan::Cpu(plan) => plan.run(inputs),
-        Plan::Cuda(plan) => plan.run(inputs),
+    let run = |e: TractError| BundleError::Run(format!("{e:#}"));
+    match &enc.plan {
+        Plan::Cpu(plan, executor) => run_in(executor, || {
+            let tensor = Tensor::from_shape(&enc.input_shape, input).map_err(run)?;
+            let outputs = plan.run(tvec!(tensor.into())).map_err(run)?;
+            copy_output(&outputs[0], dim, &mut out.global)?;
+            copy_output(&outputs[1], enc.tokens * dim, &mut out.tokens)
+        }),
+        Plan::Cuda(plan) => {
+            let tensor = Tensor::from_shape(&enc.input_shape, input).map_err(run)?;
+            let outputs = plan.run(tvec!(tensor.into())).map_err(run)?;
+            copy_output(&outputs[0], dim, &mut out.global)?;
+            copy_output(&outputs[1], enc.tokens * dim, &mut out.tokens)
+        }
     }
-    .map_err(|e| BundleError::Run(format!("{e:#}")))?;
-    copy_output(&outputs[0], dim, &mut out.global)?;
-    copy_output(&outputs[1], enc.tokens * dim, &mut out.tokens)
 }
