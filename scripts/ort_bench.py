@@ -5,6 +5,11 @@
   python3 scripts/ort_bench.py BUNDLE --parity AUDIO.npy IMAGE.npy OUTDIR    # outputs vs cavsync embed
   python3 scripts/ort_bench.py F32_BUNDLE --quantize dynamic|static         # onnxruntime's own int8 of the same graphs
 
+The frame pair is timed two ways, as cavsync runs it: the encoders one after the other with
+--threads each, and (with 2 threads or more) side by side on two Python threads (onnxruntime
+releases the GIL while it runs), each session with half the threads; `frame pair` is the faster
+of the two, and both are printed.
+
 --quantize times onnxruntime's own int8 quantization of the f32 graphs: `quantize_dynamic` (int8
 weights, MatMulInteger) or `quantize_static` in the QOperator format (QLinearMatMul), per
 channel, calibrated on 8 normally distributed inputs (enough for a latency comparison, not for
@@ -14,6 +19,7 @@ accuracy).
 import argparse
 import os
 import statistics
+import threading
 import time
 
 import numpy as np
@@ -97,12 +103,48 @@ def main():
         ta.append(t1 - t0)
         tv.append(t2 - t1)
         tp.append(t2 - t0)
+    pairs = {"one after the other": statistics.median(tp)}
+    if args.threads >= 2:
+        half = args.threads // 2
+        pairs[f"side by side, {half} thread(s) each"] = side_by_side(
+            session(paths["audio"], half), session(paths["visual"], half), a, v, args.iterations)
     kind = f"int8 {args.quantize}" if args.quantize else "as given"
     print(f"onnxruntime {ort.__version__} ({kind}), threads {args.threads}, {args.iterations} iterations")
     print(f"audio encoder     {1e3 * statistics.median(ta):10.2f} ms")
     print(f"visual encoder    {1e3 * statistics.median(tv):10.2f} ms")
-    print(f"frame pair        {1e3 * statistics.median(tp):10.2f} ms")
+    for how, t in pairs.items():
+        print(f"pair, {how}: {1e3 * t:.2f} ms")
+    print(f"frame pair        {1e3 * min(pairs.values()):10.2f} ms")
 
+
+def side_by_side(audio, visual, a, v, iterations):
+    """Median pair latency with the audio session on a worker thread while the visual one runs on this one."""
+    a_name, v_name = audio.get_inputs()[0].name, visual.get_inputs()[0].name
+    go, done = threading.Semaphore(0), threading.Semaphore(0)
+    stop = []
+
+    def worker():
+        while True:
+            go.acquire()
+            if stop:
+                return
+            audio.run(None, {a_name: a})
+            done.release()
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    times = []
+    for i in range(iterations + 2):
+        t0 = time.perf_counter()
+        go.release()
+        visual.run(None, {v_name: v})
+        done.acquire()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    stop.append(True)
+    go.release()
+    t.join()
+    return statistics.median(times)
 
 if __name__ == "__main__":
     main()
