@@ -2,7 +2,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cavsync_core::manifest::{EncoderInfo, Manifest, ManifestError};
@@ -12,6 +12,7 @@ use tract_onnx::prelude::*;
 
 use crate::device::{self, Device, DeviceError};
 use crate::graph;
+use crate::pair::Helper;
 
 /// Errors raised while opening or running a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +113,8 @@ struct EncoderPlan {
     tokens: usize,
     /// Threads its matrix products use.
     threads: usize,
+    /// A one-thread plan of the same model (sharing its weights), for pairs run side by side (CPU plans with two threads or more).
+    single: Option<Arc<TypedRunnableModel>>,
 }
 
 /// Embeddings of one item: the global embedding and the patch tokens.
@@ -153,8 +156,24 @@ pub struct Bundle {
     pub device: Device,
     audio: EncoderPlan,
     visual: EncoderPlan,
-    /// The thread pool both encoders of a pair run in side by side (CPU plans with two threads or more).
-    pair: Executor,
+    /// The thread that runs the audio encoder beside the visual one, where that measured faster than running them in turn.
+    pair: Option<Mutex<Helper>>,
+}
+
+/// What errors call the audio encoder's input.
+const AUDIO_INPUT: &str = "audio segment";
+/// What errors call the visual encoder's input.
+const VISUAL_INPUT: &str = "image";
+
+/// How the two encoders of a frame pair share the threads ([`Bundle::embed_pair_into`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairMode {
+    /// Side by side where that measures faster than in turn (the default when a bundle opens).
+    Auto,
+    /// One after the other, each with the bundle's threads.
+    InTurn,
+    /// At the same time, one thread each (CPU plans with two threads or more).
+    SideBySide,
 }
 
 /// How long each encoder of a pair ran, in seconds (side by side, or one after the other).
@@ -166,7 +185,7 @@ pub struct PairTimes {
     pub visual_s: f64,
     /// The pair, start to end.
     pub pair_s: f64,
-    /// Whether the two ran at the same time, on two threads.
+    /// Whether the two ran at the same time, one thread each.
     pub concurrent: bool,
 }
 
@@ -189,25 +208,140 @@ impl Bundle {
         let plan = |info| load_plan(dir, info, dim, &run_options, options.threads, device);
         let audio = plan(&manifest.audio)?;
         let visual = plan(&manifest.visual)?;
-        let pair = match device {
-            Device::Cpu => run_options.executor.clone().unwrap_or_default(),
-            Device::Cuda => Executor::SingleThread,
-        };
-        Ok(Self {
+        let mut bundle = Self {
             dir: dir.to_path_buf(),
             manifest,
             options: options.clone(),
             device,
             audio,
             visual,
-            pair,
-        })
+            pair: None,
+        };
+        bundle.set_pair_mode(PairMode::Auto)?;
+        Ok(bundle)
     }
 
-    /// Encode one audio segment and one image, side by side on two threads where the bundle's CPU plans have them (each encoder's products may still spread over both), else one after the other.
-    ///
-    /// On two cores this is faster than running the encoders in turn even when each uses both
-    /// threads: a product split over two threads runs at well under twice one thread's rate.
+    /// Chooses how frame pairs run: [`PairMode::Auto`] times both ways on fixed inputs and keeps the faster; side by side needs CPU plans with two threads or more.
+    pub fn set_pair_mode(&mut self, mode: PairMode) -> Result<(), BundleError> {
+        self.pair = None;
+        let helper = match mode {
+            PairMode::InTurn => return Ok(()),
+            PairMode::SideBySide => self.pair_helper()?.ok_or_else(|| {
+                BundleError::Options(format!(
+                    "running a pair side by side needs CPU plans with two threads or more; this bundle has {} thread(s) on {}",
+                    self.options.threads, self.device
+                ))
+            })?,
+            PairMode::Auto => match self.pair_helper()? {
+                Some(mut helper) => {
+                    if !self.side_by_side_is_faster(&mut helper)? {
+                        return Ok(());
+                    }
+                    helper
+                }
+                None => return Ok(()),
+            },
+        };
+        self.pair = Some(Mutex::new(helper));
+        Ok(())
+    }
+
+    /// How frame pairs run now: [`PairMode::SideBySide`] or [`PairMode::InTurn`].
+    pub fn pair_mode(&self) -> PairMode {
+        if self.pair.is_some() {
+            PairMode::SideBySide
+        } else {
+            PairMode::InTurn
+        }
+    }
+
+    /// A helper thread running the audio encoder's one-thread plan, where the bundle has one.
+    fn pair_helper(&self) -> Result<Option<Helper>, BundleError> {
+        let Some(audio_single) = &self.audio.single else {
+            return Ok(None);
+        };
+        if self.visual.single.is_none() {
+            return Ok(None);
+        }
+        let (shape, tokens, dim) = (
+            self.audio.input_shape.clone(),
+            self.audio.tokens,
+            self.dim(),
+        );
+        let plan = Arc::clone(audio_single);
+        Helper::spawn(
+            "cavsync-pair",
+            Box::new(move |input: &[f32], out: &mut Embedding| {
+                run_cpu(&plan, &shape, tokens, dim, input, out)
+            }),
+        )
+        .map(Some)
+        .map_err(|e| BundleError::Options(format!("cannot start the pair thread: {e}")))
+    }
+
+    /// Whether a pair on fixed inputs runs faster side by side through `helper` than in turn (medians of a few timed runs).
+    fn side_by_side_is_faster(&self, helper: &mut Helper) -> Result<bool, BundleError> {
+        let Some(visual_single) = &self.visual.single else {
+            return Ok(false);
+        };
+        let dim = self.dim();
+        let audio_in = crate::latency::pattern(self.input_len(Modality::Audio), 7919);
+        let image_in = crate::latency::pattern(self.input_len(Modality::Visual), 104_729);
+        let (mut a, mut v) = (Embedding::default(), Embedding::default());
+        let visual = &self.visual;
+        let mut beside = |helper: &mut Helper| -> Result<f64, BundleError> {
+            let t0 = Instant::now();
+            let (theirs, mine) = helper.run(&audio_in, &mut a, || {
+                run_cpu(
+                    visual_single,
+                    &visual.input_shape,
+                    visual.tokens,
+                    dim,
+                    &image_in,
+                    &mut v,
+                )
+            });
+            theirs?;
+            mine?;
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        let in_turn = || -> Result<f64, BundleError> {
+            let t0 = Instant::now();
+            let (mut a, mut v) = (Embedding::default(), Embedding::default());
+            self.embed_into(Modality::Audio, &audio_in, &mut a)?;
+            self.embed_into(Modality::Visual, &image_in, &mut v)?;
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        beside(helper)?;
+        let runs = if in_turn()? > THREADS_SURELY_PAY_S {
+            2
+        } else {
+            CHOICE_RUNS
+        };
+        let (mut t_beside, mut t_turn) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            t_beside.push(beside(helper)?);
+            t_turn.push(in_turn()?);
+        }
+        let (t_beside, t_turn) = (
+            crate::latency::median(t_beside),
+            crate::latency::median(t_turn),
+        );
+        let faster = t_beside < t_turn;
+        tracing::info!(
+            side_by_side_ms = 1e3 * t_beside,
+            in_turn_ms = 1e3 * t_turn,
+            "{}",
+            if faster {
+                "a frame pair runs faster with the encoders side by side, one thread each; running them so"
+            } else {
+                "a frame pair runs faster with the encoders in turn; running them so"
+            }
+        );
+        Ok(faster)
+    }
+
+    /// Encode one audio segment and one image: side by side, one thread each, where the bundle measured that faster when it opened (two threads or more), else one after the other.
     pub fn embed_pair_into(
         &self,
         segment: &[f32],
@@ -215,31 +349,33 @@ impl Bundle {
         audio: &mut Embedding,
         visual: &mut Embedding,
     ) -> Result<PairTimes, BundleError> {
-        let timed = |modality, input: &[f32], out: &mut Embedding| {
-            let t0 = Instant::now();
-            self.embed_into(modality, input, out)
-                .map(|()| t0.elapsed().as_secs_f64())
-        };
         let t0 = Instant::now();
-        let (audio_s, visual_s, concurrent) = match &self.pair {
-            Executor::MultiThread(pool) => {
-                let (a, v) = pool.join(
-                    || timed(Modality::Audio, segment, audio),
-                    || timed(Modality::Visual, image, visual),
-                );
-                (a?, v?, true)
-            }
-            _ => (
-                timed(Modality::Audio, segment, audio)?,
-                timed(Modality::Visual, image, visual)?,
-                false,
-            ),
-        };
+        if let (Some(helper), Some(single)) = (&self.pair, &self.visual.single) {
+            check_input(&self.audio, segment, AUDIO_INPUT)?;
+            check_input(&self.visual, image, VISUAL_INPUT)?;
+            let mut helper = helper.lock().unwrap_or_else(|e| e.into_inner());
+            let v = &self.visual;
+            let (theirs, mine) = helper.run(segment, audio, || {
+                let t1 = Instant::now();
+                run_cpu(single, &v.input_shape, v.tokens, self.dim(), image, visual)
+                    .map(|()| t1.elapsed().as_secs_f64())
+            });
+            return Ok(PairTimes {
+                audio_s: theirs?,
+                visual_s: mine?,
+                pair_s: t0.elapsed().as_secs_f64(),
+                concurrent: true,
+            });
+        }
+        self.embed_into(Modality::Audio, segment, audio)?;
+        let t1 = Instant::now();
+        self.embed_into(Modality::Visual, image, visual)?;
+        let t2 = Instant::now();
         Ok(PairTimes {
-            audio_s,
-            visual_s,
-            pair_s: t0.elapsed().as_secs_f64(),
-            concurrent,
+            audio_s: (t1 - t0).as_secs_f64(),
+            visual_s: (t2 - t1).as_secs_f64(),
+            pair_s: (t2 - t0).as_secs_f64(),
+            concurrent: false,
         })
     }
 
@@ -266,8 +402,8 @@ impl Bundle {
         out: &mut Embedding,
     ) -> Result<(), BundleError> {
         let what = match modality {
-            Modality::Audio => "audio segment",
-            Modality::Visual => "image",
+            Modality::Audio => AUDIO_INPUT,
+            Modality::Visual => VISUAL_INPUT,
         };
         run_plan(self.plan(modality), input, what, self.dim(), out)
     }
@@ -462,6 +598,7 @@ fn build_plan(
         }
         Ok(())
     };
+    let mut single = None;
     let plan = match device {
         Device::Cpu => {
             let optimized = model
@@ -486,11 +623,12 @@ fn build_plan(
                 TypedSimplePlan::new_with_options(optimized.clone(), options).map_err(tract_err)?;
             let executor = options.executor.clone().unwrap_or_default();
             if threads > 1 {
-                let (fastest, used, executor) =
+                let choice =
                     fastest_executor(plan, executor, optimized, &info.input_shape, threads)
                         .map_err(tract_err)?;
-                threads = used;
-                Plan::Cpu(fastest, executor)
+                threads = choice.threads;
+                single = Some(choice.single);
+                Plan::Cpu(choice.plan, choice.executor)
             } else {
                 Plan::Cpu(plan, executor)
             }
@@ -515,6 +653,7 @@ fn build_plan(
         input_shape: info.input_shape.clone(),
         tokens: info.tokens,
         threads,
+        single,
     })
 }
 
@@ -524,6 +663,14 @@ const THREADS_SURELY_PAY_S: f64 = 0.05;
 
 /// Timed runs of each plan when choosing between them.
 const CHOICE_RUNS: usize = 5;
+
+/// The plan an encoder runs alone, with its threads and executor, and a one-thread plan of the same model.
+struct Choice {
+    plan: Arc<TypedRunnableModel>,
+    threads: usize,
+    executor: Executor,
+    single: Arc<TypedRunnableModel>,
+}
 
 /// The faster of `threaded` (run in `pool`) and a single-threaded plan of the same model
 /// (sharing its weights), with the threads and executor it uses. Handing work to threads costs
@@ -535,7 +682,7 @@ fn fastest_executor(
     model: Arc<TypedModel>,
     input_shape: &[usize],
     threads: usize,
-) -> TractResult<(Arc<TypedRunnableModel>, usize, Executor)> {
+) -> TractResult<Choice> {
     let len = input_shape.iter().product();
     let pattern = crate::latency::pattern(len, 7919);
     let time = |plan: &Arc<TypedRunnableModel>, executor: &Executor| -> TractResult<f64> {
@@ -546,15 +693,20 @@ fn fastest_executor(
             Ok(t0.elapsed().as_secs_f64())
         })
     };
-    time(&threaded, &pool)?;
-    if time(&threaded, &pool)? > THREADS_SURELY_PAY_S {
-        return Ok((threaded, threads, pool));
-    }
     let single_options = RunOptions {
         executor: Some(Executor::SingleThread),
         ..RunOptions::default()
     };
     let single = TypedSimplePlan::new_with_options(model, &single_options)?;
+    time(&threaded, &pool)?;
+    if time(&threaded, &pool)? > THREADS_SURELY_PAY_S {
+        return Ok(Choice {
+            plan: threaded,
+            threads,
+            executor: pool,
+            single,
+        });
+    }
     time(&single, &Executor::SingleThread)?;
     let (mut t_threaded, mut t_single) = (Vec::new(), Vec::new());
     for _ in 0..CHOICE_RUNS {
@@ -577,9 +729,19 @@ fn fastest_executor(
         }
     );
     Ok(if t_single < t_threaded {
-        (single, 1, Executor::SingleThread)
+        Choice {
+            plan: Arc::clone(&single),
+            threads: 1,
+            executor: Executor::SingleThread,
+            single,
+        }
     } else {
-        (threaded, threads, pool)
+        Choice {
+            plan: threaded,
+            threads,
+            executor: pool,
+            single,
+        }
     })
 }
 
@@ -616,6 +778,23 @@ fn run_plan(
     dim: usize,
     out: &mut Embedding,
 ) -> Result<(), BundleError> {
+    check_input(enc, input, what)?;
+    match &enc.plan {
+        Plan::Cpu(plan, executor) => run_in(executor, || {
+            run_cpu(plan, &enc.input_shape, enc.tokens, dim, input, out)
+        }),
+        Plan::Cuda(plan) => {
+            let run = |e: TractError| BundleError::Run(format!("{e:#}"));
+            let tensor = Tensor::from_shape(&enc.input_shape, input).map_err(run)?;
+            let outputs = plan.run(tvec!(tensor.into())).map_err(run)?;
+            copy_output(&outputs[0], dim, &mut out.global)?;
+            copy_output(&outputs[1], enc.tokens * dim, &mut out.tokens)
+        }
+    }
+}
+
+/// Checks that `input` (`what`) has the length `enc` takes and only finite values.
+fn check_input(enc: &EncoderPlan, input: &[f32], what: &'static str) -> Result<(), BundleError> {
     let expected: usize = enc.input_shape.iter().product();
     if input.len() != expected {
         return Err(BundleError::Input {
@@ -631,19 +810,21 @@ fn run_plan(
             value: input[index],
         });
     }
+    Ok(())
+}
+
+/// Runs a CPU plan on one input of `shape` (checked by the caller) into `out`.
+fn run_cpu(
+    plan: &Arc<TypedRunnableModel>,
+    shape: &[usize],
+    tokens: usize,
+    dim: usize,
+    input: &[f32],
+    out: &mut Embedding,
+) -> Result<(), BundleError> {
     let run = |e: TractError| BundleError::Run(format!("{e:#}"));
-    match &enc.plan {
-        Plan::Cpu(plan, executor) => run_in(executor, || {
-            let tensor = Tensor::from_shape(&enc.input_shape, input).map_err(run)?;
-            let outputs = plan.run(tvec!(tensor.into())).map_err(run)?;
-            copy_output(&outputs[0], dim, &mut out.global)?;
-            copy_output(&outputs[1], enc.tokens * dim, &mut out.tokens)
-        }),
-        Plan::Cuda(plan) => {
-            let tensor = Tensor::from_shape(&enc.input_shape, input).map_err(run)?;
-            let outputs = plan.run(tvec!(tensor.into())).map_err(run)?;
-            copy_output(&outputs[0], dim, &mut out.global)?;
-            copy_output(&outputs[1], enc.tokens * dim, &mut out.tokens)
-        }
-    }
+    let tensor = Tensor::from_shape(shape, input).map_err(run)?;
+    let outputs = plan.run(tvec!(tensor.into())).map_err(run)?;
+    copy_output(&outputs[0], dim, &mut out.global)?;
+    copy_output(&outputs[1], tokens * dim, &mut out.tokens)
 }

@@ -83,15 +83,20 @@ impl<'a> FrameEncoder<'a> {
         frame: FramePosition,
         rgb: &RgbImage,
     ) -> Result<&FrameEmbeddings, EncodeError> {
-        self.embeddings.audio_descriptor = encode_audio(
-            self.bundle,
-            &mut self.segment_buf,
-            clip_mel,
-            alignment,
-            frame,
+        let target = self.bundle.manifest.audio_preprocessing.target_length;
+        let bounds = alignment.bounds(frame, clip_mel.nrows(), target);
+        segment_rows_into(clip_mel, bounds, target, &mut self.segment_buf);
+        self.images.run_into(rgb, &mut self.image_buf)?;
+        self.bundle.embed_pair_into(
+            &self.segment_buf,
+            &self.image_buf,
             &mut self.embeddings.audio,
+            &mut self.embeddings.visual,
         )?;
-        self.encode_visual(rgb)?;
+        self.embeddings.audio_descriptor = AudioDescriptor::of(
+            &self.segment_buf,
+            self.bundle.manifest.audio_preprocessing.num_mel_bins,
+        );
         Ok(&self.embeddings)
     }
 

@@ -11,6 +11,7 @@ pub mod intops;
 pub mod latency;
 #[cfg(target_arch = "x86_64")]
 pub mod matops;
+mod pair;
 pub mod rowops;
 pub mod session;
 pub mod sink;
