@@ -95,9 +95,35 @@ impl Helper {
         {
             thread.thread().unpark();
         }
+        // Until the helper is done with the job, the caller's input and output must stay put,
+        // even if `here` panics: the guard waits for it on the way out.
+        let pending = Pending(&self.shared);
         let mine = here();
+        (pending.finish(), mine)
+    }
+}
+
+/// A posted job not yet collected: collecting (or dropping) it waits until the helper is done.
+struct Pending<'a>(&'a Shared);
+
+impl Pending<'_> {
+    /// Waits for the helper and takes its result.
+    fn finish(self) -> Result<f64, BundleError> {
+        self.wait();
+        let result = lock(&self.0.result).take().unwrap_or_else(|| {
+            Err(BundleError::Run(
+                "the pair helper finished without a result".into(),
+            ))
+        });
+        self.0.state.store(IDLE, Ordering::Release);
+        std::mem::forget(self);
+        result
+    }
+
+    /// Spins (then yields) until the helper reports the job done.
+    fn wait(&self) {
         let mut spins = 0u32;
-        while self.shared.state.load(Ordering::Acquire) != DONE {
+        while self.0.state.load(Ordering::Acquire) != DONE {
             spins = spins.saturating_add(1);
             if spins < 1 << 16 {
                 std::hint::spin_loop();
@@ -105,13 +131,14 @@ impl Helper {
                 std::thread::yield_now();
             }
         }
-        let theirs = lock(&self.shared.result).take().unwrap_or_else(|| {
-            Err(BundleError::Run(
-                "the pair helper finished without a result".into(),
-            ))
-        });
-        self.shared.state.store(IDLE, Ordering::Release);
-        (theirs, mine)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.wait();
+        lock(&self.0.result).take();
+        self.0.state.store(IDLE, Ordering::Release);
     }
 }
 
@@ -210,6 +237,16 @@ mod tests {
         }
         let (theirs, ()) = helper.run(&[], &mut out, || ());
         assert!(matches!(theirs, Err(BundleError::Run(m)) if m == "empty"));
+        // The caller's half panics: the unwinding waits for the helper, which stays usable.
+        let input = vec![2.0f32; 1000];
+        let unwound = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            helper.run(&input, &mut out, || panic!("caller's half"))
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(out.global, vec![2000.0]);
+        let (theirs, ()) = helper.run(&[1.0, 2.0], &mut out, || ());
+        assert!(theirs.is_ok());
+        assert_eq!(out.global, vec![3.0]);
         let panicking: Box<Work> = Box::new(|_: &[f32], _: &mut Embedding| panic!("boom"));
         let mut helper = Helper::spawn("test-panic", panicking).unwrap();
         let (theirs, ()) = helper.run(&[1.0], &mut out, || ());

@@ -132,7 +132,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!("what              median latency");
     println!("audio encoder     {:>10.2} ms", 1e3 * lat.audio_s);
     println!("visual encoder    {:>10.2} ms", 1e3 * lat.visual_s);
-    println!("frame pair        {:>10.2} ms", 1e3 * lat.pair_s);
+    println!(
+        "frame pair        {:>10.2} ms   ({})",
+        1e3 * lat.pair_s,
+        if lat.concurrent {
+            "encoders side by side, one thread each"
+        } else {
+            "encoders in turn"
+        }
+    );
     println!("throughput        {:>10.2} pairs/s", 1.0 / lat.pair_s);
     if args.profile {
         let mut pair_fma = 0u64;
