@@ -15,7 +15,7 @@
 #   audio_faults_are_flagged_counted_and_never_encoded, sigterm_stops_within_a_second_with_outputs_flushed,
 #   sources_away_for_a_while_come_back_in_step: they need real time (a 30 fps source, frames
 #   processed as they arrive); the live run's other tests (absent sources, reopening) run;
-# - runtime/live/tests/alloc.rs: the_steady_state_allocates_nothing_outside_tract: too long
+# - runtime/live/tests/alloc.rs: the_steady_state_allocates_nothing: too long
 #   (240 frames through both encoders, about 7 minutes per core); what it counts is the
 #   allocator's, not the CPU's.
 # --ci runs the suite of the numeric crates only (fbank, image preprocessing, localization, the
@@ -89,7 +89,7 @@ skips=(--skip a_live_run_equals_offline_localization_and_tracks_the_sounding_obj
     --skip audio_faults_are_flagged_counted_and_never_encoded
     --skip sigterm_stops_within_a_second_with_outputs_flushed
     --skip sources_away_for_a_while_come_back_in_step
-    --skip the_steady_state_allocates_nothing_outside_tract)
+    --skip the_steady_state_allocates_nothing)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
