@@ -504,8 +504,8 @@ impl fmt::Display for RetrievalMetrics {
     }
 }
 
-/// R@1, R@5, R@10 (fractions) and median rank of a square similarity matrix whose diagonal holds the true pairs, exactly as compute_metrics.
-pub fn compute_metrics(sim: &Array2<f32>) -> Result<RetrievalMetrics, RetrievalError> {
+/// The side of a square, non-empty similarity matrix of finite values.
+fn check_square(sim: &Array2<f32>) -> Result<usize, RetrievalError> {
     let (rows, cols) = sim.dim();
     if rows != cols || rows == 0 {
         return Err(RetrievalError::NotSquare { rows, cols });
@@ -513,7 +513,12 @@ pub fn compute_metrics(sim: &Array2<f32>) -> Result<RetrievalMetrics, RetrievalE
     if let Some(((row, col), &value)) = sim.indexed_iter().find(|(_, v)| !v.is_finite()) {
         return Err(RetrievalError::NonFiniteSimilarity { row, col, value });
     }
-    let n = rows;
+    Ok(rows)
+}
+
+/// R@1, R@5, R@10 (fractions) and median rank of a square similarity matrix whose diagonal holds the true pairs, exactly as compute_metrics.
+pub fn compute_metrics(sim: &Array2<f32>) -> Result<RetrievalMetrics, RetrievalError> {
+    let n = check_square(sim)?;
     // opened[p] / closed[p]: rows whose run of tied positions starts / ends (exclusive) at p.
     let mut opened = vec![0usize; n + 1];
     let mut closed = vec![0usize; n + 1];
@@ -565,13 +570,7 @@ pub fn compute_metrics(sim: &Array2<f32>) -> Result<RetrievalMetrics, RetrievalE
 
 /// R@1, R@5, R@10 (fractions) and median rank when ties are broken at random: each query's chance of a rank within k, averaged; its expected rank, median over queries (for scorers with many ties, such as [`class_oracle`]).
 pub fn expected_metrics(sim: &Array2<f32>) -> Result<RetrievalMetrics, RetrievalError> {
-    let (rows, cols) = sim.dim();
-    if rows != cols || rows == 0 {
-        return Err(RetrievalError::NotSquare { rows, cols });
-    }
-    if let Some(((row, col), &value)) = sim.indexed_iter().find(|(_, v)| !v.is_finite()) {
-        return Err(RetrievalError::NonFiniteSimilarity { row, col, value });
-    }
+    let rows = check_square(sim)?;
     let (mut r1, mut r5, mut r10) = (0.0, 0.0, 0.0);
     let mut ranks = Vec::with_capacity(rows);
     for (i, row) in sim.rows().into_iter().enumerate() {

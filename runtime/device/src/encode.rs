@@ -83,9 +83,13 @@ impl<'a> FrameEncoder<'a> {
         frame: FramePosition,
         rgb: &RgbImage,
     ) -> Result<&FrameEmbeddings, EncodeError> {
-        let target = self.bundle.manifest.audio_preprocessing.target_length;
-        let bounds = alignment.bounds(frame, clip_mel.nrows(), target);
-        segment_rows_into(clip_mel, bounds, target, &mut self.segment_buf);
+        cut_segment(
+            self.bundle,
+            &mut self.segment_buf,
+            clip_mel,
+            alignment,
+            frame,
+        );
         self.images.run_into(rgb, &mut self.image_buf)?;
         self.bundle.embed_pair_into(
             &self.segment_buf,
@@ -130,6 +134,19 @@ impl<'a> FrameEncoder<'a> {
     }
 }
 
+/// Cuts the segment `alignment` places at `frame` in `clip_mel` into `segment`, padded to the bundle's length.
+fn cut_segment(
+    bundle: &Bundle,
+    segment: &mut Vec<f32>,
+    clip_mel: ArrayView2<'_, f32>,
+    alignment: Alignment,
+    frame: FramePosition,
+) {
+    let target = bundle.manifest.audio_preprocessing.target_length;
+    let bounds = alignment.bounds(frame, clip_mel.nrows(), target);
+    segment_rows_into(clip_mel, bounds, target, segment);
+}
+
 /// Cuts the frame's segment into `segment`, encodes it into `out` and returns its descriptor.
 fn encode_audio(
     bundle: &Bundle,
@@ -139,9 +156,7 @@ fn encode_audio(
     frame: FramePosition,
     out: &mut Embedding,
 ) -> Result<AudioDescriptor, EncodeError> {
-    let target = bundle.manifest.audio_preprocessing.target_length;
-    let bounds = alignment.bounds(frame, clip_mel.nrows(), target);
-    segment_rows_into(clip_mel, bounds, target, segment);
+    cut_segment(bundle, segment, clip_mel, alignment, frame);
     bundle.embed_into(Modality::Audio, segment, out)?;
     Ok(AudioDescriptor::of(
         segment,

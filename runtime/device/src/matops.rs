@@ -565,21 +565,25 @@ mod tests {
         (reference, ours)
     }
 
-    fn assert_close_on(expr: &str, a_shape: &[usize], b_shape: &[usize], threads: usize) {
-        let a = Tensor::from_shape(a_shape, &values(a_shape.iter().product(), 1)).unwrap();
-        let b = Tensor::from_shape(b_shape, &values(b_shape.iter().product(), 2)).unwrap();
-        let (reference, ours) = both(expr, a, b, threads);
+    /// The largest difference between two outputs of `expr` of one shape, relative to 1 + |reference|.
+    fn worst_relative(reference: &Tensor, ours: &Tensor, expr: &str) -> f32 {
         assert_eq!(reference.shape(), ours.shape(), "{expr}");
         let (r, o) = (
             reference.try_as_plain_ram().unwrap(),
             ours.try_as_plain_ram().unwrap(),
         );
         let (r, o) = (r.as_slice::<f32>().unwrap(), o.as_slice::<f32>().unwrap());
-        let worst = r
-            .iter()
+        r.iter()
             .zip(o)
             .map(|(x, y)| (x - y).abs() / (1.0 + x.abs()))
-            .fold(0f32, f32::max);
+            .fold(0f32, f32::max)
+    }
+
+    fn assert_close_on(expr: &str, a_shape: &[usize], b_shape: &[usize], threads: usize) {
+        let a = Tensor::from_shape(a_shape, &values(a_shape.iter().product(), 1)).unwrap();
+        let b = Tensor::from_shape(b_shape, &values(b_shape.iter().product(), 2)).unwrap();
+        let (reference, ours) = both(expr, a, b, threads);
+        let worst = worst_relative(&reference, &ours, expr);
         assert!(worst < 1e-5, "{expr}: worst relative difference {worst}");
     }
 
@@ -627,18 +631,7 @@ mod tests {
             .iter()
             .any(|n| n.op_as::<FloatProduct>().is_some_and(|p| p.bias.is_some()));
         let ours = run(model);
-        assert_eq!(reference.shape(), ours.shape(), "{expr}");
-        let (r, o) = (
-            reference.try_as_plain_ram().unwrap(),
-            ours.try_as_plain_ram().unwrap(),
-        );
-        let (r, o) = (r.as_slice::<f32>().unwrap(), o.as_slice::<f32>().unwrap());
-        let worst = r
-            .iter()
-            .zip(o)
-            .map(|(x, y)| (x - y).abs() / (1.0 + x.abs()))
-            .fold(0f32, f32::max);
-        (worst, fused)
+        (worst_relative(&reference, &ours, expr), fused)
     }
 
     #[test]
