@@ -281,47 +281,23 @@ impl Bundle {
 
     /// Whether a pair on fixed inputs runs faster side by side through `helper` than in turn (medians of a few timed runs).
     fn side_by_side_is_faster(&self, helper: &mut Helper) -> Result<bool, BundleError> {
-        let Some(visual_single) = &self.visual.single else {
-            return Ok(false);
-        };
-        let dim = self.dim();
         let audio_in = crate::latency::pattern(self.input_len(Modality::Audio), 7919);
         let image_in = crate::latency::pattern(self.input_len(Modality::Visual), 104_729);
-        let (mut a, mut v) = (Embedding::default(), Embedding::default());
-        let visual = &self.visual;
-        let mut beside = |helper: &mut Helper| -> Result<f64, BundleError> {
-            let t0 = Instant::now();
-            let (theirs, mine) = helper.run(&audio_in, &mut a, || {
-                run_cpu(
-                    visual_single,
-                    &visual.input_shape,
-                    visual.tokens,
-                    dim,
-                    &image_in,
-                    &mut v,
-                )
-            });
-            theirs?;
-            mine?;
-            Ok(t0.elapsed().as_secs_f64())
-        };
-        let in_turn = || -> Result<f64, BundleError> {
-            let t0 = Instant::now();
+        let pair = |helper: Option<&mut Helper>| {
             let (mut a, mut v) = (Embedding::default(), Embedding::default());
-            self.embed_into(Modality::Audio, &audio_in, &mut a)?;
-            self.embed_into(Modality::Visual, &image_in, &mut v)?;
-            Ok(t0.elapsed().as_secs_f64())
+            self.run_pair(helper, &audio_in, &image_in, &mut a, &mut v)
+                .map(|t| t.pair_s)
         };
-        beside(helper)?;
-        let runs = if in_turn()? > THREADS_SURELY_PAY_S {
+        pair(Some(&mut *helper))?;
+        let runs = if pair(None)? > THREADS_SURELY_PAY_S {
             2
         } else {
             CHOICE_RUNS
         };
         let (mut t_beside, mut t_turn) = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            t_beside.push(beside(helper)?);
-            t_turn.push(in_turn()?);
+            t_beside.push(pair(Some(&mut *helper))?);
+            t_turn.push(pair(None)?);
         }
         let (t_beside, t_turn) = (
             crate::latency::median(t_beside),
@@ -349,11 +325,28 @@ impl Bundle {
         audio: &mut Embedding,
         visual: &mut Embedding,
     ) -> Result<PairTimes, BundleError> {
+        match &self.pair {
+            Some(helper) => {
+                let mut helper = helper.lock().unwrap_or_else(|e| e.into_inner());
+                self.run_pair(Some(&mut helper), segment, image, audio, visual)
+            }
+            None => self.run_pair(None, segment, image, audio, visual),
+        }
+    }
+
+    /// One pair: side by side through `helper` (the visual encoder's one-thread plan on this thread), else in turn.
+    fn run_pair(
+        &self,
+        helper: Option<&mut Helper>,
+        segment: &[f32],
+        image: &[f32],
+        audio: &mut Embedding,
+        visual: &mut Embedding,
+    ) -> Result<PairTimes, BundleError> {
         let t0 = Instant::now();
-        if let (Some(helper), Some(single)) = (&self.pair, &self.visual.single) {
+        if let (Some(helper), Some(single)) = (helper, &self.visual.single) {
             check_input(&self.audio, segment, AUDIO_INPUT)?;
             check_input(&self.visual, image, VISUAL_INPUT)?;
-            let mut helper = helper.lock().unwrap_or_else(|e| e.into_inner());
             let v = &self.visual;
             let (theirs, mine) = helper.run(segment, audio, || {
                 let t1 = Instant::now();
