@@ -3,7 +3,7 @@
 # cavsync-export): cavsync (tract) against onnxruntime on the same bundle, on this machine, in one
 # run; prints both latency tables and the ratio. Also checks onnxruntime against cavsync on the
 # official fixture bundle. Not part of CI (it takes minutes): run by hand.
-#   pip install onnxruntime numpy && bash scripts/bench_vs_onnxruntime.sh [THREADS]
+#   pip install onnxruntime onnx numpy && bash scripts/bench_vs_onnxruntime.sh [THREADS]
 # PROFILE=dev uses the test build (dependencies at opt-level 2, see Cargo.toml) instead of release.
 set -euo pipefail
 cd "$(dirname "$0")/.."

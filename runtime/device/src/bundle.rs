@@ -604,6 +604,10 @@ fn build_plan(
                     crate::rowops::replace_gelu(&mut m)?;
                     crate::intops::replace_int8_epilogues(&mut m)?;
                     #[cfg(target_arch = "x86_64")]
+                    if crate::intproduct::available() {
+                        crate::intproduct::fuse_int8_products(&mut m)?;
+                    }
+                    #[cfg(target_arch = "x86_64")]
                     crate::matops::replace_float_products(&mut m)?;
                     #[cfg(target_arch = "x86_64")]
                     crate::matops::fuse_bias_additions(&mut m)?;

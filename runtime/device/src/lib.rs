@@ -8,6 +8,8 @@ pub mod device;
 pub mod encode;
 mod graph;
 pub mod intops;
+#[cfg(target_arch = "x86_64")]
+pub mod intproduct;
 pub mod latency;
 #[cfg(target_arch = "x86_64")]
 pub mod matops;

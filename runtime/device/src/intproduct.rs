@@ -1,0 +1,771 @@
+//! int8 weight products of x86-64 CPU plans on AVX-512 VNNI, each one operator from f32 input
+//! to f32 output: the activation's quantization, the integer product and the rescale fused.
+//!
+//! A static int8 bundle runs each weight product as tract's `QuantizeLinearU8`, a quantized
+//! `EinSum` (u8 activations times i8 weights into i32) and the rescale ([`crate::intops`] makes
+//! the first and last one pass each). [`Int8Product`] does all three in one operator, with the
+//! weights packed once at plan time for a `vpdpbusd` micro-kernel of 8 rows by 48 columns; its
+//! outputs are tract's, bit for bit (the integer sums are exact, and the rescale multiplies and
+//! adds in the same order). [`fuse_int8_products`] puts it in place of each such chain.
+
+use std::arch::x86_64::*;
+
+use tract_linalg::multithread::{Executor, current_tract_executor};
+use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::tract_core::ops::einsum::EinSum;
+
+use crate::intops::{RowQuantizeU8, RowRescale, quantize_u8};
+use crate::rowops::sole_successor;
+
+/// Columns of one panel: one 512-bit register of i32 sums.
+const PANEL: usize = 16;
+/// Rows of the micro-kernel's tile.
+const TILE_ROWS: usize = 8;
+/// Panels of the micro-kernel's tile (24 accumulators, 3 weight and 1 activation register).
+const TILE_PANELS: usize = 3;
+/// Multiply-adds below which a product runs on the calling thread alone.
+const THREADED_MIN_MAC: usize = 1 << 21;
+
+/// Whether this CPU runs the AVX-512 VNNI kernel (otherwise [`fuse_int8_products`] leaves the graph to tract).
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// `x · W` for f32 rows `x` of length `k`: `x` quantized to u8 as `QuantizeLinear`, multiplied
+/// by int8 weights less the zero point `a0`, each output column then scaled and biased.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct Int8Product {
+    /// The input quantization's multiplier (1 / the ONNX scale), as tract holds it.
+    in_scale: Arc<Tensor>,
+    /// The input quantization's zero point.
+    in_zero: u8,
+    /// The zero point the product subtracts from the quantized input.
+    a0: i32,
+    /// The summed length (the product of the input's last `summed` axes).
+    k: usize,
+    /// How many of the input's last axes are summed.
+    summed: usize,
+    /// The output columns.
+    n: usize,
+    /// i8 weights in panels of 16 columns, 4 summed values per column at a time (zeros past `k` and `n`).
+    packed: Arc<Tensor>,
+    /// Each column's sum of weights (zeros past `n`).
+    column_sums: Arc<Tensor>,
+    /// Each column's scale (ones past `n`).
+    scale: Arc<Tensor>,
+    /// Each column's bias (zeros past `n`), where the layer has one.
+    bias: Option<Arc<Tensor>>,
+}
+
+/// Where the weight of summed index `row` and column `col` lies in the packed weights: blocks
+/// of `TILE_PANELS` panels (fewer in the last), each block step by step (4 summed values), each
+/// step panel by panel, each panel column by column, 4 bytes per column.
+fn weight_at(k4: usize, n: usize, row: usize, col: usize) -> usize {
+    let (block, panel, lane) = (
+        col / (PANEL * TILE_PANELS),
+        (col / PANEL) % TILE_PANELS,
+        col % PANEL,
+    );
+    let panels = (n.div_ceil(PANEL) - block * TILE_PANELS).min(TILE_PANELS);
+    block * TILE_PANELS * PANEL * k4
+        + (row / 4) * panels * 4 * PANEL
+        + panel * 4 * PANEL
+        + lane * 4
+        + row % 4
+}
+
+/// `len` rounded up to a multiple of `to`.
+fn round_up(len: usize, to: usize) -> usize {
+    len.div_ceil(to) * to
+}
+
+/// `values` padded with `fill` to `len`, as a tensor.
+fn padded<T: Datum + Copy>(values: &[T], len: usize, fill: T) -> Arc<Tensor> {
+    let mut v = values.to_vec();
+    v.resize(len, fill);
+    tensor1(&v).into_arc_tensor()
+}
+
+impl Int8Product {
+    /// The product of rows quantized by `quantize` with the `k` x `n` row-major `weights`, less
+    /// the zero point `a0`, rescaled by `rescale`; the rows span the input's last `summed` axes.
+    pub fn new(
+        quantize: &RowQuantizeU8,
+        a0: i32,
+        weights: &[i8],
+        (k, summed): (usize, usize),
+        n: usize,
+        rescale: &RowRescale,
+    ) -> TractResult<Int8Product> {
+        ensure!(
+            weights.len() == k * n && k > 0 && n > 0,
+            "Int8Product of {} weights for {k} x {n}",
+            weights.len()
+        );
+        let scale = rescale.scale.try_as_plain_ram()?;
+        let scale = scale.as_slice::<f32>()?;
+        ensure!(
+            scale.len() == n,
+            "Int8Product of {n} columns with {} scales",
+            scale.len()
+        );
+        let (k4, panels) = (round_up(k, 4), n.div_ceil(PANEL));
+        let mut packed = vec![0i8; panels * k4 * PANEL];
+        for (row, values) in weights.chunks_exact(n).enumerate() {
+            for (col, &w) in values.iter().enumerate() {
+                packed[weight_at(k4, n, row, col)] = w;
+            }
+        }
+        let sums: Vec<i32> = (0..n)
+            .map(|col| (0..k).map(|row| i32::from(weights[row * n + col])).sum())
+            .collect();
+        let width = panels * PANEL;
+        let bias = match &rescale.bias {
+            Some(b) => Some(padded(b.try_as_plain_ram()?.as_slice::<f32>()?, width, 0.0)),
+            None => None,
+        };
+        Ok(Int8Product {
+            in_scale: quantize.scale.clone(),
+            in_zero: quantize.zero_point,
+            a0,
+            k,
+            summed,
+            n,
+            packed: Tensor::from_shape(&[packed.len()], &packed)?.into_arc_tensor(),
+            column_sums: padded(&sums, width, 0),
+            scale: padded(scale, width, 1.0),
+            bias,
+        })
+    }
+}
+
+/// The operands of one product, shareable between the threads that compute its column blocks.
+#[derive(Clone, Copy)]
+struct Operands {
+    /// Quantized rows, `k4` bytes each, padded to whole tiles.
+    a: *const u8,
+    k4: usize,
+    /// Rows of the output.
+    m: usize,
+    packed: *const i8,
+    sums: *const i32,
+    scale: *const f32,
+    /// Null where there is no bias.
+    bias: *const f32,
+    a0: i32,
+    c: *mut f32,
+    n: usize,
+}
+
+// SAFETY: the pointers address buffers of one `eval`, which outlive every thread that uses them
+// (rayon joins before `eval` returns); column blocks write disjoint columns of C.
+unsafe impl Send for Operands {}
+// SAFETY: as for `Send`; threads only read the inputs.
+unsafe impl Sync for Operands {}
+
+impl Operands {
+    /// Computes the columns of block `block` (`TILE_PANELS` panels) for every row.
+    ///
+    /// # Safety
+    /// The operands must be those `Int8Product::eval` laid out, and no other thread may write
+    /// this block's columns.
+    unsafe fn block(self, block: usize, vnni: bool) {
+        let first = block * TILE_PANELS;
+        let panels = (self.n.div_ceil(PANEL) - first).min(TILE_PANELS);
+        let cols = (self.n - first * PANEL).min(panels * PANEL);
+        for row in (0..self.m).step_by(TILE_ROWS) {
+            let rows = (self.m - row).min(TILE_ROWS);
+            let tile = Tile {
+                a: unsafe { self.a.add(row * self.k4) },
+                b: unsafe { self.packed.add(first * PANEL * self.k4) },
+                c: unsafe { self.c.add(row * self.n + first * PANEL) },
+                rows,
+                cols,
+                first,
+            };
+            // SAFETY: the caller's contract; `vnni` was detected on this CPU.
+            unsafe {
+                match (vnni, panels) {
+                    (true, 4) => tile_vnni::<4>(self, tile),
+                    (true, 3) => tile_vnni::<3>(self, tile),
+                    (true, 2) => tile_vnni::<2>(self, tile),
+                    (true, _) => tile_vnni::<1>(self, tile),
+                    (false, _) => tile_portable(self, tile, panels),
+                }
+            }
+        }
+    }
+}
+
+/// Where one tile's operands start, and how much of it is real (not padding).
+#[derive(Clone, Copy)]
+struct Tile {
+    a: *const u8,
+    b: *const i8,
+    c: *mut f32,
+    rows: usize,
+    cols: usize,
+    /// The tile's first panel.
+    first: usize,
+}
+
+/// One tile of `P` panels: `TILE_ROWS` rows of sums by `vpdpbusd`, then each real value less the
+/// zero-point correction, converted, scaled and biased into C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_vnni<const P: usize>(op: Operands, t: Tile) {
+    let mut acc = [[_mm512_setzero_si512(); P]; TILE_ROWS];
+    for step in 0..op.k4 / 4 {
+        let mut b = [_mm512_setzero_si512(); P];
+        for (p, b) in b.iter_mut().enumerate() {
+            // SAFETY: the block holds `k4` values for every column of its `P` panels.
+            *b = unsafe { _mm512_loadu_si512(t.b.add((step * P + p) * 4 * PANEL).cast()) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: the quantized input is padded to whole tiles of `k4` values per row.
+            let four = unsafe { t.a.add(r * op.k4 + step * 4).cast::<i32>().read_unaligned() };
+            let a = _mm512_set1_epi32(four);
+            for (acc, &b) in acc.iter_mut().zip(&b) {
+                *acc = _mm512_dpbusd_epi32(*acc, a, b);
+            }
+        }
+    }
+    let a0 = _mm512_set1_epi32(op.a0);
+    for p in 0..P {
+        let col = p * PANEL;
+        if col >= t.cols {
+            break;
+        }
+        let lanes = (t.cols - col).min(PANEL);
+        let mask: __mmask16 = if lanes == PANEL { !0 } else { (1 << lanes) - 1 };
+        let at = (t.first + p) * PANEL;
+        // SAFETY: the per-column vectors are padded to whole panels.
+        let (sums, scale) = unsafe {
+            (
+                _mm512_loadu_si512(op.sums.add(at).cast()),
+                _mm512_loadu_ps(op.scale.add(at)),
+            )
+        };
+        let correction = _mm512_mullo_epi32(a0, sums);
+        let bias = (!op.bias.is_null()).then(|| unsafe { _mm512_loadu_ps(op.bias.add(at)) });
+        for (r, acc) in acc.iter().enumerate().take(t.rows) {
+            let exact = _mm512_sub_epi32(acc[p], correction);
+            let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), scale);
+            if let Some(bias) = bias {
+                v = _mm512_add_ps(v, bias);
+            }
+            // SAFETY: the mask keeps the store inside row `r`'s real columns of C.
+            unsafe { _mm512_mask_storeu_ps(t.c.add(r * op.n + col), mask, v) };
+        }
+    }
+}
+
+/// One tile as [`tile_vnni`] computes it, in plain integer arithmetic (CPUs without VNNI).
+///
+/// # Safety
+/// As for [`tile_vnni`].
+unsafe fn tile_portable(op: Operands, t: Tile, panels: usize) {
+    for r in 0..t.rows {
+        for col in 0..t.cols {
+            let (panel, lane) = (col / PANEL, col % PANEL);
+            let mut sum = 0i32;
+            for i in 0..op.k4 {
+                // SAFETY: inside the padded rows and panels.
+                let (a, b) = unsafe {
+                    (
+                        *t.a.add(r * op.k4 + i),
+                        *t.b.add(((i / 4) * panels + panel) * 4 * PANEL + lane * 4 + i % 4),
+                    )
+                };
+                sum = sum.wrapping_add(i32::from(a) * i32::from(b));
+            }
+            let at = t.first * PANEL + col;
+            // SAFETY: inside the padded per-column vectors and C's real columns.
+            unsafe {
+                let exact = sum.wrapping_sub(op.a0.wrapping_mul(*op.sums.add(at)));
+                let mut v = exact as f32 * *op.scale.add(at);
+                if !op.bias.is_null() {
+                    v += *op.bias.add(at);
+                }
+                *t.c.add(r * op.n + col) = v;
+            }
+        }
+    }
+}
+
+impl Op for Int8Product {
+    fn name(&self) -> StaticName {
+        "Int8Product".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} x {}, zero point {}{}",
+            self.k,
+            self.n,
+            self.a0,
+            if self.bias.is_some() { ", bias" } else { "" }
+        )])
+    }
+    op_as_typed_op!();
+}
+
+impl Int8Product {
+    /// Writes the product of the `k`-long rows `x` into `c` (`n`-long rows), on `pool`'s threads
+    /// where there is one, with the VNNI kernel where `vnni` says so.
+    fn compute(
+        &self,
+        x: &[f32],
+        c: &mut [f32],
+        pool: Option<&rayon::ThreadPool>,
+        vnni: bool,
+    ) -> TractResult<()> {
+        use rayon::prelude::*;
+        let (k, n) = (self.k, self.n);
+        let m = x.len() / k;
+        ensure!(
+            x.len() == m * k && c.len() == m * n,
+            "Int8Product of {} inputs into {} outputs",
+            x.len(),
+            c.len()
+        );
+        let k4 = round_up(k, 4);
+        let mut a = vec![0u8; round_up(m, TILE_ROWS) * k4];
+        let in_scale = self.in_scale.cast_to_scalar::<f32>()?;
+        let zero = i32::from(self.in_zero);
+        let quantize = |from: usize, rows: &mut [u8]| {
+            for (row, q) in (from..m).zip(rows.chunks_exact_mut(k4)) {
+                quantize_u8(&x[row * k..row * k + k], &mut q[..k], in_scale, zero);
+            }
+        };
+        let packed = self.packed.try_as_plain_ram()?;
+        let sums = self.column_sums.try_as_plain_ram()?;
+        let scale = self.scale.try_as_plain_ram()?;
+        let bias = self
+            .bias
+            .as_ref()
+            .map(|b| b.try_as_plain_ram())
+            .transpose()?;
+        let bias = bias.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
+        let operands = |a: &[u8], c: &mut [f32]| Operands {
+            a: a.as_ptr(),
+            k4,
+            m,
+            packed: packed.as_slice::<i8>().unwrap_or_default().as_ptr(),
+            sums: sums.as_slice::<i32>().unwrap_or_default().as_ptr(),
+            scale: scale.as_slice::<f32>().unwrap_or_default().as_ptr(),
+            bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+            a0: self.a0,
+            c: c.as_mut_ptr(),
+            n,
+        };
+        ensure!(
+            packed.as_slice::<i8>()?.len() == n.div_ceil(PANEL) * k4 * PANEL
+                && sums.as_slice::<i32>()?.len() == n.div_ceil(PANEL) * PANEL
+                && scale.as_slice::<f32>()?.len() == n.div_ceil(PANEL) * PANEL,
+            "Int8Product's packed operands do not match {k} x {n}"
+        );
+        let blocks = n.div_ceil(PANEL * TILE_PANELS);
+        match pool {
+            Some(pool) => pool.install(|| {
+                let part = round_up(m.div_ceil(pool.current_num_threads()), TILE_ROWS);
+                a.par_chunks_mut(part * k4)
+                    .enumerate()
+                    .for_each(|(i, rows)| quantize(i * part, rows));
+                let at = operands(&a, c);
+                (0..blocks).into_par_iter().for_each(|block| {
+                    // SAFETY: block `block` writes its own columns of C.
+                    unsafe { at.block(block, vnni) }
+                });
+            }),
+            None => {
+                quantize(0, &mut a);
+                let at = operands(&a, c);
+                for block in 0..blocks {
+                    // SAFETY: blocks run one after another.
+                    unsafe { at.block(block, vnni) }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Int8Product {
+    /// The output's shape for an input of `shape`: its kept axes, then the columns.
+    fn output_shape(&self, shape: &[usize]) -> TractResult<TVec<usize>> {
+        let kept = shape.len().checked_sub(self.summed);
+        let Some(kept) = kept.filter(|&kept| shape[kept..].iter().product::<usize>() == self.k)
+        else {
+            bail!(
+                "Int8Product summing {} values over the last {} axes of an input of shape {shape:?}",
+                self.k,
+                self.summed
+            );
+        };
+        Ok(shape[..kept].iter().copied().chain([self.n]).collect())
+    }
+}
+
+impl EvalOp for Int8Product {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let view = input.to_plain_array_view::<f32>()?;
+        let x = view.as_standard_layout();
+        let x = x
+            .as_slice()
+            .context("Int8Product input is not contiguous")?;
+        let shape = self.output_shape(input.shape())?;
+        // SAFETY: `compute` writes every element of C.
+        let mut c = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+        let pool = match current_tract_executor() {
+            Executor::MultiThread(pool) if x.len() * self.n >= THREADED_MIN_MAC => Some(pool),
+            _ => None,
+        };
+        {
+            let mut out = c.try_as_plain_ram_mut()?;
+            self.compute(x, out.as_slice_mut::<f32>()?, pool.as_deref(), available())?;
+        }
+        Ok(tvec!(c.into_tvalue()))
+    }
+}
+
+impl TypedOp for Int8Product {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let x = inputs[0];
+        ensure!(
+            x.datum_type == DatumType::F32,
+            "Int8Product of {:?} input",
+            x.datum_type
+        );
+        let shape = x
+            .shape
+            .as_concrete()
+            .context("Int8Product needs a concrete input shape")?;
+        Ok(tvec!(f32::fact(self.output_shape(shape)?)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let rows: TDim = inputs[0].shape.iter().rev().skip(self.summed).product();
+        Ok(tvec!((
+            Cost::FMA(DatumType::I32),
+            rows * (self.k * self.n).to_dim()
+        )))
+    }
+    as_op!();
+}
+
+/// The value of a constant scalar input of `node`, as i64, where it is one.
+fn scalar(model: &TypedModel, node: &TypedNode, slot: usize) -> Option<Tensor> {
+    let fact = model.outlet_fact(node.inputs[slot]).ok()?;
+    let konst = fact.konst.as_ref()?;
+    (konst.len() == 1).then(|| konst.clone().into_tensor())
+}
+
+/// Whether the constant scalar input `slot` of `node` equals `value`.
+fn scalar_is(model: &TypedModel, node: &TypedNode, slot: usize, value: f64) -> bool {
+    scalar(model, node, slot)
+        .and_then(|t| t.cast_to_scalar::<f64>().ok())
+        .is_some_and(|v| v == value)
+}
+
+/// The weights of a quantized `einsum` of input facts `a` and `b` that multiplies rows by a
+/// constant i8 matrix: A's last `s` axes summed with the `s` before B's last, in the same order,
+/// B's last axis the output's last, A's other axes kept in place, B's others of one element.
+/// Returns the weights as a `k` x `n` matrix, with `s`.
+fn weights_of(
+    einsum: &EinSum,
+    a: &TypedFact,
+    b: &TypedFact,
+) -> Option<(Vec<i8>, usize, usize, usize)> {
+    let konst = b.konst.as_ref()?;
+    let a_shape = a.shape.as_concrete()?;
+    let (ar, br) = (a_shape.len(), konst.rank());
+    let shape = konst.shape();
+    if konst.datum_type() != DatumType::I8 || ar == 0 || br < 2 {
+        return None;
+    }
+    let summed = einsum
+        .axes
+        .iter_all_axes()
+        .filter(|axis| {
+            axis.inputs[0].len() == 1 && axis.inputs[1].len() == 1 && axis.outputs[0].is_empty()
+        })
+        .count();
+    if summed == 0 || summed > ar || summed >= br {
+        return None;
+    }
+    let (kept, lead) = (ar - summed, br - 1 - summed);
+    for axis in einsum.axes.iter_all_axes() {
+        let (ia, ib, out) = (&axis.inputs[0], &axis.inputs[1], &axis.outputs[0]);
+        let fits = match (ia.as_slice(), ib.as_slice(), out.as_slice()) {
+            ([p], [q], []) => *p >= kept && *q >= lead && p - kept == q - lead,
+            ([], [q], [o]) => *q == br - 1 && *o == kept,
+            ([p], [], [o]) => p == o && *p < kept,
+            ([p], [q], [o]) => p == o && *p < kept && shape[*q] == 1,
+            ([], [q], []) => shape[*q] == 1,
+            _ => false,
+        };
+        if !fits {
+            return None;
+        }
+    }
+    let k: usize = a_shape[kept..].iter().product();
+    let n = shape[br - 1];
+    if shape[..lead].iter().any(|&d| d != 1) || shape[lead..br - 1].iter().product::<usize>() != k {
+        return None;
+    }
+    let plain = konst.try_as_plain_ram().ok()?;
+    Some((plain.as_slice::<i8>().ok()?.to_vec(), k, n, summed))
+}
+
+/// Replaces each chain of [`RowQuantizeU8`], a quantized `EinSum` by constant i8 weights (no
+/// weight zero point, unit scales, no bias) and [`RowRescale`] by one [`Int8Product`].
+pub fn fuse_int8_products(model: &mut TypedModel) -> TractResult<()> {
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(einsum) = node.op_as::<EinSum>() else {
+            continue;
+        };
+        if einsum.q_params != Some(DatumType::I32) || node.inputs.len() != 9 {
+            continue;
+        }
+        let source = model.node(node.inputs[0].node);
+        let Some(quantize) = source.op_as::<RowQuantizeU8>() else {
+            continue;
+        };
+        let units = [(2, 0.0), (4, 1.0), (5, 0.0), (6, 1.0), (7, 0.0), (8, 1.0)];
+        if !units
+            .iter()
+            .all(|&(slot, v)| scalar_is(model, node, slot, v))
+        {
+            continue;
+        }
+        let Some(a0) = scalar(model, node, 3).and_then(|t| t.cast_to_scalar::<i32>().ok()) else {
+            continue;
+        };
+        let Some(next) = sole_successor(model, id.into()) else {
+            continue;
+        };
+        let Some(rescale) = next.op_as::<RowRescale>() else {
+            continue;
+        };
+        let (a, b) = (
+            model.outlet_fact(node.inputs[0])?,
+            model.outlet_fact(node.inputs[1])?,
+        );
+        let Some((weights, k, n, summed)) = weights_of(einsum, a, b) else {
+            continue;
+        };
+        let op = Int8Product::new(quantize, a0, &weights, (k, summed), n, rescale)?;
+        let mut patch = TypedModelPatch::default();
+        let x = patch.tap_model(model, source.inputs[0])?;
+        let out = patch.wire_node(&node.name, op, &[x])?[0];
+        patch.shunt_outside(model, next.id.into(), out)?;
+        patch.apply(model)?;
+    }
+    model.compact()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_hir::tract_core::axes::AxesMapping;
+    use tract_onnx::tract_hir::tract_core::ops::cast::Cast;
+    use tract_onnx::tract_hir::tract_core::ops::element_wise::ElementWiseOp;
+    use tract_onnx::tract_hir::tract_core::ops::math::{add, mul};
+    use tract_onnx::tract_hir::tract_core::ops::quant::QuantizeLinearU8;
+
+    use crate::intops::replace_int8_epilogues;
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 104_729) % 1999) as f32 / 999.5) - 1.0)
+            .collect()
+    }
+
+    /// `x` of shape `[1, m, k]` through QuantizeLinear, MatMulInteger by `k` x `n` weights
+    /// (full-range i8) and the rescale, as tract wires a static int8 bundle's product: tract's
+    /// plan on `threads` threads, and the same with the chain fused.
+    fn both(
+        m: usize,
+        k: usize,
+        n: usize,
+        a0: u8,
+        bias: bool,
+        threads: usize,
+    ) -> (Tensor, Tensor, bool) {
+        let product = ("bmk,bkn,,,,,,,->bmn", &[1, m, k][..], &[1, k, n][..]);
+        both_of(product, a0, bias, threads)
+    }
+
+    /// As [`both`], for the product `expr` of an input and weights of these shapes.
+    fn both_of(
+        (expr, x_shape, w_shape): (&str, &[usize], &[usize]),
+        a0: u8,
+        bias: bool,
+        threads: usize,
+    ) -> (Tensor, Tensor, bool) {
+        let (len, n) = (x_shape.iter().product(), w_shape[w_shape.len() - 1]);
+        let out_rank = expr.split("->").nth(1).unwrap().len();
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact(x_shape)).unwrap();
+        let q = QuantizeLinearU8 {
+            scale: 37.0,
+            zero_point: a0,
+        };
+        let q = model
+            .wire_node("q", ElementWiseOp(Box::new(q), None), &[x])
+            .unwrap()[0];
+        let w_len = w_shape.iter().product();
+        let weights: Vec<i8> = (0..w_len).map(|i| ((i * 7919 + 13) % 255) as i8).collect();
+        let w = model
+            .add_const("w", Tensor::from_shape(w_shape, &weights).unwrap())
+            .unwrap();
+        let mut inputs = vec![q, w];
+        for (name, t) in [
+            ("bias", tensor0(0i32)),
+            ("a0", tensor0(a0)),
+            ("a_scale", tensor0(1f32)),
+            ("b0", tensor0(0i8)),
+            ("b_scale", tensor0(1f32)),
+            ("c0", tensor0(0i32)),
+            ("c_scale", tensor0(1f32)),
+        ] {
+            inputs.push(model.add_const(name, t).unwrap());
+        }
+        let axes: AxesMapping = expr.parse().unwrap();
+        let p = model
+            .wire_node(
+                "p",
+                EinSum::newq(axes, DatumType::I32, DatumType::I32),
+                &inputs,
+            )
+            .unwrap();
+        let f = model
+            .wire_node("cast", Cast { to: DatumType::F32 }, &p)
+            .unwrap();
+        let scale: Vec<f32> = (0..n).map(|c| 1e-4 * (c as f32 + 0.37)).collect();
+        let mut per_column = vec![1; out_rank];
+        per_column[out_rank - 1] = n;
+        let s = model
+            .add_const("s", Tensor::from_shape(&per_column, &scale).unwrap())
+            .unwrap();
+        let mut y = model.wire_node("mul", mul(), &[f[0], s]).unwrap();
+        if bias {
+            let terms: Vec<f32> = (0..n).map(|c| c as f32 / 7.0 - 3.0).collect();
+            let b = model
+                .add_const("b", Tensor::from_shape(&per_column, &terms).unwrap())
+                .unwrap();
+            y = model.wire_node("add", add(), &[y[0], b]).unwrap();
+        }
+        model.select_output_outlets(&y).unwrap();
+        let mut model = model.into_decluttered().unwrap();
+        replace_int8_epilogues(&mut model).unwrap();
+        let input = Tensor::from_shape(x_shape, &values(len, 1)).unwrap();
+        let options = crate::bundle::PlanOptions { threads }
+            .run_options()
+            .unwrap();
+        let run = |model: TypedModel| {
+            model
+                .into_optimized()
+                .unwrap()
+                .into_runnable_with_options(&options)
+                .unwrap()
+                .run(tvec!(input.clone().into_tvalue()))
+                .unwrap()
+                .remove(0)
+                .into_tensor()
+        };
+        let reference = run(model.clone());
+        fuse_int8_products(&mut model).unwrap();
+        let fused = model.nodes().iter().any(|n| n.op_is::<Int8Product>());
+        (reference, run(model), fused)
+    }
+
+    #[test]
+    fn fused_products_match_tract_bit_for_bit() {
+        // Rows and columns that fill whole tiles and that leave remainders, sums not a multiple
+        // of 4, zero points 128 (the static scheme's) and others.
+        for (m, k, n, a0, bias) in [
+            (6, 64, 64, 128, true),
+            (1, 8, 16, 128, false),
+            (7, 37, 65, 128, true),
+            (217, 96, 130, 128, true),
+            (13, 64, 200, 0, true),
+            (5, 33, 17, 255, false),
+        ] {
+            let (reference, ours, fused) = both(m, k, n, a0, bias, 1);
+            assert!(fused, "{m} x {k} x {n} was not fused");
+            assert_eq!(ours, reference, "{m} x {k} x {n}, zero point {a0}");
+        }
+    }
+
+    #[test]
+    fn both_kernels_give_the_integer_sums_rescaled() {
+        let (m, k, n, a0) = (13, 37, 70, 128);
+        let x = values(m * k, 5);
+        let weights: Vec<i8> = (0..k * n)
+            .map(|i| ((i * 104_729 + 7) % 255) as i8)
+            .collect();
+        let scale: Vec<f32> = (0..n).map(|c| 1e-3 / (c as f32 + 1.5)).collect();
+        let bias: Vec<f32> = (0..n).map(|c| c as f32 - 20.0).collect();
+        let quantize = RowQuantizeU8 {
+            scale: tensor0(41.0f32).into_arc_tensor(),
+            zero_point: 128,
+        };
+        let rescale = RowRescale {
+            scale: tensor1(&scale).into_arc_tensor(),
+            bias: Some(tensor1(&bias).into_arc_tensor()),
+        };
+        let op = Int8Product::new(&quantize, a0, &weights, (k, 1), n, &rescale).unwrap();
+        let mut q = vec![0u8; m * k];
+        quantize_u8(&x, &mut q, 41.0, 128);
+        let want: Vec<f32> = (0..m * n)
+            .map(|i| {
+                let (r, c) = (i / n, i % n);
+                let sum: i32 = (0..k)
+                    .map(|j| (i32::from(q[r * k + j]) - a0) * i32::from(weights[j * n + c]))
+                    .sum();
+                sum as f32 * scale[c] + bias[c]
+            })
+            .collect();
+        let kernels = if available() {
+            vec![false, true]
+        } else {
+            vec![false]
+        };
+        for vnni in kernels {
+            let mut c = vec![f32::NAN; m * n];
+            op.compute(&x, &mut c, None, vnni).unwrap();
+            assert_eq!(c, want, "vnni: {vnni}");
+        }
+    }
+
+    #[test]
+    fn products_summed_over_heads_match_tract_bit_for_bit() {
+        // An attention output projection: each row's heads and their values summed at once.
+        for threads in [1, 2] {
+            let product = ("mak,akn,,,,,,,->mn", &[217, 12, 64][..], &[12, 64, 96][..]);
+            let (reference, ours, fused) = both_of(product, 128, true, threads);
+            assert!(fused);
+            assert_eq!(ours, reference, "on {threads} threads");
+        }
+        // The heads are not the input's trailing axes: left to tract.
+        let product = ("amk,akn,,,,,,,->mn", &[4, 21, 16][..], &[4, 16, 24][..]);
+        let (reference, ours, fused) = both_of(product, 128, true, 1);
+        assert!(!fused);
+        assert_eq!(ours, reference);
+    }
+
+    #[test]
+    fn threaded_fused_products_match_tract_bit_for_bit() {
+        for (m, k, n) in [(217, 128, 192), (97, 256, 100)] {
+            let (reference, ours, fused) = both(m, k, n, 128, true, 2);
+            assert!(fused);
+            assert_eq!(ours, reference, "{m} x {k} x {n} on 2 threads");
+        }
+    }
+}
