@@ -1,14 +1,17 @@
-//! int8 weight products of x86-64 CPU plans on AVX-512 VNNI, each one operator from f32 input
-//! to f32 output: the activation's quantization, the integer product and the rescale fused.
+//! int8 weight products of x86-64 CPU plans, each one operator from f32 input to f32 output:
+//! the activation's quantization, the integer product and the rescale fused.
 //!
 //! A static int8 bundle runs each weight product as tract's `QuantizeLinearU8`, a quantized
 //! `EinSum` (u8 activations times i8 weights into i32) and the rescale ([`crate::intops`] makes
 //! the first and last one pass each). [`Int8Product`] does all three in one operator, with the
-//! weights packed once at plan time for a `vpdpbusd` micro-kernel of 8 rows by 48 columns; its
-//! outputs are tract's, bit for bit (the integer sums are exact, and the rescale multiplies and
-//! adds in the same order). [`fuse_int8_products`] puts it in place of each such chain.
+//! weights packed once at plan time for the best [`Kernel`] the CPU has: AMX tiles (`tdpbusd`,
+//! Sapphire Rapids and later) or AVX-512 VNNI registers (`vpdpbusd`). Its outputs are tract's,
+//! bit for bit (the integer sums are exact, and the rescale multiplies and adds in the same
+//! order). [`fuse_int8_products`] puts it in place of each such chain.
 
+use std::arch::asm;
 use std::arch::x86_64::*;
+use std::sync::OnceLock;
 
 use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_onnx::tract_hir::internal::*;
@@ -17,20 +20,87 @@ use tract_onnx::tract_hir::tract_core::ops::einsum::EinSum;
 use crate::intops::{RowQuantizeU8, RowRescale, quantize_u8};
 use crate::rowops::sole_successor;
 
-/// Columns of one panel: one 512-bit register of i32 sums.
+/// Columns of one panel: one 512-bit register (or one AMX tile row) of i32 sums.
 const PANEL: usize = 16;
-/// Rows of the micro-kernel's tile.
-const TILE_ROWS: usize = 8;
-/// Panels of the micro-kernel's tile (24 accumulators, 3 weight and 1 activation register).
-const TILE_PANELS: usize = 3;
+/// Summed values of one step of the packed operands: one AMX tile row of u8 (all kernels pad to it).
+const STEP: usize = 64;
 /// Multiply-adds below which a product runs on the calling thread alone.
 const THREADED_MIN_MAC: usize = 1 << 21;
 
-/// Whether this CPU runs the AVX-512 VNNI kernel (otherwise [`fuse_int8_products`] leaves the graph to tract).
-pub fn available() -> bool {
+/// The micro-kernel of an [`Int8Product`], which also sets how its weights are packed.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Kernel {
+    /// AMX tiles: 32 rows by 32 columns, four `tdpbusd` per 64 summed values.
+    Amx,
+    /// AVX-512 VNNI: 8 rows by 48 columns in 24 registers of `vpdpbusd` sums.
+    Vnni,
+    /// Plain integer arithmetic, for CPUs with neither (and to check the others).
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU (and its operating system, for AMX) runs.
+    pub fn best() -> Kernel {
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            if amx_enabled() {
+                Kernel::Amx
+            } else if vnni() {
+                Kernel::Vnni
+            } else {
+                Kernel::Portable
+            }
+        })
+    }
+
+    /// Panels per block of packed weights (the columns one tile covers).
+    fn panels(self) -> usize {
+        match self {
+            Kernel::Amx => 2,
+            Kernel::Vnni | Kernel::Portable => 3,
+        }
+    }
+
+    /// Rows of one tile.
+    fn rows(self) -> usize {
+        match self {
+            Kernel::Amx => 32,
+            Kernel::Vnni | Kernel::Portable => 8,
+        }
+    }
+}
+
+/// Whether this CPU has AVX-512 VNNI.
+fn vnni() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Whether this CPU has AMX-INT8 and Linux lets this process use the tile registers (asked for
+/// once, as the kernel requires before the first tile instruction).
+fn amx_enabled() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // CPUID leaf 7 exists on every x86-64 CPU with AVX-512, checked first.
+    let leaf7 = vnni().then(|| __cpuid_count(7, 0));
+    let (tile, int8) = leaf7.map_or((false, false), |l| {
+        (l.edx >> 24 & 1 == 1, l.edx >> 25 & 1 == 1)
+    });
+    // SAFETY: the request only changes which state the kernel saves for this process's threads.
+    tile && int8
+        && unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        } == 0
+}
+
+/// Whether this CPU runs a fused kernel (otherwise [`fuse_int8_products`] leaves the graph to tract).
+pub fn available() -> bool {
+    Kernel::best() != Kernel::Portable
 }
 
 /// `x · W` for f32 rows `x` of length `k`: `x` quantized to u8 as `QuantizeLinear`, multiplied
@@ -49,7 +119,9 @@ pub struct Int8Product {
     summed: usize,
     /// The output columns.
     n: usize,
-    /// i8 weights in panels of 16 columns, 4 summed values per column at a time (zeros past `k` and `n`).
+    /// The kernel the weights are packed for.
+    kernel: Kernel,
+    /// i8 weights as [`weight_at`] lays them out (zeros past `k` and `n`).
     packed: Arc<Tensor>,
     /// Each column's sum of weights (zeros past `n`).
     column_sums: Arc<Tensor>,
@@ -59,17 +131,19 @@ pub struct Int8Product {
     bias: Option<Arc<Tensor>>,
 }
 
-/// Where the weight of summed index `row` and column `col` lies in the packed weights: blocks
-/// of `TILE_PANELS` panels (fewer in the last), each block step by step (4 summed values), each
-/// step panel by panel, each panel column by column, 4 bytes per column.
-fn weight_at(k4: usize, n: usize, row: usize, col: usize) -> usize {
+/// Where the weight of summed index `row` and column `col` lies in weights packed for `kernel`
+/// (`kp` summed values, `n` columns): blocks of the kernel's panels (fewer in the last), each
+/// block 4 summed values at a time, each such step panel by panel, each panel column by column,
+/// 4 bytes per column (the layout of `vpdpbusd`'s operand and of a `tdpbusd` weight tile).
+fn weight_at(kernel: Kernel, kp: usize, n: usize, row: usize, col: usize) -> usize {
+    let per_block = kernel.panels();
     let (block, panel, lane) = (
-        col / (PANEL * TILE_PANELS),
-        (col / PANEL) % TILE_PANELS,
+        col / (PANEL * per_block),
+        (col / PANEL) % per_block,
         col % PANEL,
     );
-    let panels = (n.div_ceil(PANEL) - block * TILE_PANELS).min(TILE_PANELS);
-    block * TILE_PANELS * PANEL * k4
+    let panels = (n.div_ceil(PANEL) - block * per_block).min(per_block);
+    block * per_block * PANEL * kp
         + (row / 4) * panels * 4 * PANEL
         + panel * 4 * PANEL
         + lane * 4
@@ -91,6 +165,7 @@ fn padded<T: Datum + Copy>(values: &[T], len: usize, fill: T) -> Arc<Tensor> {
 impl Int8Product {
     /// The product of rows quantized by `quantize` with the `k` x `n` row-major `weights`, less
     /// the zero point `a0`, rescaled by `rescale`; the rows span the input's last `summed` axes.
+    /// Packed for `kernel`.
     pub fn new(
         quantize: &RowQuantizeU8,
         a0: i32,
@@ -98,6 +173,7 @@ impl Int8Product {
         (k, summed): (usize, usize),
         n: usize,
         rescale: &RowRescale,
+        kernel: Kernel,
     ) -> TractResult<Int8Product> {
         ensure!(
             weights.len() == k * n && k > 0 && n > 0,
@@ -111,11 +187,11 @@ impl Int8Product {
             "Int8Product of {n} columns with {} scales",
             scale.len()
         );
-        let (k4, panels) = (round_up(k, 4), n.div_ceil(PANEL));
-        let mut packed = vec![0i8; panels * k4 * PANEL];
+        let (kp, panels) = (round_up(k, STEP), n.div_ceil(PANEL));
+        let mut packed = vec![0i8; panels * kp * PANEL];
         for (row, values) in weights.chunks_exact(n).enumerate() {
             for (col, &w) in values.iter().enumerate() {
-                packed[weight_at(k4, n, row, col)] = w;
+                packed[weight_at(kernel, kp, n, row, col)] = w;
             }
         }
         let sums: Vec<i32> = (0..n)
@@ -133,6 +209,7 @@ impl Int8Product {
             k,
             summed,
             n,
+            kernel,
             packed: Tensor::from_shape(&[packed.len()], &packed)?.into_arc_tensor(),
             column_sums: padded(&sums, width, 0),
             scale: padded(scale, width, 1.0),
@@ -144,9 +221,10 @@ impl Int8Product {
 /// The operands of one product, shareable between the threads that compute its column blocks.
 #[derive(Clone, Copy)]
 struct Operands {
-    /// Quantized rows, `k4` bytes each, padded to whole tiles.
+    kernel: Kernel,
+    /// Quantized rows, `kp` bytes each, padded to whole tiles.
     a: *const u8,
-    k4: usize,
+    kp: usize,
     /// Rows of the output.
     m: usize,
     packed: *const i8,
@@ -165,36 +243,74 @@ unsafe impl Send for Operands {}
 // SAFETY: as for `Send`; threads only read the inputs.
 unsafe impl Sync for Operands {}
 
+/// The AMX tile configuration of [`tile_amx`]: tiles 0-3 the sums (16 rows of 16 i32), 4-5
+/// the input (16 rows of 64 u8), 6-7 the weights (16 steps of 16 columns by 4 i8).
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    bytes_per_row: [u16; 16],
+    rows: [u8; 16],
+}
+
+impl TileConfig {
+    /// Eight tiles of 16 rows of 64 bytes.
+    fn eight_full() -> TileConfig {
+        let mut config = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            bytes_per_row: [0; 16],
+            rows: [0; 16],
+        };
+        config.bytes_per_row[..8].fill(64);
+        config.rows[..8].fill(16);
+        config
+    }
+}
+
 impl Operands {
-    /// Computes the columns of block `block` (`TILE_PANELS` panels) for every row.
+    /// Computes the columns of block `block` for every row.
     ///
     /// # Safety
-    /// The operands must be those `Int8Product::eval` laid out, and no other thread may write
-    /// this block's columns.
-    unsafe fn block(self, block: usize, vnni: bool) {
-        let first = block * TILE_PANELS;
-        let panels = (self.n.div_ceil(PANEL) - first).min(TILE_PANELS);
+    /// The operands must be those `Int8Product::compute` laid out, with a kernel this CPU runs,
+    /// and no other thread may write this block's columns.
+    unsafe fn block(self, block: usize) {
+        let per_block = self.kernel.panels();
+        let first = block * per_block;
+        let panels = (self.n.div_ceil(PANEL) - first).min(per_block);
         let cols = (self.n - first * PANEL).min(panels * PANEL);
-        for row in (0..self.m).step_by(TILE_ROWS) {
-            let rows = (self.m - row).min(TILE_ROWS);
+        let tile_rows = self.kernel.rows();
+        if self.kernel == Kernel::Amx {
+            let config = TileConfig::eight_full();
+            // SAFETY: AMX is enabled for this process (`Kernel::best`).
+            unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
+        }
+        for row in (0..self.m).step_by(tile_rows) {
             let tile = Tile {
-                a: unsafe { self.a.add(row * self.k4) },
-                b: unsafe { self.packed.add(first * PANEL * self.k4) },
+                a: unsafe { self.a.add(row * self.kp) },
+                b: unsafe { self.packed.add(first * PANEL * self.kp) },
                 c: unsafe { self.c.add(row * self.n + first * PANEL) },
-                rows,
+                rows: (self.m - row).min(tile_rows),
                 cols,
                 first,
             };
-            // SAFETY: the caller's contract; `vnni` was detected on this CPU.
+            // SAFETY: the caller's contract.
             unsafe {
-                match (vnni, panels) {
-                    (true, 4) => tile_vnni::<4>(self, tile),
-                    (true, 3) => tile_vnni::<3>(self, tile),
-                    (true, 2) => tile_vnni::<2>(self, tile),
-                    (true, _) => tile_vnni::<1>(self, tile),
-                    (false, _) => tile_portable(self, tile, panels),
+                match (self.kernel, panels) {
+                    (Kernel::Amx, 2) => tile_amx::<2>(self, tile),
+                    (Kernel::Amx, _) => tile_amx::<1>(self, tile),
+                    (Kernel::Vnni, 3) => tile_vnni::<3>(self, tile),
+                    (Kernel::Vnni, 2) => tile_vnni::<2>(self, tile),
+                    (Kernel::Vnni, _) => tile_vnni::<1>(self, tile),
+                    (Kernel::Portable, _) => tile_portable(self, tile, panels),
                 }
             }
+        }
+        if self.kernel == Kernel::Amx {
+            // SAFETY: as above; the tiles are not used again until configured anew.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
         }
     }
 }
@@ -211,57 +327,141 @@ struct Tile {
     first: usize,
 }
 
-/// One tile of `P` panels: `TILE_ROWS` rows of sums by `vpdpbusd`, then each real value less the
-/// zero-point correction, converted, scaled and biased into C.
+/// Writes the sums `acc` of row `r`, panel `p` of tile `t` into C: less the zero-point
+/// correction, converted, scaled and biased, the real columns only.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn finish(op: &Operands, t: &Tile, r: usize, p: usize, acc: __m512i) {
+    let col = p * PANEL;
+    let lanes = (t.cols - col).min(PANEL);
+    let mask: __mmask16 = if lanes == PANEL { !0 } else { (1 << lanes) - 1 };
+    let at = (t.first + p) * PANEL;
+    // SAFETY: the per-column vectors are padded to whole panels, and the mask keeps the store
+    // inside row `r`'s real columns of C.
+    unsafe {
+        let correction = _mm512_mullo_epi32(
+            _mm512_set1_epi32(op.a0),
+            _mm512_loadu_si512(op.sums.add(at).cast()),
+        );
+        let exact = _mm512_sub_epi32(acc, correction);
+        let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_loadu_ps(op.scale.add(at)));
+        if !op.bias.is_null() {
+            v = _mm512_add_ps(v, _mm512_loadu_ps(op.bias.add(at)));
+        }
+        _mm512_mask_storeu_ps(t.c.add(r * op.n + col), mask, v);
+    }
+}
+
+/// One tile of `P` panels: 32 rows of sums in AMX tiles (two of 16 rows per panel), then
+/// [`finish`]ed from memory.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn tile_amx<const P: usize>(op: Operands, t: Tile) {
+    let (a_stride, b_stride) = (op.kp, P * 4 * PANEL);
+    let lower = unsafe { t.a.add(16 * op.kp) };
+    // SAFETY (every tile instruction): the tiles are configured (`Operands::block`); the input is
+    // padded to 32 rows of `kp` bytes and the block holds `kp` summed values of `P` panels.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+        for step in 0..op.kp / STEP {
+            let b = t.b.add(step * (STEP / 4) * b_stride);
+            asm!(
+                "tileloadd tmm4, [{a} + {sa}*1]",
+                "tileloadd tmm5, [{l} + {sa}*1]",
+                "tileloadd tmm6, [{b} + {sb}*1]",
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tdpbusd tmm2, tmm5, tmm6",
+                a = in(reg) t.a.add(step * STEP),
+                l = in(reg) lower.add(step * STEP),
+                b = in(reg) b,
+                sa = in(reg) a_stride,
+                sb = in(reg) b_stride,
+                options(nostack, readonly),
+            );
+            if P == 2 {
+                asm!(
+                    "tileloadd tmm7, [{b} + {sb}*1]",
+                    "tdpbusd tmm1, tmm4, tmm7",
+                    "tdpbusd tmm3, tmm5, tmm7",
+                    b = in(reg) b.add(4 * PANEL),
+                    sb = in(reg) b_stride,
+                    options(nostack, readonly),
+                );
+            }
+        }
+    }
+    let mut sums = [[0i32; 2 * PANEL]; 32];
+    let row_bytes = 2 * PANEL * 4;
+    // SAFETY: each store writes 16 rows of 64 bytes inside `sums`.
+    unsafe {
+        let at = sums.as_mut_ptr().cast::<u8>();
+        asm!(
+            "tilestored [{upper} + {s}*1], tmm0",
+            "tilestored [{upper2} + {s}*1], tmm1",
+            "tilestored [{lower} + {s}*1], tmm2",
+            "tilestored [{lower2} + {s}*1], tmm3",
+            upper = in(reg) at,
+            upper2 = in(reg) at.add(4 * PANEL),
+            lower = in(reg) at.add(16 * row_bytes),
+            lower2 = in(reg) at.add(16 * row_bytes + 4 * PANEL),
+            s = in(reg) row_bytes,
+            options(nostack),
+        );
+    }
+    for (r, row) in sums.iter().enumerate().take(t.rows) {
+        for p in 0..P {
+            if p * PANEL < t.cols {
+                // SAFETY: 16 i32 of this row's panel `p`; the tile's own operands.
+                unsafe {
+                    finish(
+                        &op,
+                        &t,
+                        r,
+                        p,
+                        _mm512_loadu_si512(row[p * PANEL..].as_ptr().cast()),
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// One tile of `P` panels: 8 rows of sums by `vpdpbusd` in registers, then [`finish`]ed.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile_vnni<const P: usize>(op: Operands, t: Tile) {
-    let mut acc = [[_mm512_setzero_si512(); P]; TILE_ROWS];
-    for step in 0..op.k4 / 4 {
+    let mut acc = [[_mm512_setzero_si512(); P]; 8];
+    for step in 0..op.kp / 4 {
         let mut b = [_mm512_setzero_si512(); P];
         for (p, b) in b.iter_mut().enumerate() {
-            // SAFETY: the block holds `k4` values for every column of its `P` panels.
+            // SAFETY: the block holds `kp` values for every column of its `P` panels.
             *b = unsafe { _mm512_loadu_si512(t.b.add((step * P + p) * 4 * PANEL).cast()) };
         }
         for (r, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: the quantized input is padded to whole tiles of `k4` values per row.
-            let four = unsafe { t.a.add(r * op.k4 + step * 4).cast::<i32>().read_unaligned() };
+            // SAFETY: the quantized input is padded to whole tiles of `kp` values per row.
+            let four = unsafe { t.a.add(r * op.kp + step * 4).cast::<i32>().read_unaligned() };
             let a = _mm512_set1_epi32(four);
             for (acc, &b) in acc.iter_mut().zip(&b) {
                 *acc = _mm512_dpbusd_epi32(*acc, a, b);
             }
         }
     }
-    let a0 = _mm512_set1_epi32(op.a0);
-    for p in 0..P {
-        let col = p * PANEL;
-        if col >= t.cols {
-            break;
-        }
-        let lanes = (t.cols - col).min(PANEL);
-        let mask: __mmask16 = if lanes == PANEL { !0 } else { (1 << lanes) - 1 };
-        let at = (t.first + p) * PANEL;
-        // SAFETY: the per-column vectors are padded to whole panels.
-        let (sums, scale) = unsafe {
-            (
-                _mm512_loadu_si512(op.sums.add(at).cast()),
-                _mm512_loadu_ps(op.scale.add(at)),
-            )
-        };
-        let correction = _mm512_mullo_epi32(a0, sums);
-        let bias = (!op.bias.is_null()).then(|| unsafe { _mm512_loadu_ps(op.bias.add(at)) });
-        for (r, acc) in acc.iter().enumerate().take(t.rows) {
-            let exact = _mm512_sub_epi32(acc[p], correction);
-            let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), scale);
-            if let Some(bias) = bias {
-                v = _mm512_add_ps(v, bias);
+    // Every row and panel visited (a loop of fixed length, unrolled), so the sums stay in registers.
+    for (r, row) in acc.iter().enumerate() {
+        for (p, &sums) in row.iter().enumerate() {
+            if r < t.rows && p * PANEL < t.cols {
+                // SAFETY: the tile's own operands.
+                unsafe { finish(&op, &t, r, p, sums) };
             }
-            // SAFETY: the mask keeps the store inside row `r`'s real columns of C.
-            unsafe { _mm512_mask_storeu_ps(t.c.add(r * op.n + col), mask, v) };
         }
     }
 }
 
-/// One tile as [`tile_vnni`] computes it, in plain integer arithmetic (CPUs without VNNI).
+/// One tile as the other kernels compute it, in plain integer arithmetic.
 ///
 /// # Safety
 /// As for [`tile_vnni`].
@@ -270,11 +470,11 @@ unsafe fn tile_portable(op: Operands, t: Tile, panels: usize) {
         for col in 0..t.cols {
             let (panel, lane) = (col / PANEL, col % PANEL);
             let mut sum = 0i32;
-            for i in 0..op.k4 {
+            for i in 0..op.kp {
                 // SAFETY: inside the padded rows and panels.
                 let (a, b) = unsafe {
                     (
-                        *t.a.add(r * op.k4 + i),
+                        *t.a.add(r * op.kp + i),
                         *t.b.add(((i / 4) * panels + panel) * 4 * PANEL + lane * 4 + i % 4),
                     )
                 };
@@ -300,11 +500,12 @@ impl Op for Int8Product {
     }
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{} x {}, zero point {}{}",
+            "{} x {}, zero point {}{}, {:?} kernel",
             self.k,
             self.n,
             self.a0,
-            if self.bias.is_some() { ", bias" } else { "" }
+            if self.bias.is_some() { ", bias" } else { "" },
+            self.kernel
         )])
     }
     op_as_typed_op!();
@@ -312,13 +513,12 @@ impl Op for Int8Product {
 
 impl Int8Product {
     /// Writes the product of the `k`-long rows `x` into `c` (`n`-long rows), on `pool`'s threads
-    /// where there is one, with the VNNI kernel where `vnni` says so.
+    /// where there is one.
     fn compute(
         &self,
         x: &[f32],
         c: &mut [f32],
         pool: Option<&rayon::ThreadPool>,
-        vnni: bool,
     ) -> TractResult<()> {
         use rayon::prelude::*;
         let (k, n) = (self.k, self.n);
@@ -329,12 +529,13 @@ impl Int8Product {
             x.len(),
             c.len()
         );
-        let k4 = round_up(k, 4);
-        let mut a = vec![0u8; round_up(m, TILE_ROWS) * k4];
+        let kp = round_up(k, STEP);
+        let tile_rows = self.kernel.rows();
+        let mut a = vec![0u8; round_up(m, tile_rows) * kp];
         let in_scale = self.in_scale.cast_to_scalar::<f32>()?;
         let zero = i32::from(self.in_zero);
         let quantize = |from: usize, rows: &mut [u8]| {
-            for (row, q) in (from..m).zip(rows.chunks_exact_mut(k4)) {
+            for (row, q) in (from..m).zip(rows.chunks_exact_mut(kp)) {
                 quantize_u8(&x[row * k..row * k + k], &mut q[..k], in_scale, zero);
             }
         };
@@ -347,35 +548,40 @@ impl Int8Product {
             .map(|b| b.try_as_plain_ram())
             .transpose()?;
         let bias = bias.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
+        let (packed, sums, scale) = (
+            packed.as_slice::<i8>()?,
+            sums.as_slice::<i32>()?,
+            scale.as_slice::<f32>()?,
+        );
+        let width = n.div_ceil(PANEL) * PANEL;
+        ensure!(
+            packed.len() == width * kp && sums.len() == width && scale.len() == width,
+            "Int8Product's packed operands do not match {k} x {n}"
+        );
         let operands = |a: &[u8], c: &mut [f32]| Operands {
+            kernel: self.kernel,
             a: a.as_ptr(),
-            k4,
+            kp,
             m,
-            packed: packed.as_slice::<i8>().unwrap_or_default().as_ptr(),
-            sums: sums.as_slice::<i32>().unwrap_or_default().as_ptr(),
-            scale: scale.as_slice::<f32>().unwrap_or_default().as_ptr(),
+            packed: packed.as_ptr(),
+            sums: sums.as_ptr(),
+            scale: scale.as_ptr(),
             bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
             a0: self.a0,
             c: c.as_mut_ptr(),
             n,
         };
-        ensure!(
-            packed.as_slice::<i8>()?.len() == n.div_ceil(PANEL) * k4 * PANEL
-                && sums.as_slice::<i32>()?.len() == n.div_ceil(PANEL) * PANEL
-                && scale.as_slice::<f32>()?.len() == n.div_ceil(PANEL) * PANEL,
-            "Int8Product's packed operands do not match {k} x {n}"
-        );
-        let blocks = n.div_ceil(PANEL * TILE_PANELS);
+        let blocks = n.div_ceil(PANEL * self.kernel.panels());
         match pool {
             Some(pool) => pool.install(|| {
-                let part = round_up(m.div_ceil(pool.current_num_threads()), TILE_ROWS);
-                a.par_chunks_mut(part * k4)
+                let part = round_up(m.div_ceil(pool.current_num_threads()), tile_rows);
+                a.par_chunks_mut(part * kp)
                     .enumerate()
                     .for_each(|(i, rows)| quantize(i * part, rows));
                 let at = operands(&a, c);
                 (0..blocks).into_par_iter().for_each(|block| {
                     // SAFETY: block `block` writes its own columns of C.
-                    unsafe { at.block(block, vnni) }
+                    unsafe { at.block(block) }
                 });
             }),
             None => {
@@ -383,7 +589,7 @@ impl Int8Product {
                 let at = operands(&a, c);
                 for block in 0..blocks {
                     // SAFETY: blocks run one after another.
-                    unsafe { at.block(block, vnni) }
+                    unsafe { at.block(block) }
                 }
             }
         }
@@ -426,7 +632,7 @@ impl EvalOp for Int8Product {
         };
         {
             let mut out = c.try_as_plain_ram_mut()?;
-            self.compute(x, out.as_slice_mut::<f32>()?, pool.as_deref(), available())?;
+            self.compute(x, out.as_slice_mut::<f32>()?, pool.as_deref())?;
         }
         Ok(tvec!(c.into_tvalue()))
     }
@@ -559,7 +765,15 @@ pub fn fuse_int8_products(model: &mut TypedModel) -> TractResult<()> {
         let Some((weights, k, n, summed)) = weights_of(einsum, a, b) else {
             continue;
         };
-        let op = Int8Product::new(quantize, a0, &weights, (k, summed), n, rescale)?;
+        let op = Int8Product::new(
+            quantize,
+            a0,
+            &weights,
+            (k, summed),
+            n,
+            rescale,
+            Kernel::best(),
+        )?;
         let mut patch = TypedModelPatch::default();
         let x = patch.tap_model(model, source.inputs[0])?;
         let out = patch.wire_node(&node.name, op, &[x])?[0];
@@ -704,8 +918,14 @@ mod tests {
     }
 
     #[test]
-    fn both_kernels_give_the_integer_sums_rescaled() {
-        let (m, k, n, a0) = (13, 37, 70, 128);
+    fn every_kernel_gives_the_integer_sums_rescaled() {
+        for (m, k, n, a0) in [(13, 37, 70, 128), (45, 130, 33, 3), (64, 192, 64, 128)] {
+            kernels_on(m, k, n, a0);
+        }
+    }
+
+    /// Each kernel this CPU runs against plain integer sums, on an `m` x `k` by `k` x `n` product.
+    fn kernels_on(m: usize, k: usize, n: usize, a0: i32) {
         let x = values(m * k, 5);
         let weights: Vec<i8> = (0..k * n)
             .map(|i| ((i * 104_729 + 7) % 255) as i8)
@@ -720,7 +940,6 @@ mod tests {
             scale: tensor1(&scale).into_arc_tensor(),
             bias: Some(tensor1(&bias).into_arc_tensor()),
         };
-        let op = Int8Product::new(&quantize, a0, &weights, (k, 1), n, &rescale).unwrap();
         let mut q = vec![0u8; m * k];
         quantize_u8(&x, &mut q, 41.0, 128);
         let want: Vec<f32> = (0..m * n)
@@ -732,15 +951,19 @@ mod tests {
                 sum as f32 * scale[c] + bias[c]
             })
             .collect();
-        let kernels = if available() {
-            vec![false, true]
-        } else {
-            vec![false]
-        };
-        for vnni in kernels {
+        let mut kernels = vec![Kernel::Portable];
+        if vnni() {
+            kernels.push(Kernel::Vnni);
+        }
+        if amx_enabled() {
+            kernels.push(Kernel::Amx);
+        }
+        for kernel in kernels {
+            let op =
+                Int8Product::new(&quantize, a0, &weights, (k, 1), n, &rescale, kernel).unwrap();
             let mut c = vec![f32::NAN; m * n];
-            op.compute(&x, &mut c, None, vnni).unwrap();
-            assert_eq!(c, want, "vnni: {vnni}");
+            op.compute(&x, &mut c, None).unwrap();
+            assert_eq!(c, want, "{kernel:?} kernel, {m} x {k} x {n}");
         }
     }
 

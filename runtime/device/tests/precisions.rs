@@ -183,7 +183,10 @@ fn static_int8_plans_use_one_pass_quantize_and_rescale() {
         } else {
             assert!(tract_products.len() >= 10, "{modality}: {tract_products:?}");
             assert_eq!(count("RowRescale"), tract_products.len(), "{modality}");
-            assert!(count("RowQuantizeU8") >= tract_products.len() / 2, "{modality}");
+            assert!(
+                count("RowQuantizeU8") >= tract_products.len() / 2,
+                "{modality}"
+            );
         }
         // One product per weight, patch embedding included (not one per row of patches).
         for n in nodes
