@@ -611,6 +611,10 @@ fn build_plan(
                     crate::matops::replace_float_products(&mut m)?;
                     #[cfg(target_arch = "x86_64")]
                     crate::matops::fuse_bias_additions(&mut m)?;
+                    #[cfg(target_arch = "x86_64")]
+                    if crate::packed::available() {
+                        crate::packed::pack_weight_products(&mut m)?;
+                    }
                     m.into_optimized()
                 })
                 .map(Arc::new)

@@ -13,6 +13,8 @@ pub mod intproduct;
 pub mod latency;
 #[cfg(target_arch = "x86_64")]
 pub mod matops;
+#[cfg(target_arch = "x86_64")]
+pub mod packed;
 mod pair;
 pub mod rowops;
 pub mod session;

@@ -187,6 +187,38 @@ impl FloatProduct {
     }
 }
 
+impl FloatProduct {
+    /// `(k, n)` where this product multiplies the `k`-long last axis of A by a `k` x `n` matrix
+    /// B (leading axes of one element) into C's last axis, A's other axes kept in place, with
+    /// the bias it adds, if any.
+    pub(crate) fn as_row_product(
+        &self,
+        a_rank: usize,
+        b_shape: &[usize],
+    ) -> Option<(usize, usize, Option<Arc<Tensor>>)> {
+        let br = b_shape.len();
+        if !self.summed.is_empty() || a_rank == 0 || br < 2 {
+            return None;
+        }
+        let (k, n) = (&self.axes[self.k], &self.axes[self.n]);
+        let k_fits = k.a == Some(a_rank - 1) && k.b == Some(br - 2) && k.c.is_none();
+        let n_fits = n.a.is_none() && n.b == Some(br - 1) && n.c == Some(a_rank - 1);
+        let others_fit = self.axes.iter().enumerate().all(|(i, place)| {
+            i == self.k
+                || i == self.n
+                || match (place.a, place.b, place.c) {
+                    (Some(a), b, Some(c)) => {
+                        a == c && a < a_rank - 1 && b.is_none_or(|b| b_shape[b] == 1)
+                    }
+                    (None, Some(b), None) => b_shape[b] == 1,
+                    _ => false,
+                }
+        });
+        (k_fits && n_fits && others_fit && b_shape[..br - 2].iter().all(|&d| d == 1))
+            .then(|| (b_shape[br - 2], b_shape[br - 1], self.bias.clone()))
+    }
+}
+
 impl Operands {
     /// The addresses of batch `index`, counting over the batch axes `batch` row-major.
     fn batch(self, batch: &[Walk], mut index: usize) -> Operands {
