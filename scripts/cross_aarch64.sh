@@ -60,6 +60,9 @@ if ! rustup target list --installed | grep -qx "$target" && ! rustup target add 
 fi
 need=()
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu)
+# The cross C library's headers (bindgen reads sys/time.h through the V4L2 header): only a
+# recommendation of the cross gcc, which --no-install-recommends leaves out.
+dpkg -s libc6-dev-arm64-cross >/dev/null 2>&1 || need+=(libc6-dev-arm64-cross)
 command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
 dpkg -s libasound2-dev:arm64 >/dev/null 2>&1 || need+=(libasound2-dev:arm64)
 dpkg -s libc6:arm64 >/dev/null 2>&1 || need+=(libc6:arm64)
