@@ -13,19 +13,15 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_core::ops::einsum::EinSum;
 
 use crate::intops::{RowQuantizeU8, RowRescale, quantize_u8};
+use crate::panels::{PANEL, block_panels, eval_rows, packed_index, padded, panel_mask};
 use crate::rowops::sole_successor;
 
-/// Columns of one panel: one 512-bit register (or one AMX tile row) of i32 sums.
-const PANEL: usize = 16;
 /// Summed values of one step of the packed operands: one AMX tile row of u8 (all kernels pad to it).
 const STEP: usize = 64;
-/// Multiply-adds below which a product runs on the calling thread alone.
-const THREADED_MIN_MAC: usize = 1 << 21;
 
 /// The micro-kernel of an [`Int8Product`], which also sets how its weights are packed.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -121,7 +117,9 @@ pub struct Int8Product {
     n: usize,
     /// The kernel the weights are packed for.
     kernel: Kernel,
-    /// i8 weights as [`weight_at`] lays them out (zeros past `k` and `n`).
+    /// i8 weights as [`packed_index`] lays them out for the kernel's blocks, 4 summed values at
+    /// a time (the layout of `vpdpbusd`'s operand and of a `tdpbusd` weight tile; zeros past `k`
+    /// and `n`).
     packed: Arc<Tensor>,
     /// Each column's sum of weights (zeros past `n`).
     column_sums: Arc<Tensor>,
@@ -131,35 +129,9 @@ pub struct Int8Product {
     bias: Option<Arc<Tensor>>,
 }
 
-/// Where the weight of summed index `row` and column `col` lies in weights packed for `kernel`
-/// (`kp` summed values, `n` columns): blocks of the kernel's panels (fewer in the last), each
-/// block 4 summed values at a time, each such step panel by panel, each panel column by column,
-/// 4 bytes per column (the layout of `vpdpbusd`'s operand and of a `tdpbusd` weight tile).
-fn weight_at(kernel: Kernel, kp: usize, n: usize, row: usize, col: usize) -> usize {
-    let per_block = kernel.panels();
-    let (block, panel, lane) = (
-        col / (PANEL * per_block),
-        (col / PANEL) % per_block,
-        col % PANEL,
-    );
-    let panels = (n.div_ceil(PANEL) - block * per_block).min(per_block);
-    block * per_block * PANEL * kp
-        + (row / 4) * panels * 4 * PANEL
-        + panel * 4 * PANEL
-        + lane * 4
-        + row % 4
-}
-
 /// `len` rounded up to a multiple of `to`.
 fn round_up(len: usize, to: usize) -> usize {
     len.div_ceil(to) * to
-}
-
-/// `values` padded with `fill` to `len`, as a tensor.
-fn padded<T: Datum + Copy>(values: &[T], len: usize, fill: T) -> Arc<Tensor> {
-    let mut v = values.to_vec();
-    v.resize(len, fill);
-    tensor1(&v).into_arc_tensor()
 }
 
 impl Int8Product {
@@ -191,7 +163,7 @@ impl Int8Product {
         let mut packed = vec![0i8; panels * kp * PANEL];
         for (row, values) in weights.chunks_exact(n).enumerate() {
             for (col, &w) in values.iter().enumerate() {
-                packed[weight_at(kernel, kp, n, row, col)] = w;
+                packed[packed_index((n, kp), (kernel.panels(), 4), row, col)] = w;
             }
         }
         let sums: Vec<i32> = (0..n)
@@ -279,7 +251,7 @@ impl Operands {
     unsafe fn block(self, block: usize) {
         let per_block = self.kernel.panels();
         let first = block * per_block;
-        let panels = (self.n.div_ceil(PANEL) - first).min(per_block);
+        let panels = block_panels(self.n, per_block, block);
         let cols = (self.n - first * PANEL).min(panels * PANEL);
         let tile_rows = self.kernel.rows();
         if self.kernel == Kernel::Amx {
@@ -327,33 +299,56 @@ struct Tile {
     first: usize,
 }
 
-/// Writes the sums `acc` of row `r`, panel `p` of tile `t` into C: less the zero-point
-/// correction, converted, scaled and biased, the real columns only.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn finish(op: &Operands, t: &Tile, r: usize, p: usize, acc: __m512i) {
-    let col = p * PANEL;
-    let lanes = (t.cols - col).min(PANEL);
-    let mask: __mmask16 = if lanes == PANEL { !0 } else { (1 << lanes) - 1 };
-    let at = (t.first + p) * PANEL;
-    // SAFETY: the per-column vectors are padded to whole panels, and the mask keeps the store
-    // inside row `r`'s real columns of C.
-    unsafe {
-        let correction = _mm512_mullo_epi32(
-            _mm512_set1_epi32(op.a0),
-            _mm512_loadu_si512(op.sums.add(at).cast()),
-        );
-        let exact = _mm512_sub_epi32(acc, correction);
-        let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_loadu_ps(op.scale.add(at)));
-        if !op.bias.is_null() {
-            v = _mm512_add_ps(v, _mm512_loadu_ps(op.bias.add(at)));
+/// The rescale of one panel of a tile's sums into C: each sum less the zero-point correction,
+/// converted, scaled and biased, into the real columns only.
+#[derive(Clone, Copy)]
+struct Rescale {
+    correction: __m512i,
+    scale: __m512,
+    bias: Option<__m512>,
+    mask: __mmask16,
+    /// The panel's first column in the tile.
+    col: usize,
+}
+
+impl Rescale {
+    /// The rescale of panel `p` of tile `t`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn of(op: &Operands, t: &Tile, p: usize) -> Rescale {
+        let col = p * PANEL;
+        let at = (t.first + p) * PANEL;
+        // SAFETY: the per-column vectors are padded to whole panels.
+        unsafe {
+            Rescale {
+                correction: _mm512_mullo_epi32(
+                    _mm512_set1_epi32(op.a0),
+                    _mm512_loadu_si512(op.sums.add(at).cast()),
+                ),
+                scale: _mm512_loadu_ps(op.scale.add(at)),
+                bias: (!op.bias.is_null()).then(|| _mm512_loadu_ps(op.bias.add(at))),
+                mask: panel_mask(t.cols, col),
+                col,
+            }
         }
-        _mm512_mask_storeu_ps(t.c.add(r * op.n + col), mask, v);
+    }
+
+    /// Writes the sums `acc` of row `r` of tile `t`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn store(self, op: &Operands, t: &Tile, r: usize, acc: __m512i) {
+        let exact = _mm512_sub_epi32(acc, self.correction);
+        let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), self.scale);
+        if let Some(bias) = self.bias {
+            v = _mm512_add_ps(v, bias);
+        }
+        // SAFETY: the mask keeps the store inside row `r`'s real columns of C.
+        unsafe { _mm512_mask_storeu_ps(t.c.add(r * op.n + self.col), self.mask, v) };
     }
 }
 
 /// One tile of `P` panels: 32 rows of sums in AMX tiles (two of 16 rows per panel), then
-/// [`finish`]ed from memory.
+/// rescaled from memory.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn tile_amx<const P: usize>(op: Operands, t: Tile) {
     let (a_stride, b_stride) = (op.kp, P * 4 * PANEL);
@@ -413,25 +408,18 @@ unsafe fn tile_amx<const P: usize>(op: Operands, t: Tile) {
             options(nostack),
         );
     }
-    for (r, row) in sums.iter().enumerate().take(t.rows) {
-        for p in 0..P {
-            if p * PANEL < t.cols {
-                // SAFETY: 16 i32 of this row's panel `p`; the tile's own operands.
-                unsafe {
-                    finish(
-                        &op,
-                        &t,
-                        r,
-                        p,
-                        _mm512_loadu_si512(row[p * PANEL..].as_ptr().cast()),
-                    )
-                };
-            }
+    for p in (0..P).filter(|p| p * PANEL < t.cols) {
+        // SAFETY: the tile's own operands.
+        let rescale = unsafe { Rescale::of(&op, &t, p) };
+        for (r, row) in sums.iter().enumerate().take(t.rows) {
+            // SAFETY: 16 i32 of this row's panel `p`.
+            let acc = unsafe { _mm512_loadu_si512(row[p * PANEL..].as_ptr().cast()) };
+            unsafe { rescale.store(&op, &t, r, acc) };
         }
     }
 }
 
-/// One tile of `P` panels: 8 rows of sums by `vpdpbusd` in registers, then [`finish`]ed.
+/// One tile of `P` panels: 8 rows of sums by `vpdpbusd` in registers, then rescaled.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile_vnni<const P: usize>(op: Operands, t: Tile) {
     let mut acc = [[_mm512_setzero_si512(); P]; 8];
@@ -450,12 +438,16 @@ unsafe fn tile_vnni<const P: usize>(op: Operands, t: Tile) {
             }
         }
     }
-    // Every row and panel visited (a loop of fixed length, unrolled), so the sums stay in registers.
-    for (r, row) in acc.iter().enumerate() {
-        for (p, &sums) in row.iter().enumerate() {
-            if r < t.rows && p * PANEL < t.cols {
-                // SAFETY: the tile's own operands.
-                unsafe { finish(&op, &t, r, p, sums) };
+    // Loops of fixed length (unrolled), so that the sums stay in registers.
+    for p in 0..P {
+        if p * PANEL < t.cols {
+            // SAFETY: the tile's own operands.
+            let rescale = unsafe { Rescale::of(&op, &t, p) };
+            for (r, row) in acc.iter().enumerate() {
+                if r < t.rows {
+                    // SAFETY: as above.
+                    unsafe { rescale.store(&op, &t, r, row[p]) };
+                }
             }
         }
     }
@@ -618,23 +610,11 @@ impl EvalOp for Int8Product {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
-        let view = input.to_plain_array_view::<f32>()?;
-        let x = view.as_standard_layout();
-        let x = x
-            .as_slice()
-            .context("Int8Product input is not contiguous")?;
         let shape = self.output_shape(input.shape())?;
-        // SAFETY: `compute` writes every element of C.
-        let mut c = unsafe { Tensor::uninitialized::<f32>(&shape)? };
-        let pool = match current_tract_executor() {
-            Executor::MultiThread(pool) if x.len() * self.n >= THREADED_MIN_MAC => Some(pool),
-            _ => None,
-        };
-        {
-            let mut out = c.try_as_plain_ram_mut()?;
-            self.compute(x, out.as_slice_mut::<f32>()?, pool.as_deref())?;
-        }
-        Ok(tvec!(c.into_tvalue()))
+        let out = eval_rows("Int8Product", &input, &shape, self.n, |x, c, pool| {
+            self.compute(x, c, pool)
+        })?;
+        Ok(tvec!(out))
     }
 }
 
@@ -663,7 +643,7 @@ impl TypedOp for Int8Product {
     as_op!();
 }
 
-/// The value of a constant scalar input of `node`, as i64, where it is one.
+/// The constant input `slot` of `node`, where it holds a single value.
 fn scalar(model: &TypedModel, node: &TypedNode, slot: usize) -> Option<Tensor> {
     let fact = model.outlet_fact(node.inputs[slot]).ok()?;
     let konst = fact.konst.as_ref()?;
@@ -793,12 +773,7 @@ mod tests {
     use tract_onnx::tract_hir::tract_core::ops::quant::QuantizeLinearU8;
 
     use crate::intops::replace_int8_epilogues;
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 7919 + seed * 104_729) % 1999) as f32 / 999.5) - 1.0)
-            .collect()
-    }
+    use crate::testing::{run_optimized, values};
 
     /// `x` of shape `[1, m, k]` through QuantizeLinear, MatMulInteger by `k` x `n` weights
     /// (full-range i8) and the rescale, as tract wires a static int8 bundle's product: tract's
@@ -879,24 +854,10 @@ mod tests {
         let mut model = model.into_decluttered().unwrap();
         replace_int8_epilogues(&mut model).unwrap();
         let input = Tensor::from_shape(x_shape, &values(len, 1)).unwrap();
-        let options = crate::bundle::PlanOptions { threads }
-            .run_options()
-            .unwrap();
-        let run = |model: TypedModel| {
-            model
-                .into_optimized()
-                .unwrap()
-                .into_runnable_with_options(&options)
-                .unwrap()
-                .run(tvec!(input.clone().into_tvalue()))
-                .unwrap()
-                .remove(0)
-                .into_tensor()
-        };
-        let reference = run(model.clone());
+        let reference = run_optimized(model.clone(), &input, threads);
         fuse_int8_products(&mut model).unwrap();
         let fused = model.nodes().iter().any(|n| n.op_is::<Int8Product>());
-        (reference, run(model), fused)
+        (reference, run_optimized(model, &input, threads), fused)
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub mod matops;
 #[cfg(target_arch = "x86_64")]
 pub mod packed;
 mod pair;
+#[cfg(target_arch = "x86_64")]
+mod panels;
 pub mod rowops;
 pub mod session;
 pub mod sink;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod testing;

@@ -19,6 +19,15 @@ use tract_onnx::tract_hir::tract_core::ops::einsum::EinSum;
 /// costs tens of microseconds, more than such a product takes.
 const THREADED_MIN_FMA: usize = 1 << 21;
 
+/// The thread pool a product of `fma` multiply-adds runs on: tract's, where the plan has one
+/// and the product is worth waking its threads for.
+pub(crate) fn product_pool(fma: usize) -> Option<Arc<rayon::ThreadPool>> {
+    match current_tract_executor() {
+        Executor::MultiThread(pool) if fma >= THREADED_MIN_FMA => Some(pool),
+        _ => None,
+    }
+}
+
 /// Where one axis of a product sits in the first operand, the second and the output.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 struct AxisPlace {
@@ -357,14 +366,7 @@ impl EvalOp for FloatProduct {
             c: cv.as_mut_ptr(),
         };
         let at = |index: usize| base.batch(&batch, index);
-        let pool = match current_tract_executor() {
-            Executor::MultiThread(pool)
-                if walks.iter().map(|w| w.len).product::<usize>() >= THREADED_MIN_FMA =>
-            {
-                Some(pool)
-            }
-            _ => None,
-        };
+        let pool = product_pool(walks.iter().map(|w| w.len).product());
         match pool {
             Some(pool) if batches >= pool.current_num_threads() => pool.install(|| {
                 use rayon::prelude::*;
@@ -551,13 +553,8 @@ pub fn replace_float_products(model: &mut TypedModel) -> TractResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{values, worst_relative};
     use tract_onnx::tract_hir::tract_core::axes::AxesMapping;
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 7919 + seed * 104_729) % 1999) as f32 / 999.5) - 1.0)
-            .collect()
-    }
 
     /// Runs `expr` on the two operands through tract's own EinSum and through FloatProduct,
     /// in an optimised plan on `threads` threads.
@@ -595,20 +592,6 @@ mod tests {
             .remove(0)
             .into_tensor();
         (reference, ours)
-    }
-
-    /// The largest difference between two outputs of `expr` of one shape, relative to 1 + |reference|.
-    fn worst_relative(reference: &Tensor, ours: &Tensor, expr: &str) -> f32 {
-        assert_eq!(reference.shape(), ours.shape(), "{expr}");
-        let (r, o) = (
-            reference.try_as_plain_ram().unwrap(),
-            ours.try_as_plain_ram().unwrap(),
-        );
-        let (r, o) = (r.as_slice::<f32>().unwrap(), o.as_slice::<f32>().unwrap());
-        r.iter()
-            .zip(o)
-            .map(|(x, y)| (x - y).abs() / (1.0 + x.abs()))
-            .fold(0f32, f32::max)
     }
 
     fn assert_close_on(expr: &str, a_shape: &[usize], b_shape: &[usize], threads: usize) {

@@ -8,13 +8,11 @@
 
 use std::arch::x86_64::*;
 
-use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_onnx::tract_hir::internal::*;
 
 use crate::matops::FloatProduct;
+use crate::panels::{PANEL, block_panels, eval_rows, packed_index, padded, panel_mask};
 
-/// Columns of one panel: one 512-bit register of f32 sums.
-const PANEL: usize = 16;
 /// Panels of one tile (and of one block of packed weights).
 const PANELS: usize = 3;
 /// Rows of one tile.
@@ -24,8 +22,6 @@ const ROWS: usize = 8;
 /// (the full-size model's pair: 287-294 ms with every product packed against 256-268 without,
 /// one thread per encoder).
 const MAX_WEIGHTS: usize = 1 << 18;
-/// Multiply-adds below which a product runs on the calling thread alone.
-const THREADED_MIN_FMA: usize = 1 << 21;
 
 /// Whether this CPU runs the kernel.
 pub fn available() -> bool {
@@ -37,8 +33,8 @@ pub fn available() -> bool {
 pub struct PackedProduct {
     k: usize,
     n: usize,
-    /// Blocks of `PANELS` panels (fewer in the last), each block summed index by summed index,
-    /// each panel's 16 columns at a time (zeros past `n`).
+    /// Weights as [`packed_index`] lays them out for blocks of `PANELS` panels, one summed
+    /// value at a time (zeros past `n`).
     packed: Arc<Tensor>,
     /// Each column's bias (zeros past `n`), where the layer has one.
     bias: Option<Arc<Tensor>>,
@@ -61,10 +57,7 @@ impl PackedProduct {
         let mut packed = vec![0f32; width * k];
         for (row, values) in weights.chunks_exact(n).enumerate() {
             for (col, &w) in values.iter().enumerate() {
-                let (block, panel, lane) =
-                    (col / (PANEL * PANELS), (col / PANEL) % PANELS, col % PANEL);
-                let panels = (n.div_ceil(PANEL) - block * PANELS).min(PANELS);
-                packed[block * PANELS * PANEL * k + (row * panels + panel) * PANEL + lane] = w;
+                packed[packed_index((n, k), (PANELS, 1), row, col)] = w;
             }
         }
         let bias = match bias {
@@ -74,9 +67,7 @@ impl PackedProduct {
                     "PackedProduct of {n} columns with {} biases",
                     b.len()
                 );
-                let mut v = b.to_vec();
-                v.resize(width, 0.0);
-                Some(tensor1(&v).into_arc_tensor())
+                Some(padded(b, width, 0.0))
             }
             None => None,
         };
@@ -193,7 +184,7 @@ impl Operands {
     /// As for [`Operands::blocks`].
     unsafe fn tile(self, block: usize, row: usize) {
         let first = block * PANELS;
-        let panels = (self.n.div_ceil(PANEL) - first).min(PANELS);
+        let panels = block_panels(self.n, PANELS, block);
         let a = if row < self.full {
             unsafe { self.x.add(row * self.k) }
         } else {
@@ -263,8 +254,7 @@ unsafe fn run_tile<const P: usize>(op: Operands, t: Tile) {
         for (p, &sums) in row.iter().enumerate() {
             let col = p * PANEL;
             if r < t.rows && col < t.cols {
-                let lanes = (t.cols - col).min(PANEL);
-                let mask: __mmask16 = if lanes == PANEL { !0 } else { (1 << lanes) - 1 };
+                let mask = panel_mask(t.cols, col);
                 // SAFETY: the mask keeps the store inside row `r`'s real columns of C.
                 unsafe { _mm512_mask_storeu_ps(t.c.add(r * op.n + col), mask, sums) };
             }
@@ -292,11 +282,6 @@ impl EvalOp for PackedProduct {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
-        let view = input.to_plain_array_view::<f32>()?;
-        let x = view.as_standard_layout();
-        let x = x
-            .as_slice()
-            .context("PackedProduct input is not contiguous")?;
         ensure!(
             input.shape().last() == Some(&self.k),
             "PackedProduct of {} x {} on an input of shape {:?}",
@@ -306,17 +291,10 @@ impl EvalOp for PackedProduct {
         );
         let mut shape: TVec<usize> = input.shape().into();
         *shape.last_mut().expect("rank checked above") = self.n;
-        // SAFETY: `compute` writes every element of C.
-        let mut c = unsafe { Tensor::uninitialized::<f32>(&shape)? };
-        let pool = match current_tract_executor() {
-            Executor::MultiThread(pool) if x.len() * self.n >= THREADED_MIN_FMA => Some(pool),
-            _ => None,
-        };
-        {
-            let mut out = c.try_as_plain_ram_mut()?;
-            self.compute(x, out.as_slice_mut::<f32>()?, pool.as_deref())?;
-        }
-        Ok(tvec!(c.into_tvalue()))
+        let out = eval_rows("PackedProduct", &input, &shape, self.n, |x, c, pool| {
+            self.compute(x, c, pool)
+        })?;
+        Ok(tvec!(out))
     }
 }
 
@@ -372,15 +350,10 @@ pub fn pack_weight_products(model: &mut TypedModel) -> TractResult<()> {
 mod tests {
     use super::*;
     use crate::matops::{fuse_bias_additions, replace_float_products};
+    use crate::testing::{run_optimized, values, worst_relative};
     use tract_onnx::tract_hir::tract_core::axes::AxesMapping;
     use tract_onnx::tract_hir::tract_core::ops::einsum::EinSum;
     use tract_onnx::tract_hir::tract_core::ops::math::add;
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 7919 + seed * 104_729) % 1999) as f32 / 999.5) - 1.0)
-            .collect()
-    }
 
     /// `expr` of an input of `x_shape` by constant weights of `w_shape` (plus a bias row where
     /// `bias`), through tract and through the packed product on `threads` threads: the worst
@@ -411,37 +384,13 @@ mod tests {
         }
         model.select_output_outlets(&y).unwrap();
         let input = Tensor::from_shape(x_shape, &values(x_shape.iter().product(), 1)).unwrap();
-        let options = crate::bundle::PlanOptions { threads }
-            .run_options()
-            .unwrap();
-        let run = |model: TypedModel| {
-            model
-                .into_optimized()
-                .unwrap()
-                .into_runnable_with_options(&options)
-                .unwrap()
-                .run(tvec!(input.clone().into_tvalue()))
-                .unwrap()
-                .remove(0)
-                .into_tensor()
-        };
-        let reference = run(model.clone());
+        let reference = run_optimized(model.clone(), &input, threads);
         replace_float_products(&mut model).unwrap();
         fuse_bias_additions(&mut model).unwrap();
         pack_weight_products(&mut model).unwrap();
         let packed = model.nodes().iter().any(|n| n.op_is::<PackedProduct>());
-        let ours = run(model);
-        assert_eq!(ours.shape(), reference.shape());
-        let (r, o) = (
-            reference.try_as_plain_ram().unwrap(),
-            ours.try_as_plain_ram().unwrap(),
-        );
-        let (r, o) = (r.as_slice::<f32>().unwrap(), o.as_slice::<f32>().unwrap());
-        let worst = r
-            .iter()
-            .zip(o)
-            .map(|(x, y)| (x - y).abs() / (1.0 + x.abs()))
-            .fold(0f32, f32::max);
+        let ours = run_optimized(model, &input, threads);
+        let worst = worst_relative(&reference, &ours, expr);
         (worst, packed)
     }
 
