@@ -56,14 +56,19 @@ impl EvalOp for RowQuantizeU8 {
         let scale = self.scale.cast_to_scalar::<f32>()?;
         let zero_point = i32::from(self.zero_point);
         let row = input.shape().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0u8; src.len()];
-        tract_linalg::multithread::par_chunks_mut(&mut out, row, src.len(), |start, chunk| {
-            let from = start * row;
-            quantize_u8(&src[from..from + chunk.len()], chunk, scale, zero_point);
-            Ok(())
-        })?;
-        let out = tract_onnx::prelude::tract_ndarray::Array::from_shape_vec(input.shape(), out)?;
-        Ok(tvec!(out.into_tensor().into_tvalue()))
+        // SAFETY: the chunks below cover every value, each quantized into place.
+        let mut out = unsafe { Tensor::uninitialized::<u8>(input.shape())? };
+        tract_linalg::multithread::par_chunks_mut(
+            out.try_as_plain_ram_mut()?.as_slice_mut::<u8>()?,
+            row,
+            src.len(),
+            |start, chunk| {
+                let from = start * row;
+                quantize_u8(&src[from..from + chunk.len()], chunk, scale, zero_point);
+                Ok(())
+            },
+        )?;
+        Ok(tvec!(out.into_tvalue()))
     }
 }
 

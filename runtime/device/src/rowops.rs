@@ -168,10 +168,16 @@ impl EvalOp for RowPermute {
         let src = view
             .as_slice_memory_order()
             .context("RowPermute needs a contiguous input")?;
-        let out = permute(src, &shape, &strides);
-        let shape = self.shape.as_ref().unwrap_or(&shape);
-        let out = tract_onnx::prelude::tract_ndarray::Array::from_shape_vec(&**shape, out)?;
-        Ok(tvec!(out.into_tensor().into_tvalue()))
+        let out_shape = self.shape.as_ref().unwrap_or(&shape);
+        // SAFETY: `permute` writes every value before the tensor is read.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(out_shape)? };
+        permute(
+            src,
+            &shape,
+            &strides,
+            out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+        );
+        Ok(tvec!(out.into_tvalue()))
     }
 }
 
@@ -238,39 +244,71 @@ pub fn fold_reshapes_into_permutes(model: &mut TypedModel) -> TractResult<()> {
     model.compact()
 }
 
-/// The values of `src` in the order of an array of `shape` whose axes step through `src` by
-/// `strides` (in values, non-negative), appended a last-axis run at a time (no zeroing pass).
-fn permute(src: &[f32], shape: &[usize], strides: &[isize]) -> Vec<f32> {
+/// Writes into `out` the values of `src` in the order of an array of `shape` whose axes step
+/// through `src` by `strides` (in values, non-negative), a last-axis run at a time.
+fn permute(src: &[f32], shape: &[usize], strides: &[isize], out: &mut [f32]) {
     let total: usize = shape.iter().product();
-    let mut out = Vec::with_capacity(total);
-    let Some((&inner, outer)) = shape.split_last() else {
-        out.extend_from_slice(&src[..total]);
-        return out;
-    };
+    assert_eq!(
+        out.len(),
+        total,
+        "permute's output holds the permuted array"
+    );
     if total == 0 {
-        return out;
+        return;
     }
-    let inner_stride = strides[outer.len()] as usize;
-    let mut index = vec![0usize; outer.len()];
-    let mut base = 0usize;
+    // Runs along the last axis, in groups along the one before it (a unit axis when rank < 2).
+    let rank = shape.len();
+    let (run, run_stride) = (
+        shape.get(rank.wrapping_sub(1)),
+        strides.get(rank.wrapping_sub(1)),
+    );
+    let (run, run_stride) = (*run.unwrap_or(&1), *run_stride.unwrap_or(&1) as usize);
+    let (group, group_stride) = match rank {
+        0 | 1 => (1, 0),
+        _ => (shape[rank - 2], strides[rank - 2] as usize),
+    };
+    let outer = rank.saturating_sub(2);
+    let mut index: TVec<usize> = tvec![0; outer];
+    let (mut base, mut at) = (0usize, 0usize);
     loop {
-        if inner_stride == 1 {
-            out.extend_from_slice(&src[base..base + inner]);
-        } else {
-            out.extend((0..inner).map(|j| src[base + j * inner_stride]));
+        let dst = &mut out[at..at + group * run];
+        at += group * run;
+        match (run_stride, run) {
+            // The encoders' patch cut: a patch row of 16 pixels, copied as one block.
+            (1, 16) => {
+                for (g, dst) in dst.chunks_exact_mut(16).enumerate() {
+                    let start = base + g * group_stride;
+                    let from: &[f32; 16] = src[start..start + 16].try_into().expect("16 values");
+                    dst.copy_from_slice(from);
+                }
+            }
+            (1, _) => {
+                for (g, dst) in dst.chunks_exact_mut(run).enumerate() {
+                    let start = base + g * group_stride;
+                    dst.copy_from_slice(&src[start..start + run]);
+                }
+            }
+            _ => {
+                for (g, dst) in dst.chunks_exact_mut(run).enumerate() {
+                    let start = base + g * group_stride;
+                    for (j, o) in dst.iter_mut().enumerate() {
+                        *o = src[start + j * run_stride];
+                    }
+                }
+            }
         }
-        let mut axis = outer.len();
+        let mut axis = outer;
         loop {
             if axis == 0 {
-                return out;
+                return;
             }
             axis -= 1;
             index[axis] += 1;
             base += strides[axis] as usize;
-            if index[axis] < outer[axis] {
+            if index[axis] < shape[axis] {
                 break;
             }
-            base -= outer[axis] * strides[axis] as usize;
+            base -= shape[axis] * strides[axis] as usize;
             index[axis] = 0;
         }
     }
@@ -680,21 +718,26 @@ mod tests {
 
     #[test]
     fn permute_matches_ndarray() {
-        let a = tract_onnx::prelude::tract_ndarray::Array::from_shape_vec(
-            (3, 4, 2, 5, 2),
-            (0..240).map(|v| v as f32).collect(),
-        )
-        .unwrap();
-        for perm in [[1, 3, 0, 2, 4], [2, 0, 3, 1, 4], [4, 3, 2, 1, 0]] {
-            let want = a.view().permuted_axes(perm);
-            let shape: Vec<usize> = want.shape().to_vec();
-            let strides: Vec<isize> = want.strides().to_vec();
-            let out = permute(a.as_slice().unwrap(), &shape, &strides);
-            assert_eq!(
-                out,
-                want.iter().copied().collect::<Vec<_>>(),
-                "perm {perm:?}"
-            );
+        // Runs of 2 (generic), of 16 contiguous values (the patch cut's blocks), and strided.
+        for dims in [[3, 4, 2, 5, 2], [3, 2, 16, 3, 16]] {
+            let total = dims.iter().product::<usize>();
+            let a = tract_onnx::prelude::tract_ndarray::Array::from_shape_vec(
+                dims,
+                (0..total).map(|v| v as f32).collect(),
+            )
+            .unwrap();
+            for perm in [[1, 3, 0, 2, 4], [2, 0, 3, 1, 4], [4, 3, 2, 1, 0]] {
+                let want = a.view().permuted_axes(perm);
+                let shape: Vec<usize> = want.shape().to_vec();
+                let strides: Vec<isize> = want.strides().to_vec();
+                let mut out = vec![f32::NAN; shape.iter().product()];
+                permute(a.as_slice().unwrap(), &shape, &strides, &mut out);
+                assert_eq!(
+                    out,
+                    want.iter().copied().collect::<Vec<_>>(),
+                    "dims {dims:?}, perm {perm:?}"
+                );
+            }
         }
     }
 
