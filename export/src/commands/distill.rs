@@ -307,20 +307,21 @@ pub fn run(args: &DistillArgs) -> anyhow::Result<()> {
         distiller.run(&data, &cache, args.stop_after, |step, v, lr| {
             bar.set_position(step as u64);
             bar.set_message(format!(
-                "loss {:.3} (global {:.3} patch {:.3} map {:.3} affinity {:.3} nce {:.3}) peak {:.2} acc {:.2} lr {lr:.1e}",
-                v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]
+                "loss {:.3} (global {:.3} patch {:.3} map {:.3} matched {:.3} affinity {:.3} nce {:.3}) peak {:.2} acc {:.2} lr {lr:.1e}",
+                v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]
             ));
         })?;
         bar.finish_and_clear();
     }
     for h in &distiller.state.history {
         println!(
-            "step {:>6}  loss {:.4}  global {:.4}  patch {:.4}  map {:.4}  affinity {:.4}  nce {:.4}  peak agreement {:.3}  acc {:.3}  lr {:.2e}  {:.2} s/step",
+            "step {:>6}  loss {:.4}  global {:.4}  patch {:.4}  map {:.4}  matched {:.4}  affinity {:.4}  nce {:.4}  peak agreement {:.3}  acc {:.3}  lr {:.2e}  {:.2} s/step",
             h.step,
             h.loss,
             h.global,
             h.patch,
             h.map,
+            h.matched_map,
             h.affinity,
             h.contrastive,
             h.peak_agreement,

@@ -163,6 +163,10 @@ pub struct DistillLoss {
     pub map: f64,
     /// Temperature of the similarity maps (cosine / temperature are the logits).
     pub map_temperature: f64,
+    /// KL from the teacher's similarity map to the student's on each item's own (matched) audio and image only: the maps localization reads.
+    pub matched_map: f64,
+    /// Temperature of the matched maps (lower than `map_temperature` weighs the peak more).
+    pub matched_map_temperature: f64,
     /// KL from the teacher's in-batch audio-visual affinity to the student's, both directions.
     pub affinity: f64,
     /// Temperature of the affinity matrices.
@@ -180,6 +184,8 @@ impl Default for DistillLoss {
             patch: 1.0,
             map: 1.0,
             map_temperature: 0.07,
+            matched_map: 0.0,
+            matched_map_temperature: 0.07,
             affinity: 1.0,
             affinity_temperature: 0.05,
             contrastive: 0.0,
@@ -284,16 +290,24 @@ impl DistillConfig {
         }
         self.optim.validate(origin)?;
         let l = &self.loss;
-        let weights = [l.global, l.patch, l.map, l.affinity, l.contrastive];
+        let weights = [
+            l.global,
+            l.patch,
+            l.map,
+            l.matched_map,
+            l.affinity,
+            l.contrastive,
+        ];
         if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0))
             || weights.iter().all(|w| *w == 0.0)
         {
             return fail(format!(
-                "loss weights {weights:?} (global, patch, map, affinity, contrastive); expected finite values >= 0, at least one > 0"
+                "loss weights {weights:?} (global, patch, map, matched_map, affinity, contrastive); expected finite values >= 0, at least one > 0"
             ));
         }
         for (name, t) in [
             ("map_temperature", l.map_temperature),
+            ("matched_map_temperature", l.matched_map_temperature),
             ("affinity_temperature", l.affinity_temperature),
             ("contrastive_temperature", l.contrastive_temperature),
         ] {
@@ -811,7 +825,7 @@ fn pool_map(logits: Tensor<2>, k: usize) -> Tensor<2> {
 /// Losses of one batch and two agreement rates.
 struct StepOutput {
     loss: Tensor<1>,
-    parts: [Tensor<1>; 5],
+    parts: [Tensor<1>; 6],
     peak_agreement: f64,
     accuracy: f64,
 }
@@ -853,13 +867,18 @@ fn objective(
     let s_map = map_logits(sa.global.clone(), sv.tokens, loss.map_temperature);
     let matched: Vec<i64> = (0..b).map(|i| (i * b + i) as i64).collect();
     let matched = Tensor::<1, Int>::from_data(TensorData::new(matched, [b]), &device);
-    let agree = t_map
+    let (t_own, s_own) = (
+        t_map.clone().select(0, matched.clone()),
+        s_map.clone().select(0, matched),
+    );
+    let agree = t_own
         .clone()
-        .select(0, matched.clone())
         .argmax(1)
-        .equal(s_map.clone().select(0, matched).argmax(1))
+        .equal(s_own.clone().argmax(1))
         .float()
         .mean();
+    let sharpen = loss.map_temperature / loss.matched_map_temperature;
+    let matched_map = kl_rows(t_own * sharpen, s_own * sharpen);
     let map = kl_rows(t_map, s_map);
     let tau = loss.affinity_temperature;
     let t_aff = unit(teacher.global_a).matmul(unit(teacher.global_v).transpose()) / tau;
@@ -871,11 +890,12 @@ fn objective(
     let total = global.clone() * loss.global
         + patch.clone() * loss.patch
         + map.clone() * loss.map
+        + matched_map.clone() * loss.matched_map
         + affinity.clone() * loss.affinity
         + nce.clone() * loss.contrastive;
     StepOutput {
         loss: total,
-        parts: [global, patch, map, affinity, nce],
+        parts: [global, patch, map, matched_map, affinity, nce],
         peak_agreement: scalar(agree.inner()),
         accuracy: scalar(accuracy.inner()),
     }
@@ -899,6 +919,9 @@ pub struct DistillStats {
     pub patch: f64,
     /// Mean similarity-map KL.
     pub map: f64,
+    /// Mean matched-map KL (absent from runs before the term existed).
+    #[serde(default)]
+    pub matched_map: f64,
     /// Mean affinity KL.
     pub affinity: f64,
     /// Mean student InfoNCE (reported even when its weight is 0).
@@ -914,16 +937,17 @@ pub struct DistillStats {
 }
 
 impl DistillStats {
-    /// The values an [`on_step`](Distiller::run) callback receives, in this order: loss, global, patch, map, affinity, contrastive, peak agreement, accuracy.
-    fn add(&mut self, v: &[f64; 8]) {
+    /// The values an [`on_step`](Distiller::run) callback receives, in this order: loss, global, patch, map, matched map, affinity, contrastive, peak agreement, accuracy.
+    fn add(&mut self, v: &[f64; 9]) {
         self.loss += v[0];
         self.global += v[1];
         self.patch += v[2];
         self.map += v[3];
-        self.affinity += v[4];
-        self.contrastive += v[5];
-        self.peak_agreement += v[6];
-        self.accuracy += v[7];
+        self.matched_map += v[4];
+        self.affinity += v[5];
+        self.contrastive += v[6];
+        self.peak_agreement += v[7];
+        self.accuracy += v[8];
     }
 
     fn mean(mut self, n: usize, step: usize, lr: f64, seconds_per_step: f64) -> Self {
@@ -933,6 +957,7 @@ impl DistillStats {
             &mut self.global,
             &mut self.patch,
             &mut self.map,
+            &mut self.matched_map,
             &mut self.affinity,
             &mut self.contrastive,
             &mut self.peak_agreement,
@@ -1190,13 +1215,13 @@ impl Distiller {
         Ok(())
     }
 
-    /// Distils until `config.optim.steps` (or step `stop_after`), checkpointing every `checkpoint_every` steps and when stopping; `on_step(step, values, lr)` after each step with [loss, global, patch, map, affinity, contrastive, peak agreement, accuracy].
+    /// Distils until `config.optim.steps` (or step `stop_after`), checkpointing every `checkpoint_every` steps and when stopping; `on_step(step, values, lr)` after each step with [loss, global, patch, map, matched map, affinity, contrastive, peak agreement, accuracy].
     pub fn run(
         &mut self,
         data: &TrainData,
         cache: &TeacherCache,
         stop_after: Option<usize>,
-        mut on_step: impl FnMut(usize, &[f64; 8], f64),
+        mut on_step: impl FnMut(usize, &[f64; 9], f64),
     ) -> Result<(), TrainError> {
         let last = self.target_step(stop_after);
         let b = self.config.optim.batch_size.min(cache.pairs.len());
@@ -1222,12 +1247,13 @@ impl Distiller {
             let teacher = cache.batch(&picks, &self.device);
             let out = objective(&self.model, a, v, teacher, &self.config.loss, pool);
             let grads = out.loss.backward();
-            let [g, p, m, af, n] = out.parts;
+            let [g, p, m, mm, af, n] = out.parts;
             let values = [
                 scalar(out.loss.inner()),
                 scalar(g.inner()),
                 scalar(p.inner()),
                 scalar(m.inner()),
+                scalar(mm.inner()),
                 scalar(af.inner()),
                 scalar(n.inner()),
                 out.peak_agreement,
@@ -1400,6 +1426,13 @@ mod tests {
         config.loss.map = -1.0;
         let err = config.validate("test").unwrap_err().to_string();
         assert!(err.contains("loss weights"), "{err}");
+        config.loss = DistillLoss {
+            matched_map: 2.0,
+            matched_map_temperature: 0.0,
+            ..DistillLoss::default()
+        };
+        let err = config.validate("test").unwrap_err().to_string();
+        assert!(err.contains("matched_map_temperature"), "{err}");
         config.loss = DistillLoss::default();
         config.data.frames_per_clip = 17;
         let err = config.validate("test").unwrap_err().to_string();
