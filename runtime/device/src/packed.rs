@@ -126,15 +126,17 @@ impl PackedProduct {
         };
         let blocks = n.div_ceil(PANEL * PANELS);
         match pool {
+            // Rows split evenly between the threads (columns would not: 128 of them are three
+            // blocks), each thread reading all the packed weights.
             Some(pool) => pool.install(|| {
-                let part = blocks.div_ceil(pool.current_num_threads());
-                (0..blocks.div_ceil(part)).into_par_iter().for_each(|i| {
-                    // SAFETY: each part writes its own columns of C.
-                    unsafe { at.blocks(i * part..(i * part + part).min(blocks)) }
+                let part = m.div_ceil(pool.current_num_threads()).div_ceil(ROWS) * ROWS;
+                (0..m.div_ceil(part)).into_par_iter().for_each(|i| {
+                    // SAFETY: each part writes its own rows of C.
+                    unsafe { at.blocks(0..blocks, i * part..(i * part + part).min(m)) }
                 })
             }),
             // SAFETY: the only part.
-            None => unsafe { at.blocks(0..blocks) },
+            None => unsafe { at.blocks(0..blocks, 0..m) },
         }
         Ok(())
     }
@@ -158,20 +160,21 @@ struct Operands {
 }
 
 // SAFETY: the pointers address buffers of one `eval`, which outlive every thread that uses them
-// (rayon joins before `eval` returns); column blocks write disjoint columns of C.
+// (rayon joins before `eval` returns); threads write disjoint rows of C.
 unsafe impl Send for Operands {}
 // SAFETY: as for `Send`; threads only read the inputs.
 unsafe impl Sync for Operands {}
 
 impl Operands {
-    /// Computes the columns of blocks `blocks` for every row, block by block, tile by tile.
+    /// Computes the columns of blocks `blocks` for rows `rows` (from a multiple of [`ROWS`]),
+    /// block by block, tile by tile.
     ///
     /// # Safety
     /// The operands must be those `PackedProduct::compute` laid out, on a CPU with AVX-512, and
-    /// no other thread may write these blocks' columns.
-    unsafe fn blocks(self, blocks: std::ops::Range<usize>) {
+    /// no other thread may write these rows of these blocks' columns.
+    unsafe fn blocks(self, blocks: std::ops::Range<usize>, rows: std::ops::Range<usize>) {
         for block in blocks {
-            for row in (0..self.m).step_by(ROWS) {
+            for row in rows.clone().step_by(ROWS) {
                 // SAFETY: the caller's contract.
                 unsafe { self.tile(block, row) };
             }
