@@ -2,7 +2,6 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -756,42 +755,11 @@ fn fastest_executor(
     })
 }
 
-/// Runs `f` on a thread of `executor`'s pool when it has one, the pool's other threads spinning
-/// for work until `f` returns: the plan's parallel nodes then hand work to a neighbour that is
-/// awake, instead of waking a sleeping one (tens of microseconds on a virtual machine, and
-/// rayon's idle threads fall asleep between nodes). The demo model's visual encoder on two
-/// threads: 3.6 ms without the spinning (3.5 on one), 3.0 with it, 2.3 once packed products also
-/// split their rows between the threads. x86-64 only for now: under qemu's aarch64 emulation a
-/// pair test with spinning threads hung in one run of six, which the boards cannot rule out
-/// until it is understood.
+/// Runs `f` on a thread of `executor`'s pool when it has one: the plan's parallel nodes then hand
+/// work to a neighbour that is still awake from the last node, instead of waking the pool from
+/// outside and waiting for it, twice per node.
 fn run_in<R: Send>(executor: &Executor, f: impl FnOnce() -> R + Send) -> R {
     match executor {
-        #[cfg(target_arch = "x86_64")]
-        Executor::MultiThread(pool) if pool.current_num_threads() > 1 => pool.install(|| {
-            let running = Arc::new(AtomicBool::new(true));
-            let owner = rayon::current_thread_index();
-            let flag = Arc::clone(&running);
-            rayon::spawn_broadcast(move |ctx| {
-                // The thread that runs `f` must not spin: it would wait for its own end.
-                if Some(ctx.index()) == owner {
-                    return;
-                }
-                while flag.load(Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::hint::spin_loop();
-                    }
-                }
-            });
-            // Stops the spinning however `f` ends, a panic included.
-            struct Stop(Arc<AtomicBool>);
-            impl Drop for Stop {
-                fn drop(&mut self) {
-                    self.0.store(false, Ordering::Release);
-                }
-            }
-            let _stop = Stop(running);
-            f()
-        }),
         Executor::MultiThread(pool) => pool.install(f),
         _ => f(),
     }
