@@ -17,7 +17,7 @@ use tract_onnx::tract_hir::tract_core::ops::cast::Cast;
 use tract_onnx::tract_hir::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_hir::tract_core::ops::quant::QuantizeLinearU8;
 
-use crate::rowops::{rows_in_place, sole_successor};
+use crate::rowops::{rows_in_place, sole_successor, written};
 
 /// f32 to u8 as ONNX `QuantizeLinear` in tract: `x · scale` rounded half to even, plus the zero
 /// point, saturated (NaN counts as 0; tract's result for any `x · scale` within i32's range).
@@ -56,18 +56,16 @@ impl EvalOp for RowQuantizeU8 {
         let scale = self.scale.cast_to_scalar::<f32>()?;
         let zero_point = i32::from(self.zero_point);
         let row = input.shape().last().copied().unwrap_or(1).max(1);
-        // SAFETY: the chunks below cover every value, each quantized into place.
-        let mut out = unsafe { Tensor::uninitialized::<u8>(input.shape())? };
-        tract_linalg::multithread::par_chunks_mut(
-            out.try_as_plain_ram_mut()?.as_slice_mut::<u8>()?,
-            row,
-            src.len(),
-            |start, chunk| {
-                let from = start * row;
-                quantize_u8(&src[from..from + chunk.len()], chunk, scale, zero_point);
-                Ok(())
-            },
-        )?;
+        // SAFETY: the chunks cover every value, each quantized into place.
+        let out = unsafe {
+            written::<u8>(input.shape(), |out| {
+                tract_linalg::multithread::par_chunks_mut(out, row, src.len(), |start, chunk| {
+                    let from = start * row;
+                    quantize_u8(&src[from..from + chunk.len()], chunk, scale, zero_point);
+                    Ok(())
+                })
+            })?
+        };
         Ok(tvec!(out.into_tvalue()))
     }
 }

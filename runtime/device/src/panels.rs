@@ -8,6 +8,7 @@ use std::arch::x86_64::__mmask16;
 use tract_onnx::tract_hir::internal::*;
 
 use crate::matops::product_pool;
+use crate::rowops::written;
 
 /// Columns of one panel: one 512-bit register of 32-bit values.
 pub(crate) const PANEL: usize = 16;
@@ -69,12 +70,8 @@ pub(crate) fn eval_rows(
     let x = x
         .as_slice()
         .with_context(|| format!("{op} input is not contiguous"))?;
-    // SAFETY: `compute` writes every element of C.
-    let mut c = unsafe { Tensor::uninitialized::<f32>(shape)? };
     let pool = product_pool(x.len() * n);
-    {
-        let mut out = c.try_as_plain_ram_mut()?;
-        compute(x, out.as_slice_mut::<f32>()?, pool.as_deref())?;
-    }
+    // SAFETY: `compute` writes every element of C.
+    let c = unsafe { written(shape, |c| compute(x, c, pool.as_deref()))? };
     Ok(c.into_tvalue())
 }

@@ -168,15 +168,13 @@ impl EvalOp for RowPermute {
         let src = view
             .as_slice_memory_order()
             .context("RowPermute needs a contiguous input")?;
-        let out_shape = self.shape.as_ref().unwrap_or(&shape);
-        // SAFETY: `permute` writes every value before the tensor is read.
-        let mut out = unsafe { Tensor::uninitialized::<f32>(out_shape)? };
-        permute(
-            src,
-            &shape,
-            &strides,
-            out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
-        );
+        // SAFETY: `permute` writes every value of the permuted array.
+        let out = unsafe {
+            written(self.shape.as_ref().unwrap_or(&shape), |out| {
+                permute(src, &shape, &strides, out);
+                Ok(())
+            })?
+        };
         Ok(tvec!(out.into_tvalue()))
     }
 }
@@ -244,6 +242,20 @@ pub fn fold_reshapes_into_permutes(model: &mut TypedModel) -> TractResult<()> {
     model.compact()
 }
 
+/// A new tensor of `shape` whose every value `write` sets (no zeroing pass, no copy).
+///
+/// # Safety
+/// `write` must set every value of the slice it is given (or fail).
+pub(crate) unsafe fn written<T: Datum>(
+    shape: &[usize],
+    write: impl FnOnce(&mut [T]) -> TractResult<()>,
+) -> TractResult<Tensor> {
+    // SAFETY: the caller's `write` sets every value before the tensor is read.
+    let mut out = unsafe { Tensor::uninitialized::<T>(shape)? };
+    write(out.try_as_plain_ram_mut()?.as_slice_mut::<T>()?)?;
+    Ok(out)
+}
+
 /// Writes into `out` the values of `src` in the order of an array of `shape` whose axes step
 /// through `src` by `strides` (in values, non-negative), a last-axis run at a time.
 fn permute(src: &[f32], shape: &[usize], strides: &[isize], out: &mut [f32]) {
@@ -259,15 +271,14 @@ fn permute(src: &[f32], shape: &[usize], strides: &[isize], out: &mut [f32]) {
     // Runs along the last axis, in groups along the one before it (a unit axis when rank < 2).
     let rank = shape.len();
     let (run, run_stride) = (
-        shape.get(rank.wrapping_sub(1)),
-        strides.get(rank.wrapping_sub(1)),
+        shape.last().copied().unwrap_or(1),
+        strides.last().map_or(1, |&s| s as usize),
     );
-    let (run, run_stride) = (*run.unwrap_or(&1), *run_stride.unwrap_or(&1) as usize);
+    let outer = rank.saturating_sub(2);
     let (group, group_stride) = match rank {
         0 | 1 => (1, 0),
-        _ => (shape[rank - 2], strides[rank - 2] as usize),
+        _ => (shape[outer], strides[outer] as usize),
     };
-    let outer = rank.saturating_sub(2);
     let mut index: TVec<usize> = tvec![0; outer];
     let (mut base, mut at) = (0usize, 0usize);
     loop {
