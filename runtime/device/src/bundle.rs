@@ -616,6 +616,10 @@ fn build_plan(
                     if crate::packed::available() {
                         crate::packed::pack_weight_products(&mut m)?;
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    if crate::splitproduct::available() {
+                        crate::splitproduct::split_weight_products(&mut m)?;
+                    }
                     m.into_optimized()
                 })
                 .map(Arc::new)

@@ -21,5 +21,7 @@ mod panels;
 pub mod rowops;
 pub mod session;
 pub mod sink;
+#[cfg(target_arch = "x86_64")]
+pub mod splitproduct;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod testing;

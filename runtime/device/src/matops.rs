@@ -228,6 +228,37 @@ impl FloatProduct {
     }
 }
 
+impl FloatProduct {
+    /// The `order` of A's axes (the axes C keeps, in C's order, then the summed ones, in B's
+    /// order) in which this product reads A as rows of `k` values and multiplies them by the
+    /// `k` x `n` matrix B is (its summed axes, then C's last), with the bias it adds, if any.
+    pub(crate) fn as_gathered_row_product(
+        &self,
+        a_rank: usize,
+        b_rank: usize,
+        c_rank: usize,
+    ) -> Option<(Vec<usize>, Option<Arc<Tensor>>)> {
+        let n = &self.axes[self.n];
+        if n.a.is_some() || n.b != Some(b_rank - 1) || n.c != Some(c_rank - 1) {
+            return None;
+        }
+        let mut kept = vec![None; c_rank - 1];
+        let mut summed = vec![None; b_rank - 1];
+        for (i, place) in self.axes.iter().enumerate() {
+            match (place.a, place.b, place.c) {
+                (Some(a), None, Some(c)) if i != self.n => *kept.get_mut(c)? = Some(a),
+                (Some(a), Some(b), None) => *summed.get_mut(b)? = Some(a),
+                _ if i == self.n => {}
+                _ => return None,
+            }
+        }
+        let order: Option<Vec<usize>> = kept.into_iter().chain(summed).collect();
+        order
+            .filter(|o| o.len() == a_rank)
+            .map(|o| (o, self.bias.clone()))
+    }
+}
+
 impl Operands {
     /// The addresses of batch `index`, counting over the batch axes `batch` row-major.
     fn batch(self, batch: &[Walk], mut index: usize) -> Operands {

@@ -21,7 +21,7 @@ const ROWS: usize = 8;
 /// products run faster through the `gemm` crate, whose blocking keeps its operands in the caches
 /// (the full-size model's pair: 287-294 ms with every product packed against 256-268 without,
 /// one thread per encoder).
-const MAX_WEIGHTS: usize = 1 << 18;
+pub(crate) const MAX_WEIGHTS: usize = 1 << 18;
 
 /// Whether this CPU runs the kernel.
 pub fn available() -> bool {
