@@ -81,8 +81,20 @@ pub fn measure(bundle: &Bundle, iterations: usize) -> Result<Latency, BundleErro
 pub enum FloorKernel {
     /// tract's own optimised product.
     Tract,
-    /// The product the bundles' CPU plans run (on x86-64 the `gemm` crate's, elsewhere tract's).
+    /// The f32 product the bundles' CPU plans run on the vector units (on x86-64 the `gemm`
+    /// crate's, elsewhere tract's).
     Plans,
+    /// The product by constant weights the x86-64 plans run on AMX-BF16 tiles, operands cut in
+    /// three bf16 parts ([`crate::splitproduct`]), where the CPU has them.
+    Split,
+}
+
+/// Whether this CPU runs [`FloorKernel::Split`] (and the plans' products by large weights on it).
+pub fn split_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::splitproduct::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// The f32 matrix-product floor of this machine: GFLOP/s of an `n x n x n` product by `kernel`, median of `iterations` runs (after one warm-up), with the plan options the bundles use.
@@ -103,8 +115,15 @@ pub fn sgemm_gflops(
         let c = model.wire_node("product", EinSum::new(axes, f32::datum_type()), &[a, b])?;
         model.select_output_outlets(&c)?;
         #[cfg(target_arch = "x86_64")]
-        if kernel == FloorKernel::Plans {
+        if kernel != FloorKernel::Tract {
             crate::matops::replace_float_products(&mut model)?;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if kernel == FloorKernel::Split {
+            if !crate::splitproduct::available() {
+                return Err(TractError::msg("this CPU has no AMX-BF16 tiles"));
+            }
+            crate::splitproduct::split_weight_products(&mut model)?;
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = kernel;

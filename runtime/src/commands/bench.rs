@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use cavsync_core::model::{Modality, Precision};
 use cavsync_device::bundle::NodeProfile;
-use cavsync_device::latency::{self, FloorKernel, measure, pattern, sgemm_gflops};
+use cavsync_device::latency::{self, FloorKernel, measure, pattern, sgemm_gflops, split_available};
 
 use super::{BundleArgs, DeviceArgs};
 
@@ -165,6 +165,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         print!(
             "f32 floor: the {FLOOR_N}^3 f32 product reaches {plans:.1} GFLOP/s with the plans' kernel ({kernel}), {tract:.1} with tract's, same threads"
         );
+        if split_available() {
+            let split = sgemm_gflops(&bundle.options, FLOOR_N, runs, FloorKernel::Split)?;
+            print!(
+                "; on AMX tiles in three bf16 parts (the plans' kernel for weights of more than 2^18 values, not an sgemm) {split:.1}"
+            );
+        }
         if m.model.precision == Precision::F32 {
             let at_floor = 2.0 * pair_fma as f64 / (floor * 1e9);
             print!(
