@@ -34,7 +34,7 @@ const MIN_WEIGHTS: usize = crate::packed::MAX_WEIGHTS;
 /// Bytes of the cut input summed per pass over the column blocks: a product whose cut input
 /// is larger is summed in chunks of steps, so that each chunk stays in the L2 cache while every
 /// block of columns reads it (the full-size model's fc2, 3072 summed values: 231-248 GFLOP/s
-/// against 179-194 in one pass, one thread).
+/// against 179-192 in one pass, one thread).
 const CHUNK_BYTES: usize = 1 << 20;
 /// The parts each operand is cut into.
 const PARTS: usize = 3;
