@@ -76,22 +76,28 @@ fn vnni() -> bool {
 /// Whether this CPU has AMX-INT8 and Linux lets this process use the tile registers (asked for
 /// once, as the kernel requires before the first tile instruction).
 fn amx_enabled() -> bool {
-    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-    const XFEATURE_XTILEDATA: libc::c_long = 18;
     // CPUID leaf 7 exists on every x86-64 CPU with AVX-512, checked first.
     let leaf7 = vnni().then(|| __cpuid_count(7, 0));
     let (tile, int8) = leaf7.map_or((false, false), |l| {
         (l.edx >> 24 & 1 == 1, l.edx >> 25 & 1 == 1)
     });
+    tile && int8 && tiles_permitted()
+}
+
+/// Asks Linux to let this process use the AMX tile registers (as it requires before the first
+/// tile instruction); whether it agreed.
+pub(crate) fn tiles_permitted() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
     // SAFETY: the request only changes which state the kernel saves for this process's threads.
-    tile && int8
-        && unsafe {
-            libc::syscall(
-                libc::SYS_arch_prctl,
-                ARCH_REQ_XCOMP_PERM,
-                XFEATURE_XTILEDATA,
-            )
-        } == 0
+    let answer = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
+    answer == 0
 }
 
 /// Whether this CPU runs a fused kernel (otherwise [`fuse_int8_products`] leaves the graph to tract).
@@ -215,10 +221,9 @@ unsafe impl Send for Operands {}
 // SAFETY: as for `Send`; threads only read the inputs.
 unsafe impl Sync for Operands {}
 
-/// The AMX tile configuration of [`tile_amx`]: tiles 0-3 the sums (16 rows of 16 i32), 4-5
-/// the input (16 rows of 64 u8), 6-7 the weights (16 steps of 16 columns by 4 i8).
+/// An AMX tile configuration (palette 1), as `ldtilecfg` reads it.
 #[repr(C, align(64))]
-struct TileConfig {
+pub(crate) struct TileConfig {
     palette: u8,
     start_row: u8,
     reserved: [u8; 14],
@@ -227,8 +232,9 @@ struct TileConfig {
 }
 
 impl TileConfig {
-    /// Eight tiles of 16 rows of 64 bytes.
-    fn eight_full() -> TileConfig {
+    /// Eight tiles of 16 rows of 64 bytes: in [`tile_amx`], tiles 0-3 the sums (16 rows of 16
+    /// i32), 4-5 the input (16 rows of 64 u8), 6-7 the weights (16 steps of 16 columns by 4 i8).
+    pub(crate) fn eight_full() -> TileConfig {
         let mut config = TileConfig {
             palette: 1,
             start_row: 0,

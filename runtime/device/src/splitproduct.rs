@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 
 use tract_onnx::tract_hir::internal::*;
 
+use crate::intproduct::{TileConfig, tiles_permitted};
 use crate::matops::FloatProduct;
 use crate::panels::{PANEL, eval_rows, padded};
 
@@ -41,28 +42,18 @@ const PARTS: usize = 3;
 /// The cross products computed: (input part, weight part).
 const CROSS: [(usize, usize); 6] = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0)];
 
-/// Whether this CPU has AMX-BF16 and Linux lets this process use the tile registers (asked for
-/// once, as the kernel requires before the first tile instruction).
+/// Whether this CPU has AMX-BF16 and Linux lets this process use the tile registers (asked
+/// once).
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-        const XFEATURE_XTILEDATA: libc::c_long = 18;
         if !is_x86_feature_detected!("avx512f") {
             return false;
         }
         // CPUID leaf 7 exists on every x86-64 CPU with AVX-512.
         let leaf7 = __cpuid_count(7, 0);
         let (bf16, tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
-        // SAFETY: the request only changes which state the kernel saves for this process's threads.
-        bf16 && tile
-            && unsafe {
-                libc::syscall(
-                    libc::SYS_arch_prctl,
-                    ARCH_REQ_XCOMP_PERM,
-                    XFEATURE_XTILEDATA,
-                )
-            } == 0
+        bf16 && tile && tiles_permitted()
     })
 }
 
@@ -279,17 +270,6 @@ unsafe impl Send for Operands {}
 // SAFETY: as for `Send`; threads only read the inputs.
 unsafe impl Sync for Operands {}
 
-/// The AMX tile configuration of [`tile`]: tiles 0-3 the sums (16 rows of 16 f32), 4-5 the
-/// input (16 rows of 32 bf16), 6-7 the weights (16 pairs of summed values by 16 columns).
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    bytes_per_row: [u16; 16],
-    rows: [u8; 16],
-}
-
 impl Operands {
     /// Computes the columns of blocks `blocks` for every row.
     ///
@@ -297,15 +277,9 @@ impl Operands {
     /// The operands must be those `SplitProduct::compute` laid out, on a CPU where
     /// [`available`] holds, and no other thread may write these blocks' columns.
     unsafe fn blocks(self, blocks: std::ops::Range<usize>) {
-        let mut config = TileConfig {
-            palette: 1,
-            start_row: 0,
-            reserved: [0; 14],
-            bytes_per_row: [0; 16],
-            rows: [0; 16],
-        };
-        config.bytes_per_row[..8].fill(64);
-        config.rows[..8].fill(16);
+        // Tiles 0-3 the sums (16 rows of 16 f32), 4-5 the input (16 rows of 32 bf16), 6-7 the
+        // weights (16 pairs of summed values by 16 columns).
+        let config = TileConfig::eight_full();
         // SAFETY: AMX is enabled for this process (`available`).
         unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
         let pairs = self.m.div_ceil(ROWS);
@@ -734,4 +708,3 @@ mod tests {
         assert!(worst < 1e-5);
     }
 }
-
