@@ -759,11 +759,19 @@ fn fastest_executor(
     })
 }
 
-/// Runs `f` on a thread of `executor`'s pool when it has one: the plan's parallel nodes then hand
-/// work to a neighbour that is still awake from the last node, instead of waking the pool from
-/// outside and waiting for it, twice per node.
-fn run_in<R: Send>(executor: &Executor, f: impl FnOnce() -> R + Send) -> R {
+/// Runs `f` for a plan of `executor`'s threads. On x86-64, on this thread with the process's
+/// team of as many threads, which the operators of this crate split their work over (handing
+/// `f` to a pool thread would cost two wake-ups a run). Elsewhere on a thread of the executor's
+/// pool, so that tract's parallel nodes hand work to a neighbour that is still awake from the
+/// last node instead of waking the pool from outside, twice per node.
+pub(crate) fn run_in<R: Send>(executor: &Executor, f: impl FnOnce() -> R + Send) -> R {
     match executor {
+        #[cfg(target_arch = "x86_64")]
+        Executor::MultiThread(pool) => match crate::team::shared(pool.current_num_threads()) {
+            Some(team) => crate::team::with(&team, f),
+            None => pool.install(f),
+        },
+        #[cfg(not(target_arch = "x86_64"))]
         Executor::MultiThread(pool) => pool.install(f),
         _ => f(),
     }

@@ -59,7 +59,7 @@ impl EvalOp for RowQuantizeU8 {
         // SAFETY: the chunks cover every value, each quantized into place.
         let out = unsafe {
             written::<u8>(input.shape(), |out| {
-                tract_linalg::multithread::par_chunks_mut(out, row, src.len(), |start, chunk| {
+                crate::team::rows_mut(out, row, src.len(), |start, chunk| {
                     let from = start * row;
                     quantize_u8(&src[from..from + chunk.len()], chunk, scale, zero_point);
                     Ok(())

@@ -216,10 +216,24 @@ struct Operands {
 }
 
 // SAFETY: the pointers address buffers of one `eval`, which outlive every thread that uses them
-// (rayon joins before `eval` returns); column blocks write disjoint columns of C.
+// (a team's run returns when every part is done); column blocks write disjoint columns of C.
 unsafe impl Send for Operands {}
 // SAFETY: as for `Send`; threads only read the inputs.
 unsafe impl Sync for Operands {}
+
+/// The quantized rows' buffer, shared by the parts that each fill their own rows.
+#[derive(Clone, Copy)]
+struct Rows(*mut u8);
+
+// SAFETY: parts write disjoint rows, and the buffer outlives the team's run.
+unsafe impl Sync for Rows {}
+
+impl Rows {
+    /// The address of value `i`.
+    fn at(self, i: usize) -> *mut u8 {
+        self.0.wrapping_add(i)
+    }
+}
 
 /// An AMX tile configuration (palette 1), as `ldtilecfg` reads it.
 #[repr(C, align(64))]
@@ -510,15 +524,9 @@ impl Op for Int8Product {
 }
 
 impl Int8Product {
-    /// Writes the product of the `k`-long rows `x` into `c` (`n`-long rows), on `pool`'s threads
-    /// where there is one.
-    fn compute(
-        &self,
-        x: &[f32],
-        c: &mut [f32],
-        pool: Option<&rayon::ThreadPool>,
-    ) -> TractResult<()> {
-        use rayon::prelude::*;
+    /// Writes the product of the `k`-long rows `x` into `c` (`n`-long rows), in `parts` parts
+    /// on the plan's team.
+    fn compute(&self, x: &[f32], c: &mut [f32], parts: usize) -> TractResult<()> {
         let (k, n) = (self.k, self.n);
         let m = x.len() / k;
         ensure!(
@@ -570,27 +578,26 @@ impl Int8Product {
             n,
         };
         let blocks = n.div_ceil(PANEL * self.kernel.panels());
-        match pool {
-            Some(pool) => pool.install(|| {
-                let part = round_up(m.div_ceil(pool.current_num_threads()), tile_rows);
-                a.par_chunks_mut(part * kp)
-                    .enumerate()
-                    .for_each(|(i, rows)| quantize(i * part, rows));
-                let at = operands(&a, c);
-                (0..blocks).into_par_iter().for_each(|block| {
-                    // SAFETY: block `block` writes its own columns of C.
-                    unsafe { at.block(block) }
-                });
-            }),
-            None => {
-                quantize(0, &mut a);
-                let at = operands(&a, c);
-                for block in 0..blocks {
-                    // SAFETY: blocks run one after another.
-                    unsafe { at.block(block) }
-                }
-            }
+        if parts > 1 {
+            let part = round_up(m.div_ceil(parts), tile_rows);
+            let chunks = Rows(a.as_mut_ptr());
+            crate::team::run(m.div_ceil(part), |i| {
+                let len = (round_up(m, tile_rows) - i * part).min(part) * kp;
+                // SAFETY: part `i` quantizes its own rows of `a`.
+                let rows = unsafe { std::slice::from_raw_parts_mut(chunks.at(i * part * kp), len) };
+                quantize(i * part, rows)
+            });
+        } else {
+            quantize(0, &mut a);
         }
+        let at = operands(&a, c);
+        let per_part = blocks.div_ceil(parts);
+        crate::team::run(blocks.div_ceil(per_part), |i| {
+            for block in i * per_part..(i * per_part + per_part).min(blocks) {
+                // SAFETY: part `i` writes its own blocks' columns of C.
+                unsafe { at.block(block) }
+            }
+        });
         Ok(())
     }
 }
@@ -617,8 +624,8 @@ impl EvalOp for Int8Product {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
         let shape = self.output_shape(input.shape())?;
-        let out = eval_rows("Int8Product", &input, &shape, self.n, |x, c, pool| {
-            self.compute(x, c, pool)
+        let out = eval_rows("Int8Product", &input, &shape, self.n, |x, c, parts| {
+            self.compute(x, c, parts)
         })?;
         Ok(tvec!(out))
     }
@@ -929,7 +936,7 @@ mod tests {
             let op =
                 Int8Product::new(&quantize, a0, &weights, (k, 1), n, &rescale, kernel).unwrap();
             let mut c = vec![f32::NAN; m * n];
-            op.compute(&x, &mut c, None).unwrap();
+            op.compute(&x, &mut c, 1).unwrap();
             assert_eq!(c, want, "{kernel:?} kernel, {m} x {k} x {n}");
         }
     }

@@ -97,7 +97,7 @@ pub fn split_available() -> bool {
     false
 }
 
-/// The f32 matrix-product floor of this machine: GFLOP/s of an `n x n x n` product by `kernel`, median of `iterations` runs (after one warm-up), with the plan options the bundles use.
+/// The f32 matrix-product floor of this machine: GFLOP/s of an `n x n x n` product by `kernel`, median of `iterations` runs (after one warm-up), with the plan options the bundles use, run as their plans run.
 pub fn sgemm_gflops(
     options: &PlanOptions,
     n: usize,
@@ -135,14 +135,19 @@ pub fn sgemm_gflops(
     let input: TValue = Tensor::from_shape(&[n, n], &pattern(n * n, 104_729))
         .map_err(err)?
         .into();
-    let mut times = Vec::new();
-    for round in 0..=iterations.max(1) {
-        let t0 = Instant::now();
-        plan.run(tvec!(input.clone())).map_err(err)?;
-        if round > 0 {
-            times.push(t0.elapsed().as_secs_f64());
+    let executor = run_options.executor.clone().unwrap_or_default();
+    let times = crate::bundle::run_in(&executor, || -> TractResult<Vec<f64>> {
+        let mut times = Vec::new();
+        for round in 0..=iterations.max(1) {
+            let t0 = Instant::now();
+            plan.run(tvec!(input.clone()))?;
+            if round > 0 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
         }
-    }
+        Ok(times)
+    })
+    .map_err(err)?;
     Ok(2.0 * (n as f64).powi(3) / median(times) / 1e9)
 }
 

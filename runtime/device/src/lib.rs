@@ -23,5 +23,6 @@ pub mod session;
 pub mod sink;
 #[cfg(target_arch = "x86_64")]
 pub mod splitproduct;
+pub mod team;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod testing;

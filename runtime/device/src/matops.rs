@@ -11,22 +11,8 @@
 //! batched product of two operands: every summed axis in both (or of one element), every other
 //! axis in the output.
 
-use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_core::ops::einsum::EinSum;
-
-/// Multiply-adds below which a product runs on the calling thread alone: waking a second thread
-/// costs tens of microseconds, more than such a product takes.
-const THREADED_MIN_FMA: usize = 1 << 21;
-
-/// The thread pool a product of `fma` multiply-adds runs on: tract's, where the plan has one
-/// and the product is worth waking its threads for.
-pub(crate) fn product_pool(fma: usize) -> Option<Arc<rayon::ThreadPool>> {
-    match current_tract_executor() {
-        Executor::MultiThread(pool) if fma >= THREADED_MIN_FMA => Some(pool),
-        _ => None,
-    }
-}
 
 /// Where one axis of a product sits in the first operand, the second and the output.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -73,7 +59,7 @@ struct Operands {
 }
 
 // SAFETY: the pointers address the operands of one `eval`, which outlive every thread that uses
-// them (rayon joins before `eval` returns); batches write disjoint parts of C.
+// them (a team's run returns when every part is done); parts write disjoint parts of C.
 unsafe impl Send for Operands {}
 // SAFETY: as for `Send`; threads only read A and B.
 unsafe impl Sync for Operands {}
@@ -260,6 +246,16 @@ impl FloatProduct {
 }
 
 impl Operands {
+    /// The addresses from row `first` on, the rows walking `m`.
+    fn rows(self, m: Walk, first: usize) -> Operands {
+        let first = first as isize;
+        Operands {
+            a: self.a.wrapping_offset(first * m.a),
+            b: self.b.wrapping_offset(first * m.b),
+            c: self.c.wrapping_offset(first * m.c),
+        }
+    }
+
     /// The addresses of batch `index`, counting over the batch axes `batch` row-major.
     fn batch(self, batch: &[Walk], mut index: usize) -> Operands {
         let (mut a, mut b, mut c) = (0, 0, 0);
@@ -300,7 +296,7 @@ struct Shape<'a> {
 /// # Safety
 /// Every address the walks reach from `at` must lie inside its operand, and C's must be
 /// written by nobody else during the call.
-unsafe fn product(at: Operands, shape: Shape, parallelism: gemm::Parallelism) {
+unsafe fn product(at: Operands, shape: Shape) {
     let Shape {
         m,
         k,
@@ -333,7 +329,7 @@ unsafe fn product(at: Operands, shape: Shape, parallelism: gemm::Parallelism) {
                 false,
                 false,
                 false,
-                parallelism,
+                gemm::Parallelism::None,
             );
         }
     }
@@ -397,27 +393,32 @@ impl EvalOp for FloatProduct {
             c: cv.as_mut_ptr(),
         };
         let at = |index: usize| base.batch(&batch, index);
-        let pool = product_pool(walks.iter().map(|w| w.len).product());
-        match pool {
-            Some(pool) if batches >= pool.current_num_threads() => pool.install(|| {
-                use rayon::prelude::*;
-                (0..batches).into_par_iter().for_each(|i| {
+        let parts = crate::team::parts(walks.iter().map(|w| w.len).product(), crate::team::MIN_FMA);
+        if batches >= parts {
+            let per_part = batches.div_ceil(parts);
+            crate::team::run(batches.div_ceil(per_part), |p| {
+                for i in p * per_part..(p * per_part + per_part).min(batches) {
                     // SAFETY: batch `i` writes its own part of C.
-                    unsafe { product(at(i), shape, gemm::Parallelism::None) }
+                    unsafe { product(at(i), shape) }
+                }
+            });
+        } else {
+            // Fewer batches than parts: each batch's rows split between the parts.
+            let rows = shape.m.len;
+            let per_part = rows.div_ceil(parts);
+            for i in 0..batches {
+                crate::team::run(rows.div_ceil(per_part), |p| {
+                    let first = p * per_part;
+                    let part = Shape {
+                        m: Walk {
+                            len: (rows - first).min(per_part),
+                            ..shape.m
+                        },
+                        ..shape
+                    };
+                    // SAFETY: part `p` writes its own rows of batch `i`'s C.
+                    unsafe { product(at(i).rows(shape.m, first), part) }
                 });
-            }),
-            Some(pool) => pool.install(|| {
-                let threads = gemm::Parallelism::Rayon(pool.current_num_threads());
-                for i in 0..batches {
-                    // SAFETY: batches run one after another.
-                    unsafe { product(at(i), shape, threads) }
-                }
-            }),
-            None => {
-                for i in 0..batches {
-                    // SAFETY: batches run one after another.
-                    unsafe { product(at(i), shape, gemm::Parallelism::None) }
-                }
             }
         }
         Ok(tvec!(c.into_tvalue()))
@@ -739,7 +740,7 @@ mod tests {
 
     #[test]
     fn threaded_products_match_tract() {
-        // Over THREADED_MIN_FMA: one product shared by the pool, then batches split over it.
+        // Over team::MIN_FMA: one product's rows shared by the team, then batches split over it.
         assert_close_on("bmk,kn->bmn", &[1, 256, 128], &[128, 128], 2);
         assert_close_on("hmk,hkn->hmn", &[4, 128, 64], &[4, 64, 128], 2);
         assert_close_on("htd,hdn->tn", &[4, 128, 64], &[4, 64, 128], 2);

@@ -79,15 +79,9 @@ impl PackedProduct {
         })
     }
 
-    /// Writes the product of the `k`-long rows `x` into `c` (`n`-long rows), on `pool`'s threads
-    /// where there is one.
-    fn compute(
-        &self,
-        x: &[f32],
-        c: &mut [f32],
-        pool: Option<&rayon::ThreadPool>,
-    ) -> TractResult<()> {
-        use rayon::prelude::*;
+    /// Writes the product of the `k`-long rows `x` into `c` (`n`-long rows), in `parts` parts
+    /// on the plan's team.
+    fn compute(&self, x: &[f32], c: &mut [f32], parts: usize) -> TractResult<()> {
         let (k, n) = (self.k, self.n);
         let m = x.len() / k;
         ensure!(
@@ -125,19 +119,13 @@ impl PackedProduct {
             n,
         };
         let blocks = n.div_ceil(PANEL * PANELS);
-        match pool {
-            // Rows split evenly between the threads (columns would not: 128 of them are three
-            // blocks), each thread reading all the packed weights.
-            Some(pool) => pool.install(|| {
-                let part = m.div_ceil(pool.current_num_threads()).div_ceil(ROWS) * ROWS;
-                (0..m.div_ceil(part)).into_par_iter().for_each(|i| {
-                    // SAFETY: each part writes its own rows of C.
-                    unsafe { at.blocks(0..blocks, i * part..(i * part + part).min(m)) }
-                })
-            }),
-            // SAFETY: the only part.
-            None => unsafe { at.blocks(0..blocks, 0..m) },
-        }
+        // Rows split evenly between the parts (columns would not: 128 of them are three blocks),
+        // each part reading all the packed weights.
+        let part = m.div_ceil(parts).div_ceil(ROWS) * ROWS;
+        crate::team::run(m.div_ceil(part), |i| {
+            // SAFETY: each part writes its own rows of C.
+            unsafe { at.blocks(0..blocks, i * part..(i * part + part).min(m)) }
+        });
         Ok(())
     }
 }
@@ -160,7 +148,7 @@ struct Operands {
 }
 
 // SAFETY: the pointers address buffers of one `eval`, which outlive every thread that uses them
-// (rayon joins before `eval` returns); threads write disjoint rows of C.
+// (a team's run returns when every part is done); parts write disjoint rows of C.
 unsafe impl Send for Operands {}
 // SAFETY: as for `Send`; threads only read the inputs.
 unsafe impl Sync for Operands {}
@@ -294,8 +282,8 @@ impl EvalOp for PackedProduct {
         );
         let mut shape: TVec<usize> = input.shape().into();
         *shape.last_mut().expect("rank checked above") = self.n;
-        let out = eval_rows("PackedProduct", &input, &shape, self.n, |x, c, pool| {
-            self.compute(x, c, pool)
+        let out = eval_rows("PackedProduct", &input, &shape, self.n, |x, c, parts| {
+            self.compute(x, c, parts)
         })?;
         Ok(tvec!(out))
     }

@@ -7,7 +7,6 @@ use std::arch::x86_64::__mmask16;
 
 use tract_onnx::tract_hir::internal::*;
 
-use crate::matops::product_pool;
 use crate::rowops::written;
 
 /// Columns of one panel: one 512-bit register of 32-bit values.
@@ -56,22 +55,22 @@ pub(crate) fn padded<T: Datum + Copy>(values: &[T], len: usize, fill: T) -> Arc<
 }
 
 /// Runs a product operator named `op` of `n` columns on `input`: `compute` reads the input's
-/// values in row-major order and writes every value of a new f32 output of `shape`, on the
-/// pool a product of that size runs on.
+/// values in row-major order and writes every value of a new f32 output of `shape`, in as many
+/// parts as the plan's team runs a product of that size in.
 pub(crate) fn eval_rows(
     op: &str,
     input: &TValue,
     shape: &[usize],
     n: usize,
-    compute: impl FnOnce(&[f32], &mut [f32], Option<&rayon::ThreadPool>) -> TractResult<()>,
+    compute: impl FnOnce(&[f32], &mut [f32], usize) -> TractResult<()>,
 ) -> TractResult<TValue> {
     let view = input.to_plain_array_view::<f32>()?;
     let x = view.as_standard_layout();
     let x = x
         .as_slice()
         .with_context(|| format!("{op} input is not contiguous"))?;
-    let pool = product_pool(x.len() * n);
+    let parts = crate::team::parts(x.len() * n, crate::team::MIN_FMA);
     // SAFETY: `compute` writes every element of C.
-    let c = unsafe { written(shape, |c| compute(x, c, pool.as_deref()))? };
+    let c = unsafe { written(shape, |c| compute(x, c, parts))? };
     Ok(c.into_tvalue())
 }

@@ -461,7 +461,7 @@ pub(crate) fn rows_in_place<T: Datum>(
         let mut plain = t.try_as_plain_ram_mut()?;
         let data = plain.as_slice_mut::<T>()?;
         let total = data.len();
-        tract_linalg::multithread::par_chunks_mut(data, row, total, |_, chunk| {
+        crate::team::rows_mut(data, row, total, |_, chunk| {
             kernel(chunk);
             Ok(())
         })?;

@@ -171,14 +171,9 @@ impl SplitProduct {
         })
     }
 
-    /// Writes the product of the `k`-long rows `x` into `c` (`n`-long rows), on `pool`'s threads
-    /// where there is one.
-    fn compute(
-        &self,
-        x: &[f32],
-        c: &mut [f32],
-        pool: Option<&rayon::ThreadPool>,
-    ) -> TractResult<()> {
+    /// Writes the product of the `k`-long rows `x` into `c` (`n`-long rows), in `parts` parts
+    /// on the plan's team.
+    fn compute(&self, x: &[f32], c: &mut [f32], parts: usize) -> TractResult<()> {
         let (k, n) = (self.k, self.n);
         let m = x.len() / k;
         ensure!(
@@ -224,27 +219,20 @@ impl SplitProduct {
                     n,
                 },
                 blocks,
-                pool,
+                parts,
             );
         });
         Ok(())
     }
 
-    /// Runs the column blocks of `at` on `pool`'s threads, or on this one.
-    fn run(&self, at: Operands, blocks: usize, pool: Option<&rayon::ThreadPool>) {
-        use rayon::prelude::*;
-        match pool {
-            // Column blocks split between the threads, each reading the whole input.
-            Some(pool) => pool.install(|| {
-                let part = blocks.div_ceil(pool.current_num_threads());
-                (0..blocks.div_ceil(part)).into_par_iter().for_each(|i| {
-                    // SAFETY: each part writes its own columns of C.
-                    unsafe { at.blocks(i * part..(i * part + part).min(blocks)) }
-                })
-            }),
-            // SAFETY: the only part.
-            None => unsafe { at.blocks(0..blocks) },
-        }
+    /// Runs the column blocks of `at` in `parts` parts on the plan's team, each part reading
+    /// the whole input.
+    fn run(&self, at: Operands, blocks: usize, parts: usize) {
+        let part = blocks.div_ceil(parts);
+        crate::team::run(blocks.div_ceil(part), |i| {
+            // SAFETY: each part writes its own columns of C.
+            unsafe { at.blocks(i * part..(i * part + part).min(blocks)) }
+        });
     }
 }
 
@@ -265,7 +253,7 @@ struct Operands {
 }
 
 // SAFETY: the pointers address buffers of one `eval`, which outlive every thread that uses them
-// (rayon joins before `eval` returns); threads write disjoint columns of C.
+// (a team's run returns when every part is done); parts write disjoint columns of C.
 unsafe impl Send for Operands {}
 // SAFETY: as for `Send`; threads only read the inputs.
 unsafe impl Sync for Operands {}
@@ -492,8 +480,8 @@ impl EvalOp for SplitProduct {
         );
         let mut shape: TVec<usize> = input.shape()[..rank - self.summed].into();
         shape.push(self.n);
-        let out = eval_rows("SplitProduct", &input, &shape, self.n, |x, c, pool| {
-            self.compute(x, c, pool)
+        let out = eval_rows("SplitProduct", &input, &shape, self.n, |x, c, parts| {
+            self.compute(x, c, parts)
         })?;
         Ok(tvec!(out))
     }
@@ -619,12 +607,8 @@ mod tests {
             let bias = bias.then_some(&b[..]);
             let op = SplitProduct::new(&w, k, n, bias).unwrap();
             let mut c = vec![f32::NAN; m * n];
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            op.compute(&x, &mut c, (threads > 1).then_some(&pool))
-                .unwrap();
+            let team = crate::team::Team::new(threads).unwrap();
+            crate::team::with(&team, || op.compute(&x, &mut c, threads)).unwrap();
             let exact = reference(&x, &w, bias, k, n);
             // A plain f32 sum of the same products, in order: the error f32 itself makes.
             let plain: Vec<f32> = x

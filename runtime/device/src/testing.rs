@@ -9,17 +9,19 @@ pub(crate) fn values(len: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The output of `model`, optimised, on `input`, in a plan on `threads` threads.
+/// The output of `model`, optimised, on `input`, in a plan on `threads` threads (tract's pool and
+/// a team of as many).
 pub(crate) fn run_optimized(model: TypedModel, input: &Tensor, threads: usize) -> Tensor {
     let options = crate::bundle::PlanOptions { threads }
         .run_options()
         .unwrap();
-    model
+    let plan = model
         .into_optimized()
         .unwrap()
         .into_runnable_with_options(&options)
-        .unwrap()
-        .run(tvec!(input.clone().into_tvalue()))
+        .unwrap();
+    let team = crate::team::Team::new(threads).unwrap();
+    crate::team::with(&team, || plan.run(tvec!(input.clone().into_tvalue())))
         .unwrap()
         .remove(0)
         .into_tensor()
