@@ -20,6 +20,11 @@ use crate::intops::{RowQuantizeU8, RowRescale, quantize_u8};
 use crate::panels::{PANEL, block_panels, eval_rows, packed_index, padded, panel_mask};
 use crate::rowops::sole_successor;
 
+/// Multiply-adds below which a product runs on one thread even in a threaded plan: the integer
+/// kernels do four to eight times the work of f32's per cycle, and the int8 student's visual
+/// products (up to 10^7) ran slower in two parts than in one (0.225 against 0.139 ms in all, two
+/// threads against one, `cavsync bench --profile`).
+const SPLIT_MIN_PRODUCTS: usize = 1 << 24;
 /// Summed values of one step of the packed operands: one AMX tile row of u8 (all kernels pad to it).
 const STEP: usize = 64;
 
@@ -625,6 +630,11 @@ impl EvalOp for Int8Product {
         let input = args_1!(inputs);
         let shape = self.output_shape(input.shape())?;
         let out = eval_rows("Int8Product", &input, &shape, self.n, |x, c, parts| {
+            let parts = if x.len() * self.n >= SPLIT_MIN_PRODUCTS {
+                parts
+            } else {
+                1
+            };
             self.compute(x, c, parts)
         })?;
         Ok(tvec!(out))
@@ -932,12 +942,15 @@ mod tests {
         if amx_enabled() {
             kernels.push(Kernel::Amx);
         }
+        let team = crate::team::Team::new(3).unwrap();
         for kernel in kernels {
             let op =
                 Int8Product::new(&quantize, a0, &weights, (k, 1), n, &rescale, kernel).unwrap();
-            let mut c = vec![f32::NAN; m * n];
-            op.compute(&x, &mut c, 1).unwrap();
-            assert_eq!(c, want, "{kernel:?} kernel, {m} x {k} x {n}");
+            for parts in [1, 3] {
+                let mut c = vec![f32::NAN; m * n];
+                crate::team::with(&team, || op.compute(&x, &mut c, parts)).unwrap();
+                assert_eq!(c, want, "{kernel:?} kernel, {m} x {k} x {n}, {parts} parts");
+            }
         }
     }
 

@@ -423,7 +423,7 @@ impl Expansion for LastAxisLayerNorm {
     }
 }
 
-/// Runs `kernel` on the rows of `input` computed in f32, splitting the rows across tract's threads.
+/// Runs `kernel` on the rows of `input` computed in f32, splitting the rows across the plan's threads.
 fn on_rows(
     input: TValue,
     row: usize,
@@ -444,7 +444,7 @@ fn on_rows(
 }
 
 /// Runs `kernel` in place on the `row`-long rows of `t` (made contiguous first if it is not),
-/// splitting the rows across tract's threads.
+/// splitting the rows across the plan's threads.
 pub(crate) fn rows_in_place<T: Datum>(
     mut t: Tensor,
     row: usize,

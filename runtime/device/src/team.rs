@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 /// Multiply-adds (or values) below which a node runs on the calling thread alone: handing half
 /// of it to an awake helper costs about a microsecond.
 pub(crate) const MIN_FMA: usize = 1 << 17;
+/// Values below which a row operator runs on the calling thread alone (an exponential or an
+/// error function costs a hundred multiply-adds).
+const MIN_VALUES: usize = 1 << 14;
 /// How long a helper spins for the next part before it parks.
 const SPIN: Duration = Duration::from_micros(300);
 /// Spins on a flag before each wait also yields the core (to a thread that may be what it
@@ -313,7 +316,7 @@ pub(crate) fn run(parts: usize, work: impl Fn(usize) + Sync) {
 
 /// Runs `f(first_row, rows)` over `data` cut into whole rows of `row` values: in parts on the
 /// team of the plan in progress where there is one (and `work`, in values, reaches
-/// [`MIN_FMA`]), else as tract's executor cuts it (its pool where the plan has one).
+/// [`MIN_VALUES`]), else as tract's executor cuts it (its pool where the plan has one).
 pub(crate) fn rows_mut<T: Send>(
     data: &mut [T],
     row: usize,
@@ -324,7 +327,7 @@ pub(crate) fn rows_mut<T: Send>(
         return tract_linalg::multithread::par_chunks_mut(data, row, work, f);
     }
     let rows = data.len() / row;
-    let per_part = rows.div_ceil(parts(work, MIN_FMA)).max(1);
+    let per_part = rows.div_ceil(parts(work, MIN_VALUES)).max(1);
     let base = Base(data.as_mut_ptr());
     let failure = Mutex::new(None);
     run(rows.div_ceil(per_part), |p| {
@@ -421,6 +424,41 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn rows_are_cut_whole_once_each_and_errors_reach_the_caller() {
+        let team = Team::new(2).unwrap();
+        for (len, row) in [(40_000usize, 100usize), (10, 5), (33_000, 1)] {
+            let mut data = vec![0usize; len];
+            with(&team, || {
+                rows_mut(&mut data, row, len, |first, chunk| {
+                    assert_eq!(chunk.len() % row, 0);
+                    for (i, v) in chunk.iter_mut().enumerate() {
+                        *v += first * row + i + 1;
+                    }
+                    Ok(())
+                })
+            })
+            .unwrap();
+            assert!(
+                data.iter().enumerate().all(|(i, &v)| v == i + 1),
+                "{len} by {row}"
+            );
+        }
+        let mut data = vec![0u8; 40_000];
+        let failed = with(&team, || {
+            rows_mut(&mut data, 100, 40_000, |first, _| {
+                if first == 0 {
+                    Ok(())
+                } else {
+                    Err(tract_onnx::prelude::TractError::msg(format!(
+                        "rows from {first}"
+                    )))
+                }
+            })
+        });
+        assert!(failed.is_err());
     }
 
     #[test]
