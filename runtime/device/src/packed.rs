@@ -10,8 +10,9 @@ use std::arch::x86_64::*;
 
 use tract_onnx::tract_hir::internal::*;
 
-use crate::matops::FloatProduct;
-use crate::panels::{PANEL, block_panels, eval_rows, packed_index, padded, panel_mask};
+use crate::panels::{
+    PANEL, block_panels, eval_rows, packed_index, padded_bias, panel_mask, replace_weight_products,
+};
 
 /// Panels of one tile (and of one block of packed weights).
 const PANELS: usize = 3;
@@ -60,17 +61,7 @@ impl PackedProduct {
                 packed[packed_index((n, k), (PANELS, 1), row, col)] = w;
             }
         }
-        let bias = match bias {
-            Some(b) => {
-                ensure!(
-                    b.len() == n,
-                    "PackedProduct of {n} columns with {} biases",
-                    b.len()
-                );
-                Some(padded(b, width, 0.0))
-            }
-            None => None,
-        };
+        let bias = padded_bias("PackedProduct", bias, n, width)?;
         Ok(PackedProduct {
             k,
             n,
@@ -306,35 +297,21 @@ impl TypedOp for PackedProduct {
     as_op!();
 }
 
-/// Replaces each [`FloatProduct`] of rows by a constant f32 matrix of at most `MAX_WEIGHTS`
-/// values (its bias kept) with a [`PackedProduct`].
+/// Replaces each [`crate::matops::FloatProduct`] of rows by a constant f32 matrix of at most
+/// `MAX_WEIGHTS` values (its bias kept) with a [`PackedProduct`].
 pub fn pack_weight_products(model: &mut TypedModel) -> TractResult<()> {
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(product) = node.op_as::<FloatProduct>() else {
-            continue;
-        };
-        let (a, b) = (
-            model.outlet_fact(node.inputs[0])?,
-            model.outlet_fact(node.inputs[1])?,
-        );
-        let Some(weights) = b.konst.as_ref() else {
-            continue;
-        };
-        let Some((k, n, bias)) = product.as_row_product(a.rank(), weights.shape()) else {
-            continue;
+    replace_weight_products(model, |product, a_rank, _, weights| {
+        let Some((k, n, bias)) = product.as_row_product(a_rank, weights.shape()) else {
+            return Ok(None);
         };
         if k * n > MAX_WEIGHTS {
-            continue;
+            return Ok(None);
         }
         let values = weights.try_as_plain_ram()?;
         let bias = bias.as_ref().map(|b| b.try_as_plain_ram()).transpose()?;
         let bias = bias.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
-        let op = PackedProduct::new(values.as_slice::<f32>()?, k, n, bias)?;
-        let inputs = [node.inputs[0]];
-        TypedModelPatch::replace_single_op(model, node, &inputs, op)?.apply(model)?;
-    }
-    model.compact()
+        PackedProduct::new(values.as_slice::<f32>()?, k, n, bias).map(Some)
+    })
 }
 
 #[cfg(test)]

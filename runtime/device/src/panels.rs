@@ -7,6 +7,7 @@ use std::arch::x86_64::__mmask16;
 
 use tract_onnx::tract_hir::internal::*;
 
+use crate::matops::FloatProduct;
 use crate::rowops::written;
 
 /// Columns of one panel: one 512-bit register of 32-bit values.
@@ -52,6 +53,44 @@ pub(crate) fn padded<T: Datum + Copy>(values: &[T], len: usize, fill: T) -> Arc<
     let mut v = values.to_vec();
     v.resize(len, fill);
     tensor1(&v).into_arc_tensor()
+}
+
+/// A product operator's bias (one value per column of `n`), padded with zeros to `width`.
+pub(crate) fn padded_bias(
+    op: &str,
+    bias: Option<&[f32]>,
+    n: usize,
+    width: usize,
+) -> TractResult<Option<Arc<Tensor>>> {
+    bias.map(|b| {
+        ensure!(b.len() == n, "{op} of {n} columns with {} biases", b.len());
+        Ok(padded(b, width, 0.0))
+    })
+    .transpose()
+}
+
+/// Replaces each [`FloatProduct`] by constant f32 weights for which `make` (given the product,
+/// the ranks of its input and output, and the weights) returns an operator of the input alone.
+pub(crate) fn replace_weight_products<O: TypedOp>(
+    model: &mut TypedModel,
+    make: impl Fn(&FloatProduct, usize, usize, &Tensor) -> TractResult<Option<O>>,
+) -> TractResult<()> {
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(product) = node.op_as::<FloatProduct>() else {
+            continue;
+        };
+        let Some(weights) = model.outlet_fact(node.inputs[1])?.konst.as_ref() else {
+            continue;
+        };
+        let a_rank = model.outlet_fact(node.inputs[0])?.rank();
+        let c_rank = model.outlet_fact(node.id.into())?.rank();
+        if let Some(op) = make(product, a_rank, c_rank, weights)? {
+            let inputs = [node.inputs[0]];
+            TypedModelPatch::replace_single_op(model, node, &inputs, op)?.apply(model)?;
+        }
+    }
+    model.compact()
 }
 
 /// Runs a product operator named `op` of `n` columns on `input`: `compute` reads the input's

@@ -17,8 +17,7 @@ use std::sync::OnceLock;
 use tract_onnx::tract_hir::internal::*;
 
 use crate::intproduct::{TileConfig, tiles_permitted};
-use crate::matops::FloatProduct;
-use crate::panels::{PANEL, eval_rows, padded};
+use crate::panels::{PANEL, eval_rows, padded_bias, replace_weight_products};
 
 /// Summed values of one tile row: 32 bf16 in 64 bytes.
 const STEP: usize = 32;
@@ -150,17 +149,7 @@ impl SplitProduct {
                 }
             }
         }
-        let bias = match bias {
-            Some(b) => {
-                ensure!(
-                    b.len() == n,
-                    "SplitProduct of {n} columns with {} biases",
-                    b.len()
-                );
-                Some(padded(b, width, 0.0))
-            }
-            None => None,
-        };
+        let bias = padded_bias("SplitProduct", bias, n, width)?;
         Ok(SplitProduct {
             order: None,
             summed: 1,
@@ -321,18 +310,7 @@ impl Operands {
         // of both its panels in every part, the bias whole blocks.
         unsafe {
             if !first {
-                asm!(
-                    "tileloadd tmm0, [{u} + {s}*1]",
-                    "tileloadd tmm1, [{u2} + {s}*1]",
-                    "tileloadd tmm2, [{l} + {s}*1]",
-                    "tileloadd tmm3, [{l2} + {s}*1]",
-                    u = in(reg) keep,
-                    u2 = in(reg) keep.add(PANEL),
-                    l = in(reg) keep.add(16 * BLOCK),
-                    l2 = in(reg) keep.add(16 * BLOCK + PANEL),
-                    s = in(reg) BLOCK * 4,
-                    options(nostack, readonly),
-                );
+                load_sums(keep, keep.add(16 * BLOCK), BLOCK);
             } else if self.bias.is_null() {
                 asm!(
                     "tilezero tmm0",
@@ -344,16 +322,7 @@ impl Operands {
             } else {
                 // Every row of a sum tile starts as the bias (a stride of 0 repeats one row).
                 let bias = self.bias.add(block * BLOCK);
-                asm!(
-                    "tileloadd tmm0, [{b} + {z}*1]",
-                    "tileloadd tmm1, [{b2} + {z}*1]",
-                    "tileloadd tmm2, [{b} + {z}*1]",
-                    "tileloadd tmm3, [{b2} + {z}*1]",
-                    b = in(reg) bias,
-                    b2 = in(reg) bias.add(PANEL),
-                    z = in(reg) 0usize,
-                    options(nostack, readonly),
-                );
+                load_sums(bias, bias, 0);
             }
             let a = self.a.add(pair * steps * PARTS * 2 * TILE);
             let b = self.packed.add(block * steps * PARTS * 2 * TILE);
@@ -390,51 +359,63 @@ impl Operands {
             }
             let c = self.c.add(row * self.n + block * BLOCK);
             if !last {
-                asm!(
-                    "tilestored [{u} + {s}*1], tmm0",
-                    "tilestored [{u2} + {s}*1], tmm1",
-                    "tilestored [{l} + {s}*1], tmm2",
-                    "tilestored [{l2} + {s}*1], tmm3",
-                    u = in(reg) keep,
-                    u2 = in(reg) keep.add(PANEL),
-                    l = in(reg) keep.add(16 * BLOCK),
-                    l2 = in(reg) keep.add(16 * BLOCK + PANEL),
-                    s = in(reg) BLOCK * 4,
-                    options(nostack),
-                );
+                store_sums(keep, keep.add(16 * BLOCK), BLOCK);
             } else if rows == ROWS && cols == BLOCK {
-                asm!(
-                    "tilestored [{u} + {s}*1], tmm0",
-                    "tilestored [{u2} + {s}*1], tmm1",
-                    "tilestored [{l} + {s}*1], tmm2",
-                    "tilestored [{l2} + {s}*1], tmm3",
-                    u = in(reg) c,
-                    u2 = in(reg) c.add(PANEL),
-                    l = in(reg) c.add(16 * self.n),
-                    l2 = in(reg) c.add(16 * self.n + PANEL),
-                    s = in(reg) self.n * 4,
-                    options(nostack),
-                );
+                store_sums(c, c.add(16 * self.n), self.n);
             } else {
                 let mut sums = [[0f32; BLOCK]; ROWS];
                 let at = sums.as_mut_ptr().cast::<f32>();
-                asm!(
-                    "tilestored [{u} + {s}*1], tmm0",
-                    "tilestored [{u2} + {s}*1], tmm1",
-                    "tilestored [{l} + {s}*1], tmm2",
-                    "tilestored [{l2} + {s}*1], tmm3",
-                    u = in(reg) at,
-                    u2 = in(reg) at.add(PANEL),
-                    l = in(reg) at.add(16 * BLOCK),
-                    l2 = in(reg) at.add(16 * BLOCK + PANEL),
-                    s = in(reg) BLOCK * 4,
-                    options(nostack),
-                );
+                store_sums(at, at.add(16 * BLOCK), BLOCK);
                 for (r, sums) in sums.iter().enumerate().take(rows) {
                     std::ptr::copy_nonoverlapping(sums.as_ptr(), c.add(r * self.n), cols);
                 }
             }
         }
+    }
+}
+
+/// Loads the four sum tiles (tiles 0-3): the upper and lower 16 rows of both panels, from rows
+/// `stride` values apart starting at `upper` and `lower`.
+///
+/// # Safety
+/// The tiles must be configured, and 16 rows of 32 values readable at `upper` and at `lower`.
+unsafe fn load_sums(upper: *const f32, lower: *const f32, stride: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        asm!(
+            "tileloadd tmm0, [{u} + {s}*1]",
+            "tileloadd tmm1, [{u2} + {s}*1]",
+            "tileloadd tmm2, [{l} + {s}*1]",
+            "tileloadd tmm3, [{l2} + {s}*1]",
+            u = in(reg) upper,
+            u2 = in(reg) upper.add(PANEL),
+            l = in(reg) lower,
+            l2 = in(reg) lower.add(PANEL),
+            s = in(reg) stride * 4,
+            options(nostack, readonly),
+        );
+    }
+}
+
+/// Stores the four sum tiles as [`load_sums`] loads them.
+///
+/// # Safety
+/// The tiles must be configured, and 16 rows of 32 values writable at `upper` and at `lower`.
+unsafe fn store_sums(upper: *mut f32, lower: *mut f32, stride: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        asm!(
+            "tilestored [{u} + {s}*1], tmm0",
+            "tilestored [{u2} + {s}*1], tmm1",
+            "tilestored [{l} + {s}*1], tmm2",
+            "tilestored [{l2} + {s}*1], tmm3",
+            u = in(reg) upper,
+            u2 = in(reg) upper.add(PANEL),
+            l = in(reg) lower,
+            l2 = in(reg) lower.add(PANEL),
+            s = in(reg) stride * 4,
+            options(nostack),
+        );
     }
 }
 
@@ -509,52 +490,36 @@ impl TypedOp for SplitProduct {
     as_op!();
 }
 
-/// Replaces each [`FloatProduct`] of rows by a constant f32 matrix of more than `MIN_WEIGHTS`
-/// values (its bias kept), A's axes read in place or gathered, with a [`SplitProduct`].
+/// Replaces each [`crate::matops::FloatProduct`] of rows by a constant f32 matrix of more than
+/// `MIN_WEIGHTS` values (its bias kept), A's axes read in place or gathered, with a
+/// [`SplitProduct`].
 pub fn split_weight_products(model: &mut TypedModel) -> TractResult<()> {
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(product) = node.op_as::<FloatProduct>() else {
-            continue;
-        };
-        let (a, b) = (
-            model.outlet_fact(node.inputs[0])?,
-            model.outlet_fact(node.inputs[1])?,
-        );
-        let Some(weights) = b.konst.as_ref() else {
-            continue;
-        };
-        let c_rank = model.outlet_fact(node.id.into())?.rank();
-        let b_shape = weights.shape();
-        let (order, bias) = match product.as_row_product(a.rank(), b_shape) {
-            Some((_, _, bias)) => (None, bias),
-            None => match product.as_gathered_row_product(a.rank(), b_shape.len(), c_rank) {
-                Some((order, bias)) => (Some(order), bias),
-                None => continue,
-            },
-        };
-        let (k, n) = match &order {
-            Some(_) => (
-                b_shape[..b_shape.len() - 1].iter().product(),
-                b_shape[b_shape.len() - 1],
-            ),
-            None => (b_shape[b_shape.len() - 2], b_shape[b_shape.len() - 1]),
+    replace_weight_products(model, |product, a_rank, c_rank, weights| {
+        let w_shape = weights.shape();
+        let (order, k, n, bias) = match product.as_row_product(a_rank, w_shape) {
+            Some((k, n, bias)) => (None, k, n, bias),
+            None => {
+                let gathered = product.as_gathered_row_product(a_rank, w_shape.len(), c_rank);
+                let Some((order, bias)) = gathered else {
+                    return Ok(None);
+                };
+                let (summed, n) = w_shape.split_at(w_shape.len() - 1);
+                (Some(order), summed.iter().product(), n[0], bias)
+            }
         };
         if k * n <= MIN_WEIGHTS {
-            continue;
+            return Ok(None);
         }
         let values = weights.try_as_plain_ram()?;
         let bias = bias.as_ref().map(|b| b.try_as_plain_ram()).transpose()?;
         let bias = bias.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
         let mut op = SplitProduct::new(values.as_slice::<f32>()?, k, n, bias)?;
         if let Some(order) = order {
-            op.summed = b_shape.len() - 1;
+            op.summed = w_shape.len() - 1;
             op.order = Some(order.into());
         }
-        let inputs = [node.inputs[0]];
-        TypedModelPatch::replace_single_op(model, node, &inputs, op)?.apply(model)?;
-    }
-    model.compact()
+        Ok(Some(op))
+    })
 }
 
 #[cfg(test)]
