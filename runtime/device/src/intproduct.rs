@@ -226,20 +226,6 @@ unsafe impl Send for Operands {}
 // SAFETY: as for `Send`; threads only read the inputs.
 unsafe impl Sync for Operands {}
 
-/// The quantized rows' buffer, shared by the parts that each fill their own rows.
-#[derive(Clone, Copy)]
-struct Rows(*mut u8);
-
-// SAFETY: parts write disjoint rows, and the buffer outlives the team's run.
-unsafe impl Sync for Rows {}
-
-impl Rows {
-    /// The address of value `i`.
-    fn at(self, i: usize) -> *mut u8 {
-        self.0.wrapping_add(i)
-    }
-}
-
 /// An AMX tile configuration (palette 1), as `ldtilecfg` reads it.
 #[repr(C, align(64))]
 pub(crate) struct TileConfig {
@@ -584,14 +570,10 @@ impl Int8Product {
         };
         let blocks = n.div_ceil(PANEL * self.kernel.panels());
         if parts > 1 {
-            let part = round_up(m.div_ceil(parts), tile_rows);
-            let chunks = Rows(a.as_mut_ptr());
-            crate::team::run(m.div_ceil(part), |i| {
-                let len = (round_up(m, tile_rows) - i * part).min(part) * kp;
-                // SAFETY: part `i` quantizes its own rows of `a`.
-                let rows = unsafe { std::slice::from_raw_parts_mut(chunks.at(i * part * kp), len) };
-                quantize(i * part, rows)
-            });
+            crate::team::rows_mut(&mut a[..m * kp], kp, m * k, |first, rows| {
+                quantize(first, rows);
+                Ok(())
+            })?;
         } else {
             quantize(0, &mut a);
         }

@@ -112,11 +112,8 @@ impl Team {
     /// Runs `work(i)` for every part `i < parts` on this thread and the helpers; returns when
     /// all are done. Parts run alone on this thread where another run holds the team.
     pub fn run(&self, parts: usize, work: &(dyn Fn(usize) + Sync)) {
-        let Ok(_busy) = self.busy.try_lock() else {
-            (0..parts).for_each(work);
-            return;
-        };
-        if parts < 2 || self.helpers.is_empty() {
+        let busy = self.busy.try_lock();
+        if busy.is_err() || parts < 2 || self.helpers.is_empty() {
             (0..parts).for_each(work);
             return;
         }
@@ -278,12 +275,6 @@ pub fn with<R>(team: &Team, f: impl FnOnce() -> R) -> R {
     // SAFETY: the reference is only reachable through `CURRENT` during `f`; the guard puts the
     // previous value back when `f` returns or unwinds.
     let erased = unsafe { std::mem::transmute::<&Team, &'static Team>(team) };
-    struct Restore(Option<&'static Team>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            CURRENT.set(self.0);
-        }
-    }
     let _restore = Restore(CURRENT.replace(Some(erased)));
     team.wake();
     f()
@@ -305,7 +296,7 @@ pub(crate) fn run(parts: usize, work: impl Fn(usize) + Sync) {
         Some(team) if parts > 1 => {
             // Parts of this run see no team: a nested run stays on its thread.
             let alone = |i: usize| {
-                let _restore = Clear(CURRENT.replace(None));
+                let _restore = Restore(CURRENT.replace(None));
                 work(i)
             };
             team.run(parts, &alone);
@@ -358,10 +349,10 @@ impl<T> Base<T> {
     }
 }
 
-/// Puts a thread's team back when a part ends.
-struct Clear(Option<&'static Team>);
+/// Puts back the team a thread had before [`with`] or a part of [`run`] changed it, however it ends.
+struct Restore(Option<&'static Team>);
 
-impl Drop for Clear {
+impl Drop for Restore {
     fn drop(&mut self) {
         CURRENT.set(self.0);
     }
