@@ -611,12 +611,8 @@ impl EvalOp for Int8Product {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
         let shape = self.output_shape(input.shape())?;
-        let out = eval_rows("Int8Product", &input, &shape, self.n, |x, c, parts| {
-            let parts = if x.len() * self.n >= SPLIT_MIN_PRODUCTS {
-                parts
-            } else {
-                1
-            };
+        let split = (self.n, SPLIT_MIN_PRODUCTS);
+        let out = eval_rows("Int8Product", &input, &shape, split, |x, c, parts| {
             self.compute(x, c, parts)
         })?;
         Ok(tvec!(out))

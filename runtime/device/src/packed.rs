@@ -13,6 +13,7 @@ use tract_onnx::tract_hir::internal::*;
 use crate::panels::{
     PANEL, block_panels, eval_rows, packed_index, padded_bias, panel_mask, replace_weight_products,
 };
+use crate::team::MIN_FMA;
 
 /// Panels of one tile (and of one block of packed weights).
 const PANELS: usize = 3;
@@ -273,9 +274,13 @@ impl EvalOp for PackedProduct {
         );
         let mut shape: TVec<usize> = input.shape().into();
         *shape.last_mut().expect("rank checked above") = self.n;
-        let out = eval_rows("PackedProduct", &input, &shape, self.n, |x, c, parts| {
-            self.compute(x, c, parts)
-        })?;
+        let out = eval_rows(
+            "PackedProduct",
+            &input,
+            &shape,
+            (self.n, MIN_FMA),
+            |x, c, parts| self.compute(x, c, parts),
+        )?;
         Ok(tvec!(out))
     }
 }

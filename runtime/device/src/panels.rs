@@ -95,12 +95,13 @@ pub(crate) fn replace_weight_products<O: TypedOp>(
 
 /// Runs a product operator named `op` of `n` columns on `input`: `compute` reads the input's
 /// values in row-major order and writes every value of a new f32 output of `shape`, in as many
-/// parts as the plan's team runs a product of that size in.
+/// parts as the plan's team has threads where the product reaches `min` multiply-adds, else in
+/// one.
 pub(crate) fn eval_rows(
     op: &str,
     input: &TValue,
     shape: &[usize],
-    n: usize,
+    (n, min): (usize, usize),
     compute: impl FnOnce(&[f32], &mut [f32], usize) -> TractResult<()>,
 ) -> TractResult<TValue> {
     let view = input.to_plain_array_view::<f32>()?;
@@ -108,7 +109,7 @@ pub(crate) fn eval_rows(
     let x = x
         .as_slice()
         .with_context(|| format!("{op} input is not contiguous"))?;
-    let parts = crate::team::parts(x.len() * n, crate::team::MIN_FMA);
+    let parts = crate::team::parts(x.len() * n, min);
     // SAFETY: `compute` writes every element of C.
     let c = unsafe { written(shape, |c| compute(x, c, parts))? };
     Ok(c.into_tvalue())

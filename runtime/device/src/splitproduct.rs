@@ -18,6 +18,7 @@ use tract_onnx::tract_hir::internal::*;
 
 use crate::intproduct::{TileConfig, tiles_permitted};
 use crate::panels::{PANEL, eval_rows, padded_bias, replace_weight_products};
+use crate::team::MIN_FMA;
 
 /// Summed values of one tile row: 32 bf16 in 64 bytes.
 const STEP: usize = 32;
@@ -461,9 +462,13 @@ impl EvalOp for SplitProduct {
         );
         let mut shape: TVec<usize> = input.shape()[..rank - self.summed].into();
         shape.push(self.n);
-        let out = eval_rows("SplitProduct", &input, &shape, self.n, |x, c, parts| {
-            self.compute(x, c, parts)
-        })?;
+        let out = eval_rows(
+            "SplitProduct",
+            &input,
+            &shape,
+            (self.n, MIN_FMA),
+            |x, c, parts| self.compute(x, c, parts),
+        )?;
         Ok(tvec!(out))
     }
 }
