@@ -21,8 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Multiply-adds (or values) below which a node runs on the calling thread alone: handing half
+/// Multiply-adds below which an x86-64 product runs on the calling thread alone: handing half
 /// of it to an awake helper costs about a microsecond.
+#[cfg(target_arch = "x86_64")]
 pub(crate) const MIN_FMA: usize = 1 << 17;
 /// Values below which a row operator runs on the calling thread alone (an exponential or an
 /// error function costs a hundred multiply-adds).
