@@ -109,6 +109,28 @@ fn eval_compares_an_int8_bundle_with_its_f32_source() {
     assert_eq!(reference["ciou_success"].as_array().unwrap().len(), 21);
     assert!(reference["latency"]["pair_s"].as_f64().unwrap() > 0.0);
     assert_eq!(cand["worst_frames"].as_array().unwrap().len(), 3);
+    // The reference against itself on frames shifted 2 px: the same audio, a moved image.
+    assert!(
+        stdout.contains("reference shifted 2 px (baseline)"),
+        "{stdout}"
+    );
+    let jitter = &json["jitter"];
+    assert_eq!(
+        (&jitter["pixels"], &jitter["agreement"]["frames"]),
+        (&2.into(), &16.into())
+    );
+    let j = &jitter["agreement"];
+    let audio = j["audio_global"]["worst"].as_f64().unwrap();
+    let visual = j["visual_global"]["mean"].as_f64().unwrap();
+    assert!(audio > 0.999_999 && visual < 0.999_999, "{j}");
+    let (near, tied) = (
+        j["near_peak_rate_active"].as_f64().unwrap(),
+        j["near_or_tied_rate_active"].as_f64().unwrap(),
+    );
+    assert!(
+        (0.0..=1.0).contains(&near) && tied >= near && tied <= 1.0,
+        "{j}"
+    );
 
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
     let images = image_sources(&html);
@@ -196,7 +218,15 @@ fn eval_compares_a_student_of_another_width_and_grid_with_its_teacher() {
     let out = cavsync()
         .args(["eval", "--reference", "models/demo/bundle"])
         .args(["--candidate", "models/demo-student-nano/bundle"])
-        .args(["--iterations", "1", "--worst", "1", "--datafile"])
+        .args([
+            "--iterations",
+            "1",
+            "--worst",
+            "1",
+            "--jitter",
+            "0",
+            "--datafile",
+        ])
         .arg(&datafile)
         .arg("--report")
         .arg(&report)
@@ -215,6 +245,10 @@ fn eval_compares_a_student_of_another_width_and_grid_with_its_teacher() {
     let candidate = &json["candidates"][0];
     let agreement = &candidate["agreement"];
     assert_eq!(agreement["frames"], 32);
+    assert!(
+        json["jitter"].is_null() && !stdout.contains("(baseline)"),
+        "{stdout}"
+    );
     assert!(agreement["audio_global"].is_null() && agreement["patches"].is_null());
     let near = agreement["near_peak_rate"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&near), "{agreement}");

@@ -2,13 +2,18 @@
 //!
 //! Per frame: the cosine of the global tokens of both modalities and of every patch token
 //! (when both models have the same width and grid: not for a distilled student), whether the heatmap peaks fall in the same patch of the reference's grid (or a neighbouring
-//! one), the IoU of the two top-half masks (the field's median rule, as cIoU uses), and
-//! whether both models call the frame active. [`AgreementTally`] collects frames and
+//! one), the reference's own map value where the candidate's peak lies (so that a peak on
+//! another patch the reference rates within [`NEAR_TIE`] of its best is told from a miss), the
+//! IoU of the two top-half masks (the field's median rule, as cIoU uses), and whether both
+//! models call the frame active. [`AgreementTally`] collects frames and
 //! [`AgreementSummary`] states mean, 5th percentile and worst value of each.
 
 use crate::localize::{FrameLocalization, FrameSize, Grid};
 use crate::metrics::median_threshold;
 use crate::similarity::cosine;
+
+/// A candidate's peak counts as on a near-tie of the reference's map where the reference's value there is at least this share of the way from its map's lowest value to its highest.
+pub const NEAR_TIE: f64 = 0.95;
 
 /// Errors raised while comparing two models' outputs for one frame.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -59,6 +64,8 @@ pub struct FrameAgreement {
     pub patches: Vec<f64>,
     /// Chebyshev distance in reference patches between the two strongest peaks (none when either map has no peak).
     pub peak_distance: Option<usize>,
+    /// The reference's map at the candidate's strongest peak, from the reference map's lowest value (0) to its highest (1); none when the candidate's map has no peak.
+    pub reference_at_peak: Option<f64>,
     /// IoU of the two top-half masks.
     pub mask_iou: f64,
     /// Whether both models judge the frame alike (active or not).
@@ -156,6 +163,11 @@ pub fn compare_frame(
         }
         _ => None,
     };
+    let reference_at_peak = candidate
+        .localization
+        .peaks
+        .first()
+        .map(|c| relative_value(reference.heatmap, size, c.x, c.y));
     let (r_mask, c_mask) = (top_half(reference.heatmap), top_half(candidate.heatmap));
     let both = r_mask
         .iter()
@@ -172,6 +184,7 @@ pub fn compare_frame(
         visual_global: global(reference.visual_global, candidate.visual_global),
         patches,
         peak_distance,
+        reference_at_peak,
         mask_iou: if either == 0 {
             1.0
         } else {
@@ -180,6 +193,23 @@ pub fn compare_frame(
         activity_agrees: reference.localization.active == candidate.localization.active,
         reference_active: reference.localization.active,
     })
+}
+
+/// A heatmap's value at the pixel holding (x, y), from its lowest value (0) to its highest (1); 1 for a flat map.
+fn relative_value(heatmap: &[f32], size: FrameSize, x: f32, y: f32) -> f64 {
+    let (lo, hi) = heatmap
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let col = (x.max(0.0) as usize).min(size.width - 1);
+    let row = (y.max(0.0) as usize).min(size.height - 1);
+    let v = heatmap[row * size.width + col];
+    if hi > lo {
+        f64::from(v - lo) / f64::from(hi - lo)
+    } else {
+        1.0
+    }
 }
 
 /// Mean, 5th percentile and worst (smallest) of a set of values.
@@ -222,6 +252,7 @@ pub struct AgreementTally {
     activity_agrees: usize,
     active: usize,
     near_peak_active: usize,
+    near_or_tied_active: usize,
 }
 
 impl AgreementTally {
@@ -237,6 +268,8 @@ impl AgreementTally {
         self.activity_agrees += usize::from(frame.activity_agrees);
         self.active += usize::from(frame.reference_active);
         self.near_peak_active += usize::from(near && frame.reference_active);
+        let tied = frame.reference_at_peak.is_some_and(|v| v >= NEAR_TIE);
+        self.near_or_tied_active += usize::from((near || tied) && frame.reference_active);
     }
 
     /// Frames added.
@@ -259,6 +292,8 @@ impl AgreementTally {
             reference_active_frames: self.active,
             near_peak_rate_active: (self.active > 0)
                 .then(|| self.near_peak_active as f64 / self.active as f64),
+            near_or_tied_rate_active: (self.active > 0)
+                .then(|| self.near_or_tied_active as f64 / self.active as f64),
             activity_agreement_rate: rate(self.activity_agrees),
         })
     }
@@ -285,6 +320,8 @@ pub struct AgreementSummary {
     pub reference_active_frames: usize,
     /// The same-or-neighbouring share among the frames the reference judges active.
     pub near_peak_rate_active: Option<f64>,
+    /// Among the frames the reference judges active, the share whose candidate peak is in the same or a neighbouring patch or on a near-tie of the reference's map ([`NEAR_TIE`]).
+    pub near_or_tied_rate_active: Option<f64>,
     /// Share of frames both models judge alike (active or not).
     pub activity_agreement_rate: f64,
 }
@@ -394,6 +431,47 @@ mod tests {
             (s.reference_active_frames, s.near_peak_rate_active),
             (1, Some(1.0))
         );
+    }
+
+    #[test]
+    fn a_far_peak_counts_as_tied_only_on_a_near_tie_of_the_reference() {
+        // 6 x 6 frame, 3 x 3 grid: the reference peaks at the top-left pixel and rates the
+        // bottom-right one 0.97 and the top-right one 0.5 of the way from its lowest value.
+        let mut heat = vec![0.2f32; 36];
+        heat[0] = 1.2;
+        heat[35] = 1.17;
+        heat[5] = 0.7;
+        let r_loc = localization(0.5, 0.5, true);
+        let reference = FrameOutputs {
+            audio_global: &[1.0],
+            visual_global: &[1.0],
+            visual_tokens: &[],
+            heatmap: &heat,
+            localization: &r_loc,
+        };
+        let size = FrameSize {
+            width: 6,
+            height: 6,
+        };
+        let grid = Grid { rows: 3, cols: 3 };
+        let mut tally = AgreementTally::default();
+        for (x, y, expected) in [(5.5, 5.5, 0.97), (5.5, 0.5, 0.5), (0.5, 0.5, 1.0)] {
+            let c_loc = localization(x, y, true);
+            let candidate = FrameOutputs {
+                localization: &c_loc,
+                ..reference
+            };
+            let a = compare_frame(&reference, &candidate, grid, size).unwrap();
+            assert!(
+                (a.reference_at_peak.unwrap() - expected).abs() < 1e-6,
+                "{a:?}"
+            );
+            tally.add(&a);
+        }
+        let s = tally.summary().unwrap();
+        // Only the peak on the reference's own patch is near; the 0.97 one is tied, the 0.5 one is a miss.
+        assert!((s.near_peak_rate_active.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        assert!((s.near_or_tied_rate_active.unwrap() - 2.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]

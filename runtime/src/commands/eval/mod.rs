@@ -59,6 +59,9 @@ pub struct Args {
     /// Frames shown per candidate where it disagrees most with the reference.
     #[arg(long, default_value_t = 8)]
     worst: usize,
+    /// The reference's own stability, printed beside every candidate's agreement: the reference rerun on each frame shifted right by this many pixels of its input image (scaled to the frame) and compared with itself; 0 skips it.
+    #[arg(long, default_value_t = 2)]
+    jitter: u32,
 }
 
 /// One model of the evaluation: its bundle and what was measured of it.
@@ -128,6 +131,15 @@ pub struct WorstFrame {
     pub image: String,
 }
 
+/// The reference against itself on frames shifted by a few pixels: how far its own peaks move when nothing that matters changes.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct JitterBaseline {
+    /// Pixels of the model's input image the frames were shifted right by.
+    pub pixels: u32,
+    /// The shifted reference's agreement with the reference (its outputs moved back onto the unshifted frame).
+    pub agreement: AgreementSummary,
+}
+
 /// Everything `eval` measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EvalReport {
@@ -143,6 +155,8 @@ pub struct EvalReport {
     pub reference: ModelReport,
     /// Each candidate against it.
     pub candidates: Vec<CandidateReport>,
+    /// The reference against itself on shifted frames (none with `--jitter 0`).
+    pub jitter: Option<JitterBaseline>,
     /// Peak resident memory of the whole evaluation, MiB.
     pub peak_rss_mib: Option<f64>,
 }
@@ -208,6 +222,40 @@ impl Sink for Capture {
         self.localization = Some(frame.record.localization.clone());
         Ok(())
     }
+}
+
+impl Capture {
+    /// Moves the last frame's heatmap and peaks `dx` pixels left, onto the frame before it was shifted right by `dx`.
+    fn shift_back(&mut self, dx: usize, size: FrameSize) {
+        let last = size.width.saturating_sub(1);
+        for row in self.heatmap.chunks_exact_mut(size.width) {
+            for x in 0..size.width {
+                row[x] = row[(x + dx).min(last)];
+            }
+        }
+        if let Some(loc) = &mut self.localization {
+            let left = |v: f32| (v - dx as f32).max(0.5);
+            for peak in &mut loc.peaks {
+                peak.x = left(peak.x);
+            }
+            for b in &mut loc.boxes {
+                (b.x0, b.x1) = ((b.x0 - dx as f32).max(0.0), (b.x1 - dx as f32).max(1.0));
+            }
+        }
+    }
+}
+
+/// `image` shifted right by `dx` pixels, its first column repeated into the gap.
+fn shift_right(image: &RgbImage, dx: u32) -> RgbImage {
+    RgbImage::from_fn(image.width(), image.height(), |x, y| {
+        *image.get_pixel(x.saturating_sub(dx), y)
+    })
+}
+
+/// Frame pixels that `pixels` of a model's `input`-pixel image span, once the frame is resized to it (at least one).
+fn frame_pixels(pixels: u32, input: usize, size: FrameSize) -> u32 {
+    let scale = size.width.min(size.height) as f64 / input.max(1) as f64;
+    ((f64::from(pixels) * scale).round() as u32).max(1)
 }
 
 /// Total bytes of the files directly inside `dir`.
@@ -436,11 +484,23 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             frames: Vec::new(),
         })
         .collect();
+    let mut jitter = match args.jitter {
+        0 => None,
+        _ => Some((
+            Session::new(bundles[0], None)?,
+            Capture::default(),
+            AgreementTally::default(),
+        )),
+    };
+    let input_size = bundles[0].manifest.image_preprocessing.size;
     let mismatched_audio = MismatchedAudio::new(&clips, truth.is_some());
     for (i, clip) in clips.iter().enumerate() {
         let mismatched = mismatched_audio.for_clip(&clips, i);
         for session in &mut sessions {
             session.begin_clip(&clip.id, ClipAudio::of(clip), mismatched.map(ClipAudio::of))?;
+        }
+        if let Some((session, ..)) = &mut jitter {
+            session.begin_clip(&clip.id, ClipAudio::of(clip), None)?;
         }
         for frame in &clip.frames {
             let image = load_rgb(&frame.path)?;
@@ -466,13 +526,38 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     worst.insert(agreement, &clip.id, frame.index, pair);
                 }
             }
+            if let Some((session, capture, tally)) = &mut jitter {
+                let dx = frame_pixels(args.jitter, input_size, size);
+                let shifted = shift_right(&image, dx);
+                let input = FrameInput {
+                    image: &shifted,
+                    path: None,
+                    ..input
+                };
+                session.frame(&input, &mut [&mut *capture])?;
+                capture.shift_back(dx as usize, size);
+                let agreement = compare_frame(&r, &capture.outputs()?, grid, size)
+                    .with_context(|| format!("clip {} frame {}, shifted", clip.id, frame.index))?;
+                tally.add(&agreement);
+            }
             bar.inc(1);
         }
         for session in &mut sessions {
             session.end_clip(&mut [])?;
         }
+        if let Some((session, ..)) = &mut jitter {
+            session.end_clip(&mut [])?;
+        }
     }
     bar.finish_and_clear();
+    let jitter = jitter
+        .map(|(.., tally)| {
+            Ok::<_, anyhow::Error>(JitterBaseline {
+                pixels: args.jitter,
+                agreement: tally.summary().context("no frame was evaluated")?,
+            })
+        })
+        .transpose()?;
     let runs = sessions
         .into_iter()
         .map(|s| s.finish(&mut []))
@@ -528,6 +613,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         frames: frame_count,
         reference,
         candidates,
+        jitter,
         peak_rss_mib: latency::peak_rss_mib(),
     };
     report::write(&report, &args.report)?;
@@ -537,4 +623,60 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.report.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cavsync_core::localize::Peak;
+
+    #[test]
+    fn a_shifted_frame_and_its_outputs_moved_back() {
+        let image = RgbImage::from_fn(5, 2, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let shifted = shift_right(&image, 2);
+        let row: Vec<u8> = (0..5).map(|x| shifted.get_pixel(x, 1)[0]).collect();
+        assert_eq!(row, [0, 0, 0, 1, 2]);
+        assert_eq!(shifted.get_pixel(4, 1).0, [2, 1, 7]);
+
+        let size = FrameSize {
+            width: 5,
+            height: 2,
+        };
+        let mut capture = Capture {
+            heatmap: (0..10).map(|i| (i % 5) as f32).collect(),
+            localization: Some(FrameLocalization {
+                score: 0.5,
+                contrast: 0.1,
+                audio: Default::default(),
+                active: true,
+                peaks: vec![
+                    Peak {
+                        x: 3.5,
+                        y: 1.5,
+                        value: 1.0,
+                    },
+                    Peak {
+                        x: 1.5,
+                        y: 0.5,
+                        value: 0.5,
+                    },
+                ],
+                boxes: Vec::new(),
+            }),
+            ..Capture::default()
+        };
+        capture.shift_back(2, size);
+        assert_eq!(capture.heatmap[..5], [2.0, 3.0, 4.0, 4.0, 4.0]);
+        assert_eq!(capture.heatmap[5..], [2.0, 3.0, 4.0, 4.0, 4.0]);
+        let peaks = &capture.localization.unwrap().peaks;
+        assert_eq!((peaks[0].x, peaks[0].y, peaks[1].x), (1.5, 1.5, 0.5));
+    }
+
+    #[test]
+    fn the_shift_scales_with_the_frame() {
+        let size = |width, height| FrameSize { width, height };
+        assert_eq!(frame_pixels(2, 224, size(224, 224)), 2);
+        assert_eq!(frame_pixels(2, 224, size(448, 336)), 3);
+        assert_eq!(frame_pixels(2, 224, size(64, 64)), 1);
+    }
 }

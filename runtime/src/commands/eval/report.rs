@@ -10,6 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use cavsync_core::atomic::write_atomic;
+use cavsync_core::evaluation::{AgreementSummary, NEAR_TIE};
 use cavsync_core::localize::save_png;
 use cavsync_core::metrics::LocalizationSummary;
 use cavsync_core::report::escape;
@@ -315,10 +316,31 @@ fn task_rows(models: &[&ModelReport]) -> Vec<(String, Vec<String>)> {
     ]
 }
 
-/// Rows of (label, value per candidate) for the agreement with the reference.
+/// The columns of the agreement table: the reference's jitter baseline (when measured), then each candidate.
+fn agreement_columns(report: &EvalReport) -> Vec<(String, &AgreementSummary)> {
+    report
+        .jitter
+        .iter()
+        .map(|j| {
+            (
+                format!("reference shifted {} px (baseline)", j.pixels),
+                &j.agreement,
+            )
+        })
+        .chain(
+            report
+                .candidates
+                .iter()
+                .map(|c| (c.model.name.clone(), &c.agreement)),
+        )
+        .collect()
+}
+
+/// Rows of (label, value per column of [`agreement_columns`]) for the agreement with the reference.
 fn agreement_rows(report: &EvalReport) -> Vec<(String, Vec<String>)> {
-    let col = |f: &dyn Fn(&super::CandidateReport) -> String| -> Vec<String> {
-        report.candidates.iter().map(f).collect()
+    let columns = agreement_columns(report);
+    let col = |f: &dyn Fn(&AgreementSummary) -> String| -> Vec<String> {
+        columns.iter().map(|(_, a)| f(a)).collect()
     };
     let spread = |s: &Option<cavsync_core::evaluation::Spread>| {
         s.map_or_else(
@@ -327,48 +349,54 @@ fn agreement_rows(report: &EvalReport) -> Vec<(String, Vec<String>)> {
         )
     };
     vec![
-        ("frames".into(), col(&|c| c.agreement.frames.to_string())),
+        ("frames".into(), col(&|a| a.frames.to_string())),
         (
             "audio global cosine: mean / p5 / worst".into(),
-            col(&|c| spread(&c.agreement.audio_global)),
+            col(&|a| spread(&a.audio_global)),
         ),
         (
             "visual global cosine: mean / p5 / worst".into(),
-            col(&|c| spread(&c.agreement.visual_global)),
+            col(&|a| spread(&a.visual_global)),
         ),
         (
             "patch token cosine: mean / p5 / worst".into(),
-            col(&|c| spread(&c.agreement.patches)),
+            col(&|a| spread(&a.patches)),
         ),
         (
             "peak in the same patch".into(),
-            col(&|c| pct(c.agreement.same_peak_rate)),
+            col(&|a| pct(a.same_peak_rate)),
         ),
         (
             "peak in the same or a neighbouring patch".into(),
-            col(&|c| pct(c.agreement.near_peak_rate)),
+            col(&|a| pct(a.near_peak_rate)),
         ),
         (
             "same or neighbouring patch, frames the reference calls active".into(),
-            col(&|c| {
-                c.agreement.near_peak_rate_active.map_or_else(
+            col(&|a| {
+                a.near_peak_rate_active.map_or_else(
                     || "-".into(),
-                    |r| format!("{} of {}", pct(r), c.agreement.reference_active_frames),
+                    |r| format!("{} of {}", pct(r), a.reference_active_frames),
                 )
             }),
         ),
         (
+            format!(
+                "same or neighbouring patch or a near-tie (reference >= {NEAR_TIE} of its range there), active frames"
+            ),
+            col(&|a| opt_pct(a.near_or_tied_rate_active)),
+        ),
+        (
             "top-50% mask IoU: mean / p5 / worst".into(),
-            col(&|c| {
+            col(&|a| {
                 format!(
                     "{:.3} / {:.3} / {:.3}",
-                    c.agreement.mask_iou.mean, c.agreement.mask_iou.p5, c.agreement.mask_iou.worst
+                    a.mask_iou.mean, a.mask_iou.p5, a.mask_iou.worst
                 )
             }),
         ),
         (
             "activity agrees".into(),
-            col(&|c| pct(c.agreement.activity_agreement_rate)),
+            col(&|a| pct(a.activity_agreement_rate)),
         ),
     ]
 }
@@ -416,15 +444,24 @@ fn text_table(head: &[String], rows: &[(String, Vec<String>)]) -> String {
     s
 }
 
-/// Column heads: every model's name, and the candidates' names.
+/// Column heads: every model's name, and the agreement table's columns.
 fn column_names(report: &EvalReport) -> (Vec<String>, Vec<String>) {
     let all = models(report).iter().map(|m| m.name.clone()).collect();
-    let candidates = report
-        .candidates
-        .iter()
-        .map(|c| c.model.name.clone())
+    let agreement = agreement_columns(report)
+        .into_iter()
+        .map(|(name, _)| name)
         .collect();
-    (all, candidates)
+    (all, agreement)
+}
+
+/// What the agreement table's baseline column is, when there is one.
+fn jitter_note(report: &EvalReport) -> Option<String> {
+    report.jitter.map(|j| {
+        format!(
+            "the first column is the reference itself on every frame shifted right by {} px of its input, its outputs moved back: what a shift nobody would notice already changes",
+            j.pixels
+        )
+    })
 }
 
 /// The report as the terminal prints it: task metrics of every model, then each candidate's agreement.
@@ -432,13 +469,14 @@ pub fn terminal(report: &EvalReport) -> String {
     let models = models(report);
     let (names, cand) = column_names(report);
     format!(
-        "{} clips, {} frames, {} thread(s), {}\n{}\nagreement with the reference ({})\n{}",
+        "{} clips, {} frames, {} thread(s), {}\n{}\nagreement with the reference ({}{})\n{}",
         report.clips,
         report.frames,
         report.threads,
         report.cpu,
         text_table(&names, &task_rows(&models)),
         report.reference.name,
+        jitter_note(report).map_or_else(String::new, |n| format!("; {n}")),
         text_table(&cand, &agreement_rows(report))
     )
 }
@@ -461,6 +499,9 @@ fn html(report: &EvalReport) -> String {
     s.push_str("<h2>Models</h2>\n");
     s.push_str(&html_table(&names, &task_rows(&models)));
     s.push_str("<h2>Agreement with the reference</h2>\n");
+    if let Some(note) = jitter_note(report) {
+        let _ = writeln!(s, "<p>In the table below {}.</p>", escape(&note));
+    }
     s.push_str(&html_table(&cand, &agreement_rows(report)));
     s.push_str("<h2>Plots</h2>\n<img src=\"ciou_success.png\" alt=\"cIoU success curves\">\n<img src=\"latency.png\" alt=\"latency\">\n<img src=\"size.png\" alt=\"bundle size\">\n");
     for c in &report.candidates {
