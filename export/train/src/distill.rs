@@ -53,7 +53,7 @@ pub struct StudentSection {
     pub registers: usize,
     /// MLP hidden width as a multiple of dim.
     pub mlp_ratio: usize,
-    /// Square image side in pixels, a multiple of 16 whose patch grid divides the teacher's (224 unless smaller images are wanted).
+    /// Square image side in pixels, a multiple of 16 (224 unless smaller images are wanted); a patch grid other than the teacher's is given the teacher's map and patch tokens pooled onto it by area.
     #[serde(default = "default_image_size")]
     pub image_size: usize,
 }
@@ -792,34 +792,76 @@ fn map_logits(global_a: Tensor<2>, tokens_v: Tensor<3>, temperature: f64) -> Ten
     sims.reshape([b * b, n]) / temperature
 }
 
-/// The teacher's (B, (g k)^2, D) patch tokens averaged over k x k blocks into the student's g x g grid.
-fn pool_tokens(tokens: Tensor<3>, k: usize) -> Tensor<3> {
-    if k == 1 {
-        return tokens;
+/// Along one axis, the share of each of `t` equal teacher cells that lies in each of `g` equal student cells covering the same span: (g, t), row-major, every column summing to 1.
+fn axis_shares(g: usize, t: usize) -> Vec<f64> {
+    let mut shares = vec![0.0; g * t];
+    for i in 0..g {
+        let lo = (i * t) as f64 / g as f64;
+        let hi = ((i + 1) * t) as f64 / g as f64;
+        for j in 0..t {
+            shares[i * t + j] = (hi.min((j + 1) as f64) - lo.max(j as f64)).max(0.0);
+        }
     }
-    let [b, n, d] = tokens.dims();
-    let g = n.isqrt() / k;
-    tokens
-        .reshape([b, g, k, g, k, d])
-        .mean_dim(4)
-        .mean_dim(2)
-        .reshape([b, g * g, d])
+    shares
 }
 
-/// Similarity-map logits on a (g k)^2 grid turned into logits of the g x g grid: the log of the probability of each k x k block.
-fn pool_map(logits: Tensor<2>, k: usize) -> Tensor<2> {
-    if k == 1 {
-        return logits;
+/// How the teacher's t x t patch grid maps onto the student's g x g one, by area (the student's image covers the same scene at another resolution).
+#[derive(Debug, Clone)]
+struct GridPooling {
+    /// (g^2, t^2) share of each teacher cell's area inside each student cell (columns sum to 1), and the same with rows scaled to sum to 1; none when the grids agree.
+    shares: Option<(Tensor<2>, Tensor<2>)>,
+}
+
+impl GridPooling {
+    /// The pooling of a `teacher` x `teacher` grid onto a `student` x `student` one.
+    fn new(teacher: usize, student: usize, device: &Device) -> Self {
+        if teacher == student {
+            return Self { shares: None };
+        }
+        let axis = axis_shares(student, teacher);
+        let (t2, g2) = (teacher * teacher, student * student);
+        let mut mass = vec![0f32; g2 * t2];
+        for (i, row) in mass.chunks_exact_mut(t2).enumerate() {
+            let (iy, ix) = (i / student, i % student);
+            for (j, share) in row.iter_mut().enumerate() {
+                let (jy, jx) = (j / teacher, j % teacher);
+                *share = (axis[iy * teacher + jy] * axis[ix * teacher + jx]) as f32;
+            }
+        }
+        let mut mean = mass.clone();
+        for row in mean.chunks_exact_mut(t2) {
+            let total: f32 = row.iter().sum();
+            row.iter_mut().for_each(|v| *v /= total);
+        }
+        let tensor = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [g2, t2]), device);
+        Self {
+            shares: Some((tensor(mass), tensor(mean))),
+        }
     }
-    let [rows, n] = logits.dims();
-    let g = n.isqrt() / k;
-    activation::softmax(logits, 1)
-        .reshape([rows, g, k, g, k])
-        .sum_dim(4)
-        .sum_dim(2)
-        .reshape([rows, g * g])
-        .clamp_min(1e-30)
-        .log()
+
+    /// The teacher's (B, t^2, D) patch tokens as (B, g^2, D): each student cell the area-weighted mean of the teacher cells it covers.
+    fn tokens(&self, tokens: Tensor<3>) -> Tensor<3> {
+        let Some((_, mean)) = &self.shares else {
+            return tokens;
+        };
+        let [b, n, d] = tokens.dims();
+        let g2 = mean.dims()[0];
+        mean.clone()
+            .matmul(tokens.swap_dims(0, 1).reshape([n, b * d]))
+            .reshape([g2, b, d])
+            .swap_dims(0, 1)
+    }
+
+    /// Similarity-map logits over the teacher's t^2 cells as logits over the student's g^2: the log of the probability that falls in each student cell.
+    fn map(&self, logits: Tensor<2>) -> Tensor<2> {
+        let Some((mass, _)) = &self.shares else {
+            return logits;
+        };
+        activation::softmax(logits, 1)
+            .matmul(mass.clone().transpose())
+            .clamp_min(1e-30)
+            .log()
+    }
 }
 
 /// Losses of one batch and two agreement rates.
@@ -837,7 +879,7 @@ fn objective(
     images: Tensor<4>,
     teacher: TeacherTensors,
     loss: &DistillLoss,
-    pool: usize,
+    pool: &GridPooling,
 ) -> StepOutput {
     let device = audio.device();
     let sa = model.student.forward_audio(audio);
@@ -853,17 +895,14 @@ fn objective(
     let patch = (cosine_distance(model.proj_a.forward(sa.tokens), teacher.tokens_a)
         + cosine_distance(
             model.proj_v.forward(sv.tokens.clone()),
-            pool_tokens(teacher.tokens_v.clone(), pool),
+            pool.tokens(teacher.tokens_v.clone()),
         ))
         / 2.0;
-    let t_map = pool_map(
-        map_logits(
-            teacher.global_a.clone(),
-            teacher.tokens_v,
-            loss.map_temperature,
-        ),
-        pool,
-    );
+    let t_map = pool.map(map_logits(
+        teacher.global_a.clone(),
+        teacher.tokens_v,
+        loss.map_temperature,
+    ));
     let s_map = map_logits(sa.global.clone(), sv.tokens, loss.map_temperature);
     let matched: Vec<i64> = (0..b).map(|i| (i * b + i) as i64).collect();
     let matched = Tensor::<1, Int>::from_data(TensorData::new(matched, [b]), &device);
@@ -1169,21 +1208,21 @@ impl Distiller {
         stop_after.map_or(self.config.optim.steps, |s| s.min(self.config.optim.steps))
     }
 
-    /// How many teacher patches per side make one student patch (1 when the grids agree).
-    pub fn pool(&self) -> Result<usize, TrainError> {
+    /// The teacher's patch grid pooled onto the student's.
+    fn pool(&self) -> Result<GridPooling, TrainError> {
         let teacher = self.state.teacher_shape;
         let t = teacher.visual_tokens.isqrt();
         let s = self.student_config().visual_grid();
-        if s == 0 || t * t != teacher.visual_tokens || !t.is_multiple_of(s) {
+        if s == 0 || t * t != teacher.visual_tokens {
             return Err(TrainError::Config {
                 path: self.files.config.display().to_string(),
                 detail: format!(
-                    "student.image_size = {} gives a {s} x {s} patch grid, which does not divide the teacher's {} tokens ({t} x {t}); expected a grid side dividing {t}",
+                    "student.image_size = {} gives a {s} x {s} patch grid and the teacher has {} patch tokens; expected a square teacher grid and an image of at least 16 pixels",
                     self.config.student.image_size, teacher.visual_tokens
                 ),
             });
         }
-        Ok(t / s)
+        Ok(GridPooling::new(t, s, &self.device))
     }
 
     /// Checks that `cache` was made by this run's teacher, with its dimensions.
@@ -1245,7 +1284,7 @@ impl Distiller {
             let v =
                 Tensor::<4>::from_data(TensorData::new(images, [b, 3, size, size]), &self.device);
             let teacher = cache.batch(&picks, &self.device);
-            let out = objective(&self.model, a, v, teacher, &self.config.loss, pool);
+            let out = objective(&self.model, a, v, teacher, &self.config.loss, &pool);
             let grads = out.loss.backward();
             let [g, p, m, mm, af, n] = out.parts;
             let values = [
@@ -1373,10 +1412,8 @@ mod tests {
         let device = Device::default();
         let values: Vec<f32> = (0..16).map(|i| i as f32).collect();
         let tokens = Tensor::<3>::from_data(TensorData::new(values.clone(), [1, 16, 1]), &device);
-        let pooled = pool_tokens(tokens, 2)
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
+        let pool = GridPooling::new(4, 2, &device);
+        let pooled = pool.tokens(tokens).into_data().try_to_vec::<f32>().unwrap();
         let mean = |cells: [usize; 4]| cells.iter().map(|&c| c as f32).sum::<f32>() / 4.0;
         assert_eq!(
             pooled,
@@ -1389,7 +1426,7 @@ mod tests {
         );
         // Block probabilities: softmax over 16 cells summed per block, returned as log-probabilities.
         let logits = tensor2(1, 16, &values);
-        let pooled = pool_map(logits, 2).into_data().try_to_vec::<f32>().unwrap();
+        let pooled = pool.map(logits).into_data().try_to_vec::<f32>().unwrap();
         let z: f32 = values.iter().map(|v| v.exp()).sum();
         let block =
             |cells: [usize; 4]| (cells.iter().map(|&c| values[c].exp()).sum::<f32>() / z).ln();
@@ -1401,6 +1438,36 @@ mod tests {
         ]) {
             assert!((got - want).abs() < 1e-4, "{got} vs {want}");
         }
+    }
+
+    #[test]
+    fn pooling_by_area_onto_a_grid_that_does_not_divide_the_teachers() {
+        // A 3 x 3 teacher grid onto 2 x 2: along each axis student cell 0 covers teacher cell 0
+        // and half of cell 1, student cell 1 the other half and cell 2.
+        assert_eq!(axis_shares(2, 3), vec![1.0, 0.5, 0.0, 0.0, 0.5, 1.0]);
+        let device = Device::default();
+        let pool = GridPooling::new(3, 2, &device);
+        let values: Vec<f32> = (0..9).map(|i| i as f32).collect();
+        let tokens = Tensor::<3>::from_data(TensorData::new(values.clone(), [1, 9, 1]), &device);
+        let pooled = pool.tokens(tokens).into_data().try_to_vec::<f32>().unwrap();
+        // Student cell (0, 0): teacher cells 0 (weight 1), 1 and 3 (0.5 each), 4 (0.25).
+        let first = (0.0 + 0.5 * 1.0 + 0.5 * 3.0 + 0.25 * 4.0) / 2.25;
+        let last = (8.0 + 0.5 * 7.0 + 0.5 * 5.0 + 0.25 * 4.0) / 2.25;
+        assert!((pooled[0] - first).abs() < 1e-5 && (pooled[3] - last).abs() < 1e-5);
+        // The map's probability is kept whole: the student cells' probabilities sum to 1, and
+        // cell (0, 0) holds teacher cell 0's, half of 1's and 3's and a quarter of 4's.
+        let logits = tensor2(1, 9, &values);
+        let probs: Vec<f32> = pool
+            .map(logits)
+            .exp()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let z: f32 = values.iter().map(|v| v.exp()).sum();
+        let p = |c: usize| values[c].exp() / z;
+        assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{probs:?}");
+        let want = p(0) + 0.5 * (p(1) + p(3)) + 0.25 * p(4);
+        assert!((probs[0] - want).abs() < 1e-5, "{} vs {want}", probs[0]);
     }
 
     #[test]
