@@ -19,9 +19,12 @@ use cavsync_core::preprocess::image::load_rgb;
 use cavsync_core::retrieval::{
     ClipEmbeddings, PatchScores, RetrievalMetrics, RetrievalReport, Strategy, evaluate,
 };
-use cavsync_device::bundle::{Bundle, PlanOptions};
+use cavsync_device::bundle::{Bundle, Embedding, PlanOptions};
+use cavsync_device::encode::FrameEncoder;
 use cavsync_device::latency::{self, Latency};
-use cavsync_device::session::{ClipAudio, FrameInput, FrameOutput, GroundTruth, Session};
+use cavsync_device::session::{
+    ClipAudio, FrameInput, FrameLocalizer, FrameOutput, GroundTruth, Session,
+};
 use cavsync_device::sink::{Sink, SinkError};
 
 use super::MismatchedAudio;
@@ -224,24 +227,91 @@ impl Sink for Capture {
     }
 }
 
-impl Capture {
-    /// Moves the last frame's heatmap and peaks `dx` pixels left, onto the frame before it was shifted right by `dx`.
-    fn shift_back(&mut self, dx: usize, size: FrameSize) {
-        let last = size.width.saturating_sub(1);
-        for row in self.heatmap.chunks_exact_mut(size.width) {
-            for x in 0..size.width {
-                row[x] = row[(x + dx).min(last)];
-            }
+/// The reference rerun on every frame shifted right by a few pixels of its input, its outputs moved back and compared with its unshifted run.
+struct Jitter<'a> {
+    /// Pixels of the model's input image the frames are shifted by.
+    pixels: u32,
+    /// The model's input image side.
+    input_size: usize,
+    encoder: FrameEncoder<'a>,
+    localizer: FrameLocalizer,
+    /// The unshifted run's audio global token (the audio is not shifted; the map reads nothing else of it).
+    audio: Embedding,
+    heatmap: Vec<f32>,
+    localization: FrameLocalization,
+    tally: AgreementTally,
+}
+
+impl<'a> Jitter<'a> {
+    /// The baseline for `bundle` (the reference), shifting by `pixels`.
+    fn new(bundle: &'a Bundle, pixels: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            pixels,
+            input_size: bundle.manifest.image_preprocessing.size,
+            encoder: FrameEncoder::new(bundle),
+            localizer: FrameLocalizer::new(bundle)?,
+            audio: Embedding::default(),
+            heatmap: Vec::new(),
+            localization: FrameLocalization::default(),
+            tally: AgreementTally::default(),
+        })
+    }
+
+    /// Encodes `image` shifted (its visual encoder only), localizes the unshifted run's audio on it, and tallies its agreement with that run's `reference` outputs.
+    fn frame(
+        &mut self,
+        image: &RgbImage,
+        reference: &FrameOutputs<'_>,
+        grid: Grid,
+    ) -> anyhow::Result<()> {
+        let size = FrameSize::of(image);
+        let dx = frame_pixels(self.pixels, self.input_size, size);
+        let visual = self.encoder.encode_visual(&shift_right(image, dx))?;
+        copy_into(&mut self.audio.global, reference.audio_global);
+        self.localizer.localize_pair_into(
+            &self.audio,
+            reference.localization.audio,
+            visual,
+            size,
+            &mut self.localization,
+        )?;
+        copy_into(&mut self.heatmap, self.localizer.heatmap());
+        shift_back(&mut self.heatmap, &mut self.localization, dx as usize, size);
+        let shifted = FrameOutputs {
+            audio_global: reference.audio_global,
+            visual_global: &visual.global,
+            visual_tokens: &visual.tokens,
+            heatmap: &self.heatmap,
+            localization: &self.localization,
+        };
+        self.tally
+            .add(&compare_frame(reference, &shifted, grid, size)?);
+        Ok(())
+    }
+
+    /// What the run measured.
+    fn baseline(&self) -> anyhow::Result<JitterBaseline> {
+        Ok(JitterBaseline {
+            pixels: self.pixels,
+            agreement: self.tally.summary().context("no frame was evaluated")?,
+        })
+    }
+}
+
+/// Moves a heatmap and its peaks and boxes `dx` pixels left, onto the frame before it was shifted right by `dx`.
+fn shift_back(heatmap: &mut [f32], loc: &mut FrameLocalization, dx: usize, size: FrameSize) {
+    let last = size.width.saturating_sub(1);
+    for row in heatmap.chunks_exact_mut(size.width) {
+        for x in 0..size.width {
+            row[x] = row[(x + dx).min(last)];
         }
-        if let Some(loc) = &mut self.localization {
-            let left = |v: f32| (v - dx as f32).max(0.5);
-            for peak in &mut loc.peaks {
-                peak.x = left(peak.x);
-            }
-            for b in &mut loc.boxes {
-                (b.x0, b.x1) = ((b.x0 - dx as f32).max(0.0), (b.x1 - dx as f32).max(1.0));
-            }
-        }
+    }
+    let left = |v: f32| (v - dx as f32).max(0.5);
+    for peak in &mut loc.peaks {
+        peak.x = left(peak.x);
+    }
+    for b in &mut loc.boxes {
+        (b.x0, b.x1) = ((b.x0 - dx as f32).max(0.0), (b.x1 - dx as f32).max(1.0));
     }
 }
 
@@ -486,21 +556,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .collect();
     let mut jitter = match args.jitter {
         0 => None,
-        _ => Some((
-            Session::new(bundles[0], None)?,
-            Capture::default(),
-            AgreementTally::default(),
-        )),
+        pixels => Some(Jitter::new(bundles[0], pixels)?),
     };
-    let input_size = bundles[0].manifest.image_preprocessing.size;
     let mismatched_audio = MismatchedAudio::new(&clips, truth.is_some());
     for (i, clip) in clips.iter().enumerate() {
         let mismatched = mismatched_audio.for_clip(&clips, i);
         for session in &mut sessions {
             session.begin_clip(&clip.id, ClipAudio::of(clip), mismatched.map(ClipAudio::of))?;
-        }
-        if let Some((session, ..)) = &mut jitter {
-            session.begin_clip(&clip.id, ClipAudio::of(clip), None)?;
         }
         for frame in &clip.frames {
             let image = load_rgb(&frame.path)?;
@@ -526,38 +588,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     worst.insert(agreement, &clip.id, frame.index, pair);
                 }
             }
-            if let Some((session, capture, tally)) = &mut jitter {
-                let dx = frame_pixels(args.jitter, input_size, size);
-                let shifted = shift_right(&image, dx);
-                let input = FrameInput {
-                    image: &shifted,
-                    path: None,
-                    ..input
-                };
-                session.frame(&input, &mut [&mut *capture])?;
-                capture.shift_back(dx as usize, size);
-                let agreement = compare_frame(&r, &capture.outputs()?, grid, size)
+            if let Some(jitter) = &mut jitter {
+                jitter
+                    .frame(&image, &r, grid)
                     .with_context(|| format!("clip {} frame {}, shifted", clip.id, frame.index))?;
-                tally.add(&agreement);
             }
             bar.inc(1);
         }
         for session in &mut sessions {
             session.end_clip(&mut [])?;
         }
-        if let Some((session, ..)) = &mut jitter {
-            session.end_clip(&mut [])?;
-        }
     }
     bar.finish_and_clear();
-    let jitter = jitter
-        .map(|(.., tally)| {
-            Ok::<_, anyhow::Error>(JitterBaseline {
-                pixels: args.jitter,
-                agreement: tally.summary().context("no frame was evaluated")?,
-            })
-        })
-        .transpose()?;
+    let jitter = jitter.as_ref().map(Jitter::baseline).transpose()?;
     let runs = sessions
         .into_iter()
         .map(|s| s.finish(&mut []))
@@ -642,33 +685,30 @@ mod tests {
             width: 5,
             height: 2,
         };
-        let mut capture = Capture {
-            heatmap: (0..10).map(|i| (i % 5) as f32).collect(),
-            localization: Some(FrameLocalization {
-                score: 0.5,
-                contrast: 0.1,
-                audio: Default::default(),
-                active: true,
-                peaks: vec![
-                    Peak {
-                        x: 3.5,
-                        y: 1.5,
-                        value: 1.0,
-                    },
-                    Peak {
-                        x: 1.5,
-                        y: 0.5,
-                        value: 0.5,
-                    },
-                ],
-                boxes: Vec::new(),
-            }),
-            ..Capture::default()
+        let mut heatmap: Vec<f32> = (0..10).map(|i| (i % 5) as f32).collect();
+        let mut localization = FrameLocalization {
+            score: 0.5,
+            contrast: 0.1,
+            audio: Default::default(),
+            active: true,
+            peaks: vec![
+                Peak {
+                    x: 3.5,
+                    y: 1.5,
+                    value: 1.0,
+                },
+                Peak {
+                    x: 1.5,
+                    y: 0.5,
+                    value: 0.5,
+                },
+            ],
+            boxes: Vec::new(),
         };
-        capture.shift_back(2, size);
-        assert_eq!(capture.heatmap[..5], [2.0, 3.0, 4.0, 4.0, 4.0]);
-        assert_eq!(capture.heatmap[5..], [2.0, 3.0, 4.0, 4.0, 4.0]);
-        let peaks = &capture.localization.unwrap().peaks;
+        shift_back(&mut heatmap, &mut localization, 2, size);
+        assert_eq!(heatmap[..5], [2.0, 3.0, 4.0, 4.0, 4.0]);
+        assert_eq!(heatmap[5..], [2.0, 3.0, 4.0, 4.0, 4.0]);
+        let peaks = &localization.peaks;
         assert_eq!((peaks[0].x, peaks[0].y, peaks[1].x), (1.5, 1.5, 0.5));
     }
 
